@@ -1,0 +1,109 @@
+# libbdh build.
+#   make                      build/libbdh.so, build/libbdh.a, build/bdh
+#   make test                 C tests (cmocka), header-as-C++ check, Python tests
+#   make test SANITIZE=1      the C tests under AddressSanitizer + UBSan (build-san/)
+#   make CUDA=1               also compile kernels/*.cu into the same library
+#   make install PREFIX=/usr/local
+# BUILD=dir puts objects elsewhere (default build/, build-san/ with SANITIZE=1).
+
+CC      ?= cc
+CXX     ?= c++
+NVCC    ?= nvcc
+PYTHON  ?= python3
+PREFIX  ?= /usr/local
+CUDA_HOME ?= /usr/local/cuda
+
+SOVERSION := 0
+VERSION   := 0.1.0
+
+ifeq ($(SANITIZE),1)
+BUILD   ?= build-san
+SANFLAGS := -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
+else
+BUILD   ?= build
+SANFLAGS :=
+endif
+
+WARN     := -Wall -Wextra -Wshadow -Wstrict-prototypes -Wno-unused-parameter
+CFLAGS   ?= -O2 -g
+ALLCFLAGS := -std=c11 -D_DEFAULT_SOURCE $(CFLAGS) $(WARN) $(SANFLAGS) -fPIC -fvisibility=hidden -pthread -Iinclude -Ilibbdh
+LIBS     := -lopenblas -lcjson -lxxhash -lm -pthread
+# Debian's libopenblas-dev puts cblas.h here
+ALLCFLAGS += $(shell pkg-config --cflags openblas 2>/dev/null)
+
+LIB_SRC  := $(wildcard libbdh/*.c)
+CU_SRC   := $(wildcard kernels/*.cu)
+ifeq ($(CUDA),1)
+LIB_SRC  := $(filter-out libbdh/cuda_stub.c,$(LIB_SRC))
+CU_OBJ   := $(CU_SRC:kernels/%.cu=$(BUILD)/kernels/%.o)
+NVFLAGS  := -O2 -std=c++17 -Xcompiler -fPIC,-fvisibility=hidden -Iinclude -Ilibbdh \
+            -gencode arch=compute_90,code=sm_90 -gencode arch=compute_90,code=compute_90
+LIBS     += -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 -lcublas -lcudart
+ALLCFLAGS += -DBDH_WITH_CUDA=1
+endif
+LIB_OBJ  := $(LIB_SRC:libbdh/%.c=$(BUILD)/obj/%.o) $(CU_OBJ)
+
+CLI_SRC  := $(wildcard tools/*.c)
+TEST_SRC := $(wildcard tests/test_*.c)
+TESTS    := $(TEST_SRC:tests/%.c=$(BUILD)/tests/%)
+# the programs link to the shared library; rpath makes them run from the tree
+RUN_LDFLAGS := -L$(BUILD) -Wl,-rpath,'$$ORIGIN/..' -Wl,-rpath,'$$ORIGIN' -lbdh
+
+.PHONY: all lib test test-c test-cxx test-python install clean
+all: lib $(if $(CLI_SRC),$(BUILD)/bdh)
+lib: $(BUILD)/libbdh.so $(BUILD)/libbdh.a
+
+$(BUILD)/obj/%.o: libbdh/%.c libbdh/internal.h include/bdh.h
+	@mkdir -p $(dir $@)
+	$(CC) $(ALLCFLAGS) -c $< -o $@
+
+$(BUILD)/kernels/%.o: kernels/%.cu $(wildcard kernels/*.cuh) libbdh/internal.h include/bdh.h
+	@mkdir -p $(dir $@)
+	$(NVCC) $(NVFLAGS) -c $< -o $@
+
+$(BUILD)/libbdh.so.$(VERSION): $(LIB_OBJ)
+	$(CC) -shared $(SANFLAGS) -Wl,-soname,libbdh.so.$(SOVERSION) -o $@ $^ $(LIBS)
+
+$(BUILD)/libbdh.so: $(BUILD)/libbdh.so.$(VERSION)
+	ln -sf libbdh.so.$(VERSION) $(BUILD)/libbdh.so.$(SOVERSION)
+	ln -sf libbdh.so.$(VERSION) $@
+
+$(BUILD)/libbdh.a: $(LIB_OBJ)
+	rm -f $@
+	ar rcs $@ $^
+
+$(BUILD)/bdh: $(CLI_SRC) include/bdh.h $(BUILD)/libbdh.so
+	$(CC) $(ALLCFLAGS) -o $@ $(CLI_SRC) $(RUN_LDFLAGS) -lm
+
+$(BUILD)/tests/%: tests/%.c tests/test_util.h include/bdh.h $(BUILD)/libbdh.so
+	@mkdir -p $(dir $@)
+	$(CC) $(ALLCFLAGS) -Itests -o $@ $< $(RUN_LDFLAGS) -lcmocka -lcjson -lm
+
+# The public header must compile as C++ and link with only the library.
+$(BUILD)/tests/header_cxx: tests/header_cxx.cpp include/bdh.h $(BUILD)/libbdh.so
+	@mkdir -p $(dir $@)
+	$(CXX) -std=c++11 -Wall -Wextra -pedantic $(SANFLAGS) -Iinclude -o $@ $< $(RUN_LDFLAGS) -Wl,-rpath,'$$ORIGIN/..'
+
+test: test-c test-cxx $(if $(SANITIZE),,test-python)
+
+test-c: $(TESTS)
+	@set -e; for t in $(TESTS); do echo "== $$t"; $$t; done
+
+test-cxx: $(BUILD)/tests/header_cxx
+	$(BUILD)/tests/header_cxx
+
+test-python: all
+	@if [ -d bindings/python/tests ]; then BDH_LIBRARY=$(CURDIR)/$(BUILD)/libbdh.so $(PYTHON) -m pytest -q bindings/python/tests; fi
+
+install: lib
+	install -d $(DESTDIR)$(PREFIX)/include $(DESTDIR)$(PREFIX)/lib/pkgconfig $(DESTDIR)$(PREFIX)/bin
+	install -m 644 include/bdh.h $(DESTDIR)$(PREFIX)/include/
+	install -m 755 $(BUILD)/libbdh.so.$(VERSION) $(DESTDIR)$(PREFIX)/lib/
+	ln -sf libbdh.so.$(VERSION) $(DESTDIR)$(PREFIX)/lib/libbdh.so.$(SOVERSION)
+	ln -sf libbdh.so.$(VERSION) $(DESTDIR)$(PREFIX)/lib/libbdh.so
+	install -m 644 $(BUILD)/libbdh.a $(DESTDIR)$(PREFIX)/lib/
+	sed -e 's|@PREFIX@|$(PREFIX)|' -e 's|@VERSION@|$(VERSION)|' bdh.pc.in > $(DESTDIR)$(PREFIX)/lib/pkgconfig/bdh.pc
+	if [ -x $(BUILD)/bdh ]; then install -m 755 $(BUILD)/bdh $(DESTDIR)$(PREFIX)/bin/; fi
+
+clean:
+	rm -rf build build-san

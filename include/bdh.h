@@ -1,0 +1,171 @@
+/*
+ * libbdh: inference for the Dragon Hatchling (BDH-GPU) architecture.
+ *
+ * A model is loaded once from a safetensors file and is read-only afterwards:
+ * many states (independent token streams) may share one model, each used by
+ * one thread at a time. A state holds a fixed-size matrix per layer and head;
+ * feeding a token with bdh_step() advances it by one position and (optionally)
+ * writes the next-token logits. Nothing grows with the context.
+ *
+ * Every call that can fail returns a bdh_status; on failure bdh_last_error()
+ * gives a message for the calling thread. The library never aborts or exits on
+ * bad input, and a failed call leaves its arguments as they were.
+ *
+ * See docs/api.md for a walk-through and docs/format.md for the file format.
+ */
+#ifndef BDH_H
+#define BDH_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#if defined(_WIN32)
+#define BDH_API
+#else
+#define BDH_API __attribute__((visibility("default")))
+#endif
+
+#define BDH_VERSION_MAJOR 0
+#define BDH_VERSION_MINOR 1
+#define BDH_VERSION_PATCH 0
+
+/* ---------------------------------------------------------------- status */
+
+typedef enum bdh_status {
+    BDH_OK = 0,
+    BDH_ERR_INVALID_ARGUMENT = 1, /* NULL pointer, bad parameter value */
+    BDH_ERR_IO = 2,               /* file missing, unreadable, a directory */
+    BDH_ERR_FORMAT = 3,           /* malformed safetensors file or state blob */
+    BDH_ERR_CONFIG = 4,           /* metadata missing or contradicting shapes */
+    BDH_ERR_OUT_OF_MEMORY = 5,
+    BDH_ERR_TOKEN = 6,            /* token id outside [0, vocab_size) */
+    BDH_ERR_UNSUPPORTED = 7,      /* feature not built in (e.g. CUDA) */
+    BDH_ERR_MODEL_MISMATCH = 8,   /* state from another model */
+    BDH_ERR_DEVICE = 9,           /* GPU runtime failure */
+    BDH_ERR_BUFFER_TOO_SMALL = 10
+} bdh_status;
+
+/* Short constant name of a status ("BDH_ERR_IO"); never NULL. */
+BDH_API const char *bdh_status_name(bdh_status status);
+/* Message of the last failed call on this thread ("" if none). The pointer
+ * stays valid until the next libbdh call on the same thread. */
+BDH_API const char *bdh_last_error(void);
+/* "MAJOR.MINOR.PATCH" of the library actually linked. */
+BDH_API const char *bdh_version(void);
+
+/* ---------------------------------------------------------------- model */
+
+typedef struct bdh_model bdh_model;
+typedef struct bdh_state bdh_state;
+
+typedef enum bdh_device {
+    BDH_DEVICE_CPU = 0,
+    BDH_DEVICE_CUDA = 1 /* BDH_ERR_UNSUPPORTED unless built with CUDA=1 */
+} bdh_device;
+
+/* How weights are held in memory. Computation is always float32. */
+typedef enum bdh_weight_type {
+    BDH_WEIGHTS_F32 = 0,      /* convert every tensor to float32 (default) */
+    BDH_WEIGHTS_AS_STORED = 1,/* keep the file's F32/F16/BF16 */
+    BDH_WEIGHTS_BF16 = 2,     /* round to bfloat16 at load */
+    BDH_WEIGHTS_F16 = 3       /* round to float16 at load */
+} bdh_weight_type;
+
+typedef struct bdh_model_params {
+    bdh_device device;
+    int32_t n_threads;          /* CPU worker threads; 0 = all cores */
+    int32_t cuda_device;        /* CUDA device ordinal */
+    bdh_weight_type weight_type;
+} bdh_model_params;
+
+BDH_API bdh_model_params bdh_model_default_params(void);
+
+typedef struct bdh_config {
+    int32_t n_layer;     /* layers (they share one set of weights) */
+    int32_t n_embd;      /* D */
+    int32_t n_head;      /* H */
+    int32_t n_neurons;   /* N, neurons per head */
+    int32_t vocab_size;  /* V; 256 = raw bytes */
+    int32_t mlp_internal_dim_multiplier;
+} bdh_config;
+
+bdh_status bdh_model_load(const char *path, const bdh_model_params *params, bdh_model **out); /* params NULL = defaults */
+void       bdh_model_free(bdh_model *model);
+
+BDH_API bdh_status bdh_model_config(const bdh_model *model, bdh_config *out);
+/* Parameters as the reference counts them (attn.freqs not counted). */
+BDH_API int64_t bdh_model_n_params(const bdh_model *model);
+/* Bytes of weights the model holds in memory (host or device). */
+BDH_API size_t bdh_model_weight_bytes(const bdh_model *model);
+/* Bytes of one stream's state (L*H*N*D floats). */
+BDH_API size_t bdh_model_state_bytes(const bdh_model *model);
+BDH_API bdh_device bdh_model_device(const bdh_model *model);
+/* 64-bit fingerprint of configuration and tensor bytes (state blobs carry it). */
+BDH_API uint64_t bdh_model_fingerprint(const bdh_model *model);
+/* dtype name of a tensor as stored in the file ("F32", "F16", "BF16"),
+ * for the tensor whose state_dict name (without _orig_mod.) is given;
+ * NULL if there is no such tensor. */
+BDH_API const char *bdh_model_file_dtype(const bdh_model *model, const char *tensor);
+
+/* ---------------------------------------------------------------- state */
+
+bdh_status bdh_state_new(const bdh_model *model, bdh_state **out);
+void       bdh_state_free(bdh_state *state);
+
+/* Back to position 0, all-zero state. */
+BDH_API bdh_status bdh_state_reset(bdh_state *state);
+/* A new, independent state equal to src (fork a conversation). */
+BDH_API bdh_status bdh_state_copy(const bdh_state *src, bdh_state **out);
+/* Tokens seen since the last reset. */
+BDH_API int64_t bdh_state_position(const bdh_state *state);
+BDH_API const bdh_model *bdh_state_model(const bdh_state *state);
+
+/* Serialise to bytes: magic, format version, model fingerprint, position,
+ * checksum, state. bdh_state_save_size() gives the exact length. */
+BDH_API size_t bdh_state_save_size(const bdh_state *state);
+BDH_API bdh_status bdh_state_save(const bdh_state *state, void *buf, size_t cap, size_t *written);
+/* Refuses (state unchanged) a damaged blob (BDH_ERR_FORMAT) or one saved
+ * from another model (BDH_ERR_MODEL_MISMATCH). */
+BDH_API bdh_status bdh_state_load(bdh_state *state, const void *buf, size_t len);
+
+/* --------------------------------------------------------------- forward */
+
+/* Feed one token; logits: vocab_size floats, or NULL to skip. On error the
+ * state is unchanged. */
+bdh_status bdh_step(bdh_state *state, int32_t token, float *logits); /* logits: vocab_size floats, or NULL to skip */
+
+/* Feed n tokens at once (chunked, GEMM-based); leaves the same state as n
+ * bdh_step calls. logits (NULL to skip) receives those after the last token.
+ * All tokens are checked before any is fed. */
+BDH_API bdh_status bdh_prefill(bdh_state *state, const int32_t *tokens, size_t n, float *logits);
+
+/* As bdh_prefill, but logits_all (n * vocab_size floats, not NULL) receives
+ * the logits after every token: row i is the prediction after tokens[0..i].
+ * For scoring text (perplexity) at prefill speed. */
+BDH_API bdh_status bdh_prefill_all(bdh_state *state, const int32_t *tokens, size_t n, float *logits_all);
+
+/* Advance n independent states of one model by one token each;
+ * logits: n * vocab_size floats (row i for states[i]) or NULL. The states
+ * must be distinct. */
+BDH_API bdh_status bdh_step_batch(bdh_state *const *states, const int32_t *tokens, size_t n, float *logits);
+
+/* Declarations above without BDH_API get it here, so they read exactly as
+ * documented and are still exported. */
+BDH_API bdh_status bdh_model_load(const char *path, const bdh_model_params *params, bdh_model **out);
+BDH_API void bdh_model_free(bdh_model *model);
+BDH_API bdh_status bdh_state_new(const bdh_model *model, bdh_state **out);
+BDH_API void bdh_state_free(bdh_state *state);
+BDH_API bdh_status bdh_step(bdh_state *state, int32_t token, float *logits);
+
+/* ------------------------------------------------ sampling and generation */
+/* (section owned by the generation work; see docs/api.md) */
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* BDH_H */

@@ -1,0 +1,142 @@
+/* Internal definitions shared by the library's source files (C and CUDA).
+ * Nothing here is part of the public API. */
+#ifndef BDH_INTERNAL_H
+#define BDH_INTERNAL_H
+
+#include "bdh.h"
+
+#include <stdarg.h>
+#include <stdbool.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define BDH_INTERNAL __attribute__((visibility("hidden")))
+
+/* ------------------------------------------------------------ errors.c */
+
+/* Record a message for bdh_last_error() and return status (for one-line
+ * `return bdh_fail(...)`). */
+BDH_INTERNAL bdh_status bdh_fail(bdh_status status, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+BDH_INTERNAL void bdh_clear_error(void);
+
+/* --------------------------------------------------------- safetensors.c */
+
+typedef enum bdh_dtype { BDH_DT_F32, BDH_DT_F16, BDH_DT_BF16, BDH_DT_F64, BDH_DT_I32, BDH_DT_I64 } bdh_dtype;
+
+#define BDH_MAX_DIMS 8
+
+typedef struct bdh_tensor_view {
+    char *name;           /* as in the file */
+    bdh_dtype dtype;
+    int n_dims;
+    int64_t shape[BDH_MAX_DIMS];
+    const void *data;     /* points into the mapping */
+    size_t nbytes;
+} bdh_tensor_view;
+
+typedef struct bdh_safetensors {
+    void *map;            /* whole file, read-only mapping */
+    size_t map_size;
+    bdh_tensor_view *tensors;
+    int n_tensors;
+    char **meta_keys;     /* __metadata__ (string values only) */
+    char **meta_values;
+    int n_meta;
+} bdh_safetensors;
+
+BDH_INTERNAL bdh_status bdh_safetensors_open(const char *path, bdh_safetensors *out);
+BDH_INTERNAL void bdh_safetensors_close(bdh_safetensors *st);
+BDH_INTERNAL const bdh_tensor_view *bdh_safetensors_find(const bdh_safetensors *st, const char *name);
+BDH_INTERNAL const char *bdh_safetensors_meta(const bdh_safetensors *st, const char *key);
+BDH_INTERNAL const char *bdh_dtype_name(bdh_dtype dt);
+BDH_INTERNAL size_t bdh_dtype_size(bdh_dtype dt);
+/* Convert n elements of a F32/F16/BF16 tensor to float32. */
+BDH_INTERNAL void bdh_convert_to_f32(bdh_dtype dt, const void *src, float *dst, size_t n);
+
+/* --------------------------------------------------------------- model.c */
+
+/* The weights the forward pass reads, all float32, row-major, in the
+ * reference's layouts (the load step may change this later). */
+typedef struct bdh_weights {
+    float *embed;      /* [V][D] */
+    float *encoder;    /* [H][D][N] */
+    float *encoder_v;  /* [H][D][N] */
+    float *decoder;    /* [H*N][D] */
+    float *lm_head;    /* [D][V] */
+    float *freqs;      /* [N], RoPE turns per position */
+} bdh_weights;
+
+enum { BDH_T_EMBED, BDH_T_ENCODER, BDH_T_ENCODER_V, BDH_T_DECODER, BDH_T_LM_HEAD, BDH_T_FREQS, BDH_T_COUNT };
+
+struct bdh_model {
+    bdh_config cfg;
+    bdh_model_params params;
+    int n_threads;             /* resolved (0 -> cores) */
+    uint64_t fingerprint;
+    size_t weight_bytes;
+    int64_t n_params;
+    const char *file_dtype[BDH_T_COUNT]; /* NULL when absent from the file */
+    bdh_weights w;             /* host copies (CPU path; source for uploads) */
+    void *cuda;                /* device-side model, kernels/ (NULL on CPU) */
+};
+
+/* Shape helpers. */
+static inline size_t bdh_state_floats(const bdh_config *c)
+{
+    return (size_t)c->n_layer * (size_t)c->n_head * (size_t)c->n_neurons * (size_t)c->n_embd;
+}
+
+/* --------------------------------------------------------------- state.c */
+
+struct bdh_state {
+    const bdh_model *model;
+    int64_t position;
+    float *S;        /* [L][H][N][D], absolute-frame state (CPU path) */
+    void *work;      /* scratch of the CPU forward (forward_cpu.c) */
+    void *cuda;      /* device-side state, kernels/ (NULL on CPU) */
+};
+
+BDH_INTERNAL bdh_status bdh_check_token(const bdh_model *m, int32_t token);
+
+/* --------------------------------------------------------- forward_cpu.c */
+
+BDH_INTERNAL bdh_status bdh_cpu_work_new(const bdh_model *m, void **out);
+BDH_INTERNAL void bdh_cpu_work_free(void *work);
+BDH_INTERNAL void bdh_cpu_step(bdh_state *s, int32_t token, float *logits);
+
+/* ------------------------------------------------------------- prefill.c */
+
+/* logits: NULL, the last token's row (all_rows false) or n rows (true). */
+BDH_INTERNAL bdh_status bdh_cpu_prefill(bdh_state *s, const int32_t *tokens, size_t n, float *logits, bool all_rows);
+
+/* ----------------------------------------------------------- math helpers */
+
+/* LayerNorm without affine, eps 1e-5, biased variance, in place. */
+BDH_INTERNAL void bdh_layernorm(float *v, int n);
+/* RoPE phases for position t: cos/sin of (float32(t)*freq mod 1)*2pi, as
+ * the reference computes them in float32. */
+BDH_INTERNAL void bdh_rope_tables(const float *freqs, int n, int64_t t, float *cos_out, float *sin_out);
+BDH_INTERNAL void bdh_rope_apply(const float *v, const float *cs, const float *sn, int n, float *out);
+
+/* ------------------------------------------- CUDA backend (kernels/ or stub) */
+
+BDH_INTERNAL bdh_status bdh_cuda_model_init(bdh_model *m);
+BDH_INTERNAL void bdh_cuda_model_release(bdh_model *m);
+BDH_INTERNAL bdh_status bdh_cuda_state_init(bdh_state *s);
+BDH_INTERNAL void bdh_cuda_state_release(bdh_state *s);
+BDH_INTERNAL bdh_status bdh_cuda_state_reset(bdh_state *s);
+BDH_INTERNAL bdh_status bdh_cuda_state_copy(bdh_state *dst, const bdh_state *src);
+BDH_INTERNAL bdh_status bdh_cuda_state_download(const bdh_state *s, float *host);
+BDH_INTERNAL bdh_status bdh_cuda_state_upload(bdh_state *s, const float *host);
+BDH_INTERNAL bdh_status bdh_cuda_step(bdh_state *s, int32_t token, float *logits);
+BDH_INTERNAL bdh_status bdh_cuda_prefill(bdh_state *s, const int32_t *tokens, size_t n, float *logits, bool all_rows);
+BDH_INTERNAL bdh_status bdh_cuda_step_batch(bdh_state *const *states, const int32_t *tokens, size_t n, float *logits);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* BDH_INTERNAL_H */

@@ -1,0 +1,295 @@
+/* Loading a model: find the reference's tensors in a safetensors file, check
+ * the configuration against their shapes, and copy them into float32 arrays
+ * the forward pass owns (so the file mapping is released after load). */
+#include "internal.h"
+
+#include <errno.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include <xxhash.h>
+
+static const char *const tensor_names[BDH_T_COUNT] = {
+    "embed.weight", "encoder", "encoder_v", "decoder", "lm_head", "attn.freqs",
+};
+#define COMPILE_PREFIX "_orig_mod."
+
+/* Largest value accepted for any configuration field: far beyond real
+ * models, small enough that products of a few fields cannot overflow. */
+#define MAX_DIM (1 << 24)
+#define MAX_LAYERS 4096
+
+bdh_model_params bdh_model_default_params(void)
+{
+    bdh_model_params p;
+    memset(&p, 0, sizeof p);
+    p.device = BDH_DEVICE_CPU;
+    p.n_threads = 0;
+    p.cuda_device = 0;
+    p.weight_type = BDH_WEIGHTS_F32;
+    return p;
+}
+
+static const bdh_tensor_view *find_tensor(const bdh_safetensors *st, int which)
+{
+    const bdh_tensor_view *t = bdh_safetensors_find(st, tensor_names[which]);
+    if (t) return t;
+    char prefixed[64];
+    snprintf(prefixed, sizeof prefixed, COMPILE_PREFIX "%s", tensor_names[which]);
+    return bdh_safetensors_find(st, prefixed);
+}
+
+/* Parse a metadata value as a whole decimal integer in [lo, hi]. */
+static bool parse_int(const char *s, long lo, long hi, long *out)
+{
+    if (!s || !*s) return false;
+    char *end;
+    errno = 0;
+    long v = strtol(s, &end, 10);
+    if (errno || *end != '\0' || v < lo || v > hi) return false;
+    *out = v;
+    return true;
+}
+
+static bdh_status check_dims(const bdh_tensor_view *t, int which, int n_dims)
+{
+    if (t->n_dims != n_dims)
+        return bdh_fail(BDH_ERR_CONFIG, "tensor %s has %d dimensions, expected %d", tensor_names[which], t->n_dims, n_dims);
+    for (int i = 0; i < n_dims; i++)
+        if (t->shape[i] < 1 || t->shape[i] > MAX_DIM)
+            return bdh_fail(BDH_ERR_CONFIG, "tensor %s has dimension %d of size %lld (expected 1..%d)",
+                            tensor_names[which], i, (long long)t->shape[i], MAX_DIM);
+    if (t->dtype != BDH_DT_F32 && t->dtype != BDH_DT_F16 && t->dtype != BDH_DT_BF16)
+        return bdh_fail(BDH_ERR_CONFIG, "tensor %s has dtype %s; weights must be F32, F16 or BF16",
+                        tensor_names[which], bdh_dtype_name(t->dtype));
+    return BDH_OK;
+}
+
+static bdh_status shape_mismatch(int which, const char *expect)
+{
+    return bdh_fail(BDH_ERR_CONFIG, "tensor %s does not have the expected shape %s", tensor_names[which], expect);
+}
+
+/* Read D, H, N, V from the shapes and check that the tensors agree. */
+static bdh_status config_from_shapes(const bdh_tensor_view *const *t, bdh_config *c)
+{
+    static const int rank[BDH_T_COUNT] = {2, 3, 3, 2, 2, 0};
+    bdh_status rc;
+    for (int i = 0; i < BDH_T_FREQS; i++) {
+        if (!t[i]) return bdh_fail(BDH_ERR_CONFIG, "the file has no tensor named %s (nor " COMPILE_PREFIX "%s)",
+                                   tensor_names[i], tensor_names[i]);
+        if ((rc = check_dims(t[i], i, rank[i])) != BDH_OK) return rc;
+    }
+    c->vocab_size = (int32_t)t[BDH_T_EMBED]->shape[0];
+    c->n_embd = (int32_t)t[BDH_T_EMBED]->shape[1];
+    c->n_head = (int32_t)t[BDH_T_ENCODER]->shape[0];
+    c->n_neurons = (int32_t)t[BDH_T_ENCODER]->shape[2];
+    const int64_t D = c->n_embd, H = c->n_head, N = c->n_neurons, V = c->vocab_size;
+    const int64_t *e = t[BDH_T_ENCODER]->shape, *ev = t[BDH_T_ENCODER_V]->shape;
+    if (e[1] != D) return shape_mismatch(BDH_T_ENCODER, "[n_head, n_embd, N] with n_embd from embed.weight");
+    if (ev[0] != H || ev[1] != D || ev[2] != N) return shape_mismatch(BDH_T_ENCODER_V, "equal to encoder's");
+    if (t[BDH_T_DECODER]->shape[0] != H * N || t[BDH_T_DECODER]->shape[1] != D)
+        return shape_mismatch(BDH_T_DECODER, "[n_head*N, n_embd]");
+    if (t[BDH_T_LM_HEAD]->shape[0] != D || t[BDH_T_LM_HEAD]->shape[1] != V)
+        return shape_mismatch(BDH_T_LM_HEAD, "[n_embd, vocab_size]");
+    if (N % 2 != 0)
+        return bdh_fail(BDH_ERR_CONFIG, "N = %lld neurons per head is odd; RoPE needs pairs", (long long)N);
+    const bdh_tensor_view *f = t[BDH_T_FREQS];
+    if (f) {
+        int64_t numel = 1;
+        for (int i = 0; i < f->n_dims; i++) numel *= f->shape[i];
+        if (numel != N || f->n_dims < 1 || f->shape[f->n_dims - 1] != N)
+            return shape_mismatch(BDH_T_FREQS, "[1, 1, 1, N]");
+        if (f->dtype != BDH_DT_F32 && f->dtype != BDH_DT_F16 && f->dtype != BDH_DT_BF16)
+            return bdh_fail(BDH_ERR_CONFIG, "tensor attn.freqs has dtype %s; expected F32", bdh_dtype_name(f->dtype));
+    }
+    return BDH_OK;
+}
+
+/* Metadata: n_layer is required; the others, when present, must agree. */
+static bdh_status config_from_metadata(const bdh_safetensors *st, bdh_config *c)
+{
+    long v;
+    const char *s = bdh_safetensors_meta(st, "n_layer");
+    if (!s)
+        return bdh_fail(BDH_ERR_CONFIG, "metadata has no n_layer (the layers share weights, so the shapes cannot tell it)");
+    if (!parse_int(s, 1, MAX_LAYERS, &v))
+        return bdh_fail(BDH_ERR_CONFIG, "metadata n_layer = \"%s\" is not an integer in 1..%d", s, MAX_LAYERS);
+    c->n_layer = (int32_t)v;
+
+    const struct { const char *key; long expect; } fields[] = {
+        {"n_embd", c->n_embd}, {"n_head", c->n_head}, {"vocab_size", c->vocab_size},
+    };
+    for (size_t i = 0; i < sizeof fields / sizeof fields[0]; i++) {
+        s = bdh_safetensors_meta(st, fields[i].key);
+        if (!s) continue;
+        if (!parse_int(s, 1, MAX_DIM, &v))
+            return bdh_fail(BDH_ERR_CONFIG, "metadata %s = \"%s\" is not a positive integer", fields[i].key, s);
+        if (v != fields[i].expect)
+            return bdh_fail(BDH_ERR_CONFIG, "metadata %s = %ld contradicts the tensor shapes (%ld)", fields[i].key, v, fields[i].expect);
+    }
+    /* The reference: N = mlp_internal_dim_multiplier * n_embd // n_head. */
+    s = bdh_safetensors_meta(st, "mlp_internal_dim_multiplier");
+    if (s) {
+        if (!parse_int(s, 1, MAX_DIM, &v))
+            return bdh_fail(BDH_ERR_CONFIG, "metadata mlp_internal_dim_multiplier = \"%s\" is not a positive integer", s);
+        if ((int64_t)v * c->n_embd / c->n_head != c->n_neurons)
+            return bdh_fail(BDH_ERR_CONFIG, "metadata mlp_internal_dim_multiplier = %ld gives N = %lld, but encoder has N = %d",
+                            v, (long long)((int64_t)v * c->n_embd / c->n_head), c->n_neurons);
+        c->mlp_internal_dim_multiplier = (int32_t)v;
+    } else {
+        c->mlp_internal_dim_multiplier = (int32_t)((int64_t)c->n_neurons * c->n_head / c->n_embd);
+    }
+    return BDH_OK;
+}
+
+/* The reference's get_freqs(N, theta=2^16) in float32:
+ * 1 / theta^(2*floor(j/2) / N) / (2*pi). */
+static void default_freqs(float *freqs, int n)
+{
+    const float two_pi = (float)(2.0 * M_PI);
+    for (int j = 0; j < n; j++) {
+        float e = floorf((float)j / 2.0f) * 2.0f / (float)n;
+        freqs[j] = 1.0f / powf(65536.0f, e) / two_pi;
+    }
+}
+
+static float *alloc_floats(size_t n)
+{
+    size_t bytes = (n * sizeof(float) + 63) / 64 * 64;
+    return aligned_alloc(64, bytes ? bytes : 64);
+}
+
+static bdh_status copy_weights(bdh_model *m, const bdh_tensor_view *const *t)
+{
+    float **dst[BDH_T_COUNT] = {&m->w.embed, &m->w.encoder, &m->w.encoder_v, &m->w.decoder, &m->w.lm_head, &m->w.freqs};
+    for (int i = 0; i < BDH_T_COUNT; i++) {
+        size_t n = i == BDH_T_FREQS ? (size_t)m->cfg.n_neurons : t[i]->nbytes / bdh_dtype_size(t[i]->dtype);
+        *dst[i] = alloc_floats(n);
+        if (!*dst[i])
+            return bdh_fail(BDH_ERR_OUT_OF_MEMORY, "out of memory allocating %zu bytes for %s", n * sizeof(float), tensor_names[i]);
+        if (t[i]) {
+            m->file_dtype[i] = bdh_dtype_name(t[i]->dtype);
+            bdh_convert_to_f32(t[i]->dtype, t[i]->data, *dst[i], n);
+        } else {
+            default_freqs(*dst[i], (int)n);
+        }
+        m->weight_bytes += n * sizeof(float);
+    }
+    return BDH_OK;
+}
+
+/* Fingerprint: configuration, then each tensor's dtype, shape and bytes. */
+static uint64_t fingerprint(const bdh_config *c, const bdh_tensor_view *const *t)
+{
+    XXH3_state_t *h = XXH3_createState();
+    if (!h) return 0;
+    XXH3_64bits_reset(h);
+    XXH3_64bits_update(h, c, sizeof *c);
+    for (int i = 0; i < BDH_T_COUNT; i++) {
+        if (!t[i]) continue;
+        XXH3_64bits_update(h, tensor_names[i], strlen(tensor_names[i]));
+        XXH3_64bits_update(h, &t[i]->dtype, sizeof t[i]->dtype);
+        XXH3_64bits_update(h, t[i]->shape, sizeof(int64_t) * (size_t)t[i]->n_dims);
+        XXH3_64bits_update(h, t[i]->data, t[i]->nbytes);
+    }
+    uint64_t v = XXH3_64bits_digest(h);
+    XXH3_freeState(h);
+    return v;
+}
+
+static bdh_status check_params(const bdh_model_params *p)
+{
+    if (p->device != BDH_DEVICE_CPU && p->device != BDH_DEVICE_CUDA)
+        return bdh_fail(BDH_ERR_INVALID_ARGUMENT, "params.device = %d is not a bdh_device", (int)p->device);
+    if (p->n_threads < 0)
+        return bdh_fail(BDH_ERR_INVALID_ARGUMENT, "params.n_threads = %d is negative (0 = all cores)", (int)p->n_threads);
+    if (p->weight_type != BDH_WEIGHTS_F32)
+        return bdh_fail(BDH_ERR_UNSUPPORTED, "params.weight_type = %d: only BDH_WEIGHTS_F32 storage is implemented", (int)p->weight_type);
+    return BDH_OK;
+}
+
+static bdh_status load_from_file(bdh_model *m, const char *path)
+{
+    bdh_safetensors st;
+    bdh_status rc = bdh_safetensors_open(path, &st);
+    if (rc != BDH_OK) return rc;
+    const bdh_tensor_view *t[BDH_T_COUNT];
+    for (int i = 0; i < BDH_T_COUNT; i++) t[i] = find_tensor(&st, i);
+    if ((rc = config_from_shapes(t, &m->cfg)) == BDH_OK &&
+        (rc = config_from_metadata(&st, &m->cfg)) == BDH_OK &&
+        (rc = copy_weights(m, t)) == BDH_OK) {
+        const int64_t D = m->cfg.n_embd, V = m->cfg.vocab_size, HN = (int64_t)m->cfg.n_head * m->cfg.n_neurons;
+        m->n_params = 2 * V * D + 3 * HN * D;
+        m->fingerprint = fingerprint(&m->cfg, t);
+    }
+    if (rc != BDH_OK) {
+        /* keep the reason, add the file */
+        char reason[400];
+        snprintf(reason, sizeof reason, "%s", bdh_last_error());
+        bdh_fail(rc, "'%s': %s", path, reason);
+    }
+    bdh_safetensors_close(&st);
+    return rc;
+}
+
+bdh_status bdh_model_load(const char *path, const bdh_model_params *params, bdh_model **out)
+{
+    if (!out) return bdh_fail(BDH_ERR_INVALID_ARGUMENT, "bdh_model_load: out is NULL");
+    *out = NULL;
+    if (!path) return bdh_fail(BDH_ERR_INVALID_ARGUMENT, "bdh_model_load: path is NULL");
+    bdh_model_params p = params ? *params : bdh_model_default_params();
+    bdh_status rc = check_params(&p);
+    if (rc != BDH_OK) return rc;
+
+    bdh_model *m = calloc(1, sizeof *m);
+    if (!m) return bdh_fail(BDH_ERR_OUT_OF_MEMORY, "out of memory");
+    m->params = p;
+    long cores = sysconf(_SC_NPROCESSORS_ONLN);
+    m->n_threads = p.n_threads > 0 ? p.n_threads : (int)(cores > 0 ? cores : 1);
+    rc = load_from_file(m, path);
+    if (rc == BDH_OK && p.device == BDH_DEVICE_CUDA) rc = bdh_cuda_model_init(m);
+    if (rc != BDH_OK) {
+        bdh_model_free(m);
+        return rc;
+    }
+    bdh_clear_error();
+    *out = m;
+    return BDH_OK;
+}
+
+void bdh_model_free(bdh_model *m)
+{
+    if (!m) return;
+    if (m->cuda) bdh_cuda_model_release(m);
+    free(m->w.embed);
+    free(m->w.encoder);
+    free(m->w.encoder_v);
+    free(m->w.decoder);
+    free(m->w.lm_head);
+    free(m->w.freqs);
+    free(m);
+}
+
+bdh_status bdh_model_config(const bdh_model *m, bdh_config *out)
+{
+    if (!m || !out) return bdh_fail(BDH_ERR_INVALID_ARGUMENT, "bdh_model_config: model or out is NULL");
+    *out = m->cfg;
+    return BDH_OK;
+}
+
+int64_t bdh_model_n_params(const bdh_model *m) { return m ? m->n_params : 0; }
+size_t bdh_model_weight_bytes(const bdh_model *m) { return m ? m->weight_bytes : 0; }
+size_t bdh_model_state_bytes(const bdh_model *m) { return m ? bdh_state_floats(&m->cfg) * sizeof(float) : 0; }
+bdh_device bdh_model_device(const bdh_model *m) { return m ? m->params.device : BDH_DEVICE_CPU; }
+uint64_t bdh_model_fingerprint(const bdh_model *m) { return m ? m->fingerprint : 0; }
+
+const char *bdh_model_file_dtype(const bdh_model *m, const char *tensor)
+{
+    if (!m || !tensor) return NULL;
+    for (int i = 0; i < BDH_T_COUNT; i++)
+        if (strcmp(tensor, tensor_names[i]) == 0) return m->file_dtype[i];
+    return NULL;
+}

@@ -1,0 +1,209 @@
+/* A stream's state: lifecycle, reset, copy (fork), and save/load to bytes. */
+#include "internal.h"
+
+#include <stdlib.h>
+#include <string.h>
+#include <xxhash.h>
+
+static bool on_cuda(const bdh_model *m) { return m->params.device == BDH_DEVICE_CUDA; }
+
+bdh_status bdh_state_new(const bdh_model *model, bdh_state **out)
+{
+    if (!out) return bdh_fail(BDH_ERR_INVALID_ARGUMENT, "bdh_state_new: out is NULL");
+    *out = NULL;
+    if (!model) return bdh_fail(BDH_ERR_INVALID_ARGUMENT, "bdh_state_new: model is NULL");
+    bdh_state *s = calloc(1, sizeof *s);
+    if (!s) return bdh_fail(BDH_ERR_OUT_OF_MEMORY, "out of memory");
+    s->model = model;
+    bdh_status rc;
+    if (on_cuda(model)) {
+        rc = bdh_cuda_state_init(s);
+    } else {
+        s->S = calloc(bdh_state_floats(&model->cfg), sizeof(float));
+        rc = s->S ? bdh_cpu_work_new(model, &s->work)
+                  : bdh_fail(BDH_ERR_OUT_OF_MEMORY, "out of memory allocating a %zu-byte state",
+                             bdh_state_floats(&model->cfg) * sizeof(float));
+    }
+    if (rc != BDH_OK) {
+        bdh_state_free(s);
+        return rc;
+    }
+    *out = s;
+    return BDH_OK;
+}
+
+void bdh_state_free(bdh_state *s)
+{
+    if (!s) return;
+    if (s->cuda) bdh_cuda_state_release(s);
+    bdh_cpu_work_free(s->work);
+    free(s->S);
+    free(s);
+}
+
+bdh_status bdh_state_reset(bdh_state *s)
+{
+    if (!s) return bdh_fail(BDH_ERR_INVALID_ARGUMENT, "bdh_state_reset: state is NULL");
+    if (on_cuda(s->model)) {
+        bdh_status rc = bdh_cuda_state_reset(s);
+        if (rc != BDH_OK) return rc;
+    } else {
+        memset(s->S, 0, bdh_state_floats(&s->model->cfg) * sizeof(float));
+    }
+    s->position = 0;
+    return BDH_OK;
+}
+
+bdh_status bdh_state_copy(const bdh_state *src, bdh_state **out)
+{
+    if (!out) return bdh_fail(BDH_ERR_INVALID_ARGUMENT, "bdh_state_copy: out is NULL");
+    *out = NULL;
+    if (!src) return bdh_fail(BDH_ERR_INVALID_ARGUMENT, "bdh_state_copy: src is NULL");
+    bdh_state *s;
+    bdh_status rc = bdh_state_new(src->model, &s);
+    if (rc != BDH_OK) return rc;
+    if (on_cuda(src->model)) {
+        rc = bdh_cuda_state_copy(s, src);
+        if (rc != BDH_OK) {
+            bdh_state_free(s);
+            return rc;
+        }
+    } else {
+        memcpy(s->S, src->S, bdh_state_floats(&src->model->cfg) * sizeof(float));
+    }
+    s->position = src->position;
+    *out = s;
+    return BDH_OK;
+}
+
+int64_t bdh_state_position(const bdh_state *s) { return s ? s->position : 0; }
+const bdh_model *bdh_state_model(const bdh_state *s) { return s ? s->model : NULL; }
+
+/* ---- serialisation (docs/format.md, "State blobs"); little-endian hosts. */
+
+#define BLOB_MAGIC "BDHSTATE"
+#define BLOB_VERSION 1u
+#define BLOB_HEADER 64u
+#define CHECKSUM_AT 56u
+
+typedef struct blob_header {
+    uint32_t version, header_bytes;
+    uint64_t fingerprint;
+    int64_t position;
+    int32_t n_layer, n_head, n_neurons, n_embd;
+    uint64_t payload_bytes, checksum;
+} blob_header;
+
+static void put(uint8_t *p, size_t at, const void *v, size_t n) { memcpy(p + at, v, n); }
+static void get(const uint8_t *p, size_t at, void *v, size_t n) { memcpy(v, p + at, n); }
+
+static void write_header(uint8_t *p, const blob_header *h)
+{
+    memcpy(p, BLOB_MAGIC, 8);
+    put(p, 8, &h->version, 4);
+    put(p, 12, &h->header_bytes, 4);
+    put(p, 16, &h->fingerprint, 8);
+    put(p, 24, &h->position, 8);
+    put(p, 32, &h->n_layer, 4);
+    put(p, 36, &h->n_head, 4);
+    put(p, 40, &h->n_neurons, 4);
+    put(p, 44, &h->n_embd, 4);
+    put(p, 48, &h->payload_bytes, 8);
+}
+
+static void read_header(const uint8_t *p, blob_header *h)
+{
+    get(p, 8, &h->version, 4);
+    get(p, 12, &h->header_bytes, 4);
+    get(p, 16, &h->fingerprint, 8);
+    get(p, 24, &h->position, 8);
+    get(p, 32, &h->n_layer, 4);
+    get(p, 36, &h->n_head, 4);
+    get(p, 40, &h->n_neurons, 4);
+    get(p, 44, &h->n_embd, 4);
+    get(p, 48, &h->payload_bytes, 8);
+    get(p, CHECKSUM_AT, &h->checksum, 8);
+}
+
+/* XXH3 of the header before the checksum field, then the payload. */
+static uint64_t blob_checksum(const uint8_t *blob, const void *payload, size_t payload_bytes)
+{
+    XXH3_state_t *x = XXH3_createState();
+    if (!x) return 0;
+    XXH3_64bits_reset(x);
+    XXH3_64bits_update(x, blob, CHECKSUM_AT);
+    XXH3_64bits_update(x, payload, payload_bytes);
+    uint64_t v = XXH3_64bits_digest(x);
+    XXH3_freeState(x);
+    return v;
+}
+
+size_t bdh_state_save_size(const bdh_state *s)
+{
+    return s ? BLOB_HEADER + bdh_state_floats(&s->model->cfg) * sizeof(float) : 0;
+}
+
+bdh_status bdh_state_save(const bdh_state *s, void *buf, size_t cap, size_t *written)
+{
+    if (!s || !buf) return bdh_fail(BDH_ERR_INVALID_ARGUMENT, "bdh_state_save: state or buf is NULL");
+    const size_t need = bdh_state_save_size(s);
+    if (cap < need)
+        return bdh_fail(BDH_ERR_BUFFER_TOO_SMALL, "bdh_state_save: buffer holds %zu bytes, the state needs %zu", cap, need);
+    const bdh_config *c = &s->model->cfg;
+    uint8_t *p = buf;
+    float *payload = (float *)(p + BLOB_HEADER);
+    if (on_cuda(s->model)) {
+        bdh_status rc = bdh_cuda_state_download(s, payload);
+        if (rc != BDH_OK) return rc;
+    } else {
+        memcpy(payload, s->S, need - BLOB_HEADER);
+    }
+    blob_header h = {BLOB_VERSION, BLOB_HEADER, s->model->fingerprint, s->position,
+                     c->n_layer, c->n_head, c->n_neurons, c->n_embd, need - BLOB_HEADER, 0};
+    write_header(p, &h);
+    h.checksum = blob_checksum(p, payload, h.payload_bytes);
+    put(p, CHECKSUM_AT, &h.checksum, 8);
+    if (written) *written = need;
+    return BDH_OK;
+}
+
+static bdh_status check_blob(const bdh_state *s, const uint8_t *p, size_t len, blob_header *h)
+{
+    const bdh_config *c = &s->model->cfg;
+    if (len < BLOB_HEADER || memcmp(p, BLOB_MAGIC, 8) != 0)
+        return bdh_fail(BDH_ERR_FORMAT, "bdh_state_load: not a libbdh state (bad magic or shorter than its header)");
+    read_header(p, h);
+    if (h->version != BLOB_VERSION || h->header_bytes != BLOB_HEADER)
+        return bdh_fail(BDH_ERR_FORMAT, "bdh_state_load: state format version %u is not supported (this library reads %u)",
+                        h->version, BLOB_VERSION);
+    if (h->payload_bytes != len - BLOB_HEADER)
+        return bdh_fail(BDH_ERR_FORMAT, "bdh_state_load: blob is %zu bytes but its header announces %llu: truncated or padded",
+                        len, (unsigned long long)(h->payload_bytes + BLOB_HEADER));
+    if (blob_checksum(p, p + BLOB_HEADER, (size_t)h->payload_bytes) != h->checksum)
+        return bdh_fail(BDH_ERR_FORMAT, "bdh_state_load: checksum mismatch: the blob is damaged");
+    if (h->fingerprint != s->model->fingerprint || h->n_layer != c->n_layer || h->n_head != c->n_head ||
+        h->n_neurons != c->n_neurons || h->n_embd != c->n_embd)
+        return bdh_fail(BDH_ERR_MODEL_MISMATCH, "bdh_state_load: the state was saved from another model (fingerprint %016llx, this model %016llx)",
+                        (unsigned long long)h->fingerprint, (unsigned long long)s->model->fingerprint);
+    if (h->position < 0)
+        return bdh_fail(BDH_ERR_FORMAT, "bdh_state_load: negative position %lld", (long long)h->position);
+    return BDH_OK;
+}
+
+bdh_status bdh_state_load(bdh_state *s, const void *buf, size_t len)
+{
+    if (!s || !buf) return bdh_fail(BDH_ERR_INVALID_ARGUMENT, "bdh_state_load: state or buf is NULL");
+    blob_header h = {0};
+    bdh_status rc = check_blob(s, buf, len, &h);
+    if (rc != BDH_OK) return rc;
+    const uint8_t *payload = (const uint8_t *)buf + BLOB_HEADER;
+    if (on_cuda(s->model)) {
+        /* the payload may be unaligned; the upload reads it as bytes */
+        rc = bdh_cuda_state_upload(s, (const float *)(const void *)payload);
+        if (rc != BDH_OK) return rc;
+    } else {
+        memcpy(s->S, payload, (size_t)h.payload_bytes);
+    }
+    s->position = h.position;
+    return BDH_OK;
+}

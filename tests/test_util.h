@@ -1,0 +1,146 @@
+/* Helpers shared by the C tests: reading expected values from safetensors
+ * files (with cJSON, independently of the library's own loader), listing the
+ * reference cases, and comparing logits. Header-only; tests are one file each. */
+#ifndef BDH_TEST_UTIL_H
+#define BDH_TEST_UTIL_H
+
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include <cjson/cJSON.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "bdh.h"
+
+#ifndef TU_DATA
+#define TU_DATA "tests/data"
+#endif
+
+/* Parity bound with the reference: max |difference| / max |logit| per
+ * position. float32 against the reference's own float32 run; the reference's
+ * float32-vs-float64 gap is below 1e-6 on every case (golden/index.json). */
+#define TU_PARITY_TOL 1e-4
+
+static inline void *tu_read_file(const char *path, size_t *len)
+{
+    FILE *f = fopen(path, "rb");
+    if (!f) return NULL;
+    fseek(f, 0, SEEK_END);
+    long n = ftell(f);
+    fseek(f, 0, SEEK_SET);
+    void *buf = malloc(n > 0 ? (size_t)n : 1);
+    if (buf && fread(buf, 1, (size_t)n, f) != (size_t)n) { free(buf); buf = NULL; }
+    fclose(f);
+    if (len) *len = (size_t)n;
+    return buf;
+}
+
+static inline int tu_write_file(const char *path, const void *data, size_t len)
+{
+    FILE *f = fopen(path, "wb");
+    if (!f) return -1;
+    size_t w = fwrite(data, 1, len, f);
+    fclose(f);
+    return w == len ? 0 : -1;
+}
+
+/* Copy of tensor `name` (F32, F64 or I32 converted to the asked type).
+ * numel_out gets the element count; rows_out the first dimension. */
+static inline void *tu_read_tensor(const char *path, const char *name, int want_int, size_t *numel_out, int64_t *rows_out)
+{
+    size_t len;
+    uint8_t *file = tu_read_file(path, &len);
+    assert_non_null(file);
+    uint64_t hlen = 0;
+    memcpy(&hlen, file, 8);
+    cJSON *root = cJSON_ParseWithLength((const char *)file + 8, (size_t)hlen);
+    assert_non_null(root);
+    cJSON *t = cJSON_GetObjectItemCaseSensitive(root, name);
+    assert_non_null(t);
+    const char *dtype = cJSON_GetObjectItemCaseSensitive(t, "dtype")->valuestring;
+    cJSON *shape = cJSON_GetObjectItemCaseSensitive(t, "shape");
+    size_t numel = 1;
+    for (int i = 0; i < cJSON_GetArraySize(shape); i++) numel *= (size_t)cJSON_GetArrayItem(shape, i)->valuedouble;
+    if (rows_out) *rows_out = (int64_t)cJSON_GetArrayItem(shape, 0)->valuedouble;
+    size_t begin = (size_t)cJSON_GetArrayItem(cJSON_GetObjectItemCaseSensitive(t, "data_offsets"), 0)->valuedouble;
+    const uint8_t *src = file + 8 + hlen + begin;
+    void *out = malloc(numel * 4 + 4);
+    for (size_t i = 0; i < numel; i++) {
+        double v;
+        if (strcmp(dtype, "F32") == 0) { float f; memcpy(&f, src + 4 * i, 4); v = f; }
+        else if (strcmp(dtype, "F64") == 0) { memcpy(&v, src + 8 * i, 8); }
+        else { int32_t k; memcpy(&k, src + 4 * i, 4); v = k; }
+        if (want_int) ((int32_t *)out)[i] = (int32_t)v;
+        else ((float *)out)[i] = (float)v;
+    }
+    cJSON_Delete(root);
+    free(file);
+    if (numel_out) *numel_out = numel;
+    return out;
+}
+
+/* max |a - ref| / max |ref| over n values */
+static inline double tu_rel_err(const float *a, const float *ref, size_t n)
+{
+    double diff = 0.0, scale = 0.0;
+    for (size_t i = 0; i < n; i++) {
+        double d = fabs((double)a[i] - (double)ref[i]);
+        if (d > diff || d != d) diff = d;
+        if (fabs(ref[i]) > scale) scale = fabs(ref[i]);
+    }
+    return diff / (scale > 0 ? scale : 1.0);
+}
+
+/* A reference case: model file, expected tokens and logits. */
+typedef struct tu_case {
+    char name[64];
+    char model[256];
+    char expect[256];
+} tu_case;
+
+/* Cases listed in DIR/index.json (objects with a "name"); appends to cases. */
+static inline int tu_list_cases(const char *dir, tu_case *cases, int n, int cap)
+{
+    char path[300];
+    snprintf(path, sizeof path, "%s/index.json", dir);
+    size_t len;
+    char *text = tu_read_file(path, &len);
+    if (!text) return n;
+    cJSON *root = cJSON_ParseWithLength(text, len);
+    cJSON *e;
+    cJSON_ArrayForEach(e, root) {
+        cJSON *name = cJSON_GetObjectItemCaseSensitive(e, "name");
+        if (!cJSON_IsString(name) || n >= cap) continue;
+        snprintf(cases[n].name, sizeof cases[n].name, "%s", name->valuestring);
+        snprintf(cases[n].model, sizeof cases[n].model, "%s/%s.model.safetensors", dir, name->valuestring);
+        snprintf(cases[n].expect, sizeof cases[n].expect, "%s/%s.expect.safetensors", dir, name->valuestring);
+        n++;
+    }
+    cJSON_Delete(root);
+    free(text);
+    return n;
+}
+
+/* Every reference case: the public reference's golden files, then ours. */
+static inline int tu_all_cases(tu_case *cases, int cap)
+{
+    int n = tu_list_cases(TU_DATA "/golden", cases, 0, cap);
+    return tu_list_cases(TU_DATA "/cases", cases, n, cap);
+}
+
+static inline bdh_model *tu_load(const char *path)
+{
+    bdh_model *m = NULL;
+    bdh_status rc = bdh_model_load(path, NULL, &m);
+    if (rc != BDH_OK) fprintf(stderr, "load %s: %s\n", path, bdh_last_error());
+    assert_int_equal(rc, BDH_OK);
+    return m;
+}
+
+#endif
