@@ -162,7 +162,68 @@ BDH_API void bdh_state_free(bdh_state *state);
 BDH_API bdh_status bdh_step(bdh_state *state, int32_t token, float *logits);
 
 /* ------------------------------------------------ sampling and generation */
-/* (section owned by the generation work; see docs/api.md) */
+
+/* Sampling, in this order (the reference's order for the first three):
+ * repetition penalty -> temperature -> top-k -> softmax -> top-p -> min-p
+ * -> draw. temperature 0 is greedy argmax (lowest id among equal maxima). */
+typedef struct bdh_sampler_params {
+    float temperature;      /* 0 = greedy; default 1 */
+    int32_t top_k;          /* keep the k largest, ties with the k-th survive; 0 = off */
+    float top_p;            /* keep the smallest most-likely set with mass >= top_p; 1 = off */
+    float min_p;            /* drop tokens with p < min_p * p_max; 0 = off */
+    float repeat_penalty;   /* logits of tokens in the window: positive / r, negative * r; 1 = off */
+    int32_t repeat_window;  /* how many recent tokens the penalty sees (default 64) */
+    uint64_t seed;          /* same seed, same draws, on every machine */
+} bdh_sampler_params;
+
+BDH_API bdh_sampler_params bdh_sampler_default_params(void);
+
+/* Per-stream sampler: its own PRNG and repetition window (no globals). */
+typedef struct bdh_sampler bdh_sampler;
+
+BDH_API bdh_status bdh_sampler_new(const bdh_sampler_params *params, int32_t vocab_size, bdh_sampler **out);
+BDH_API void bdh_sampler_free(bdh_sampler *sampler);
+/* Record a token (prompt or generated) in the repetition window. */
+BDH_API bdh_status bdh_sampler_accept(bdh_sampler *sampler, int32_t token);
+/* Draw a token from logits (vocab_size floats, left unchanged); does not
+ * accept it. Never returns a token of zero probability. */
+BDH_API bdh_status bdh_sampler_sample(bdh_sampler *sampler, const float *logits, int32_t *token);
+
+/* Called with each new token the moment it exists; return non-zero to stop. */
+typedef int (*bdh_token_callback)(int32_t token, void *user);
+
+typedef struct bdh_generate_params {
+    bdh_sampler_params sampler;
+    int32_t max_new_tokens;
+    /* Byte sequences that end generation (vocab_size 256 models only): it
+     * stops right after the token that completes one; the callback has seen
+     * that token. */
+    const char *const *stop;
+    const size_t *stop_len;
+    int32_t n_stop;
+} bdh_generate_params;
+
+BDH_API bdh_generate_params bdh_generate_default_params(void);
+
+typedef enum bdh_stop_reason {
+    BDH_STOP_LENGTH = 0,    /* max_new_tokens reached */
+    BDH_STOP_CALLBACK = 1,  /* the callback asked to stop */
+    BDH_STOP_SEQUENCE = 2   /* a stop sequence was produced */
+} bdh_stop_reason;
+
+typedef struct bdh_generate_stats {
+    int64_t n_prompt, n_generated;
+    double prefill_seconds, decode_seconds;
+    bdh_stop_reason stop_reason;
+} bdh_generate_stats;
+
+/* Prefill the prompt (n_prompt >= 1) on top of whatever the state holds,
+ * then sample up to max_new_tokens, handing each to cb. On return the state
+ * has consumed the prompt and every generated token, so a later call
+ * continues the same stream (bdh_state_copy forks it). stats may be NULL. */
+BDH_API bdh_status bdh_generate(bdh_state *state, const int32_t *prompt, size_t n_prompt,
+                                const bdh_generate_params *params, bdh_token_callback cb, void *user,
+                                bdh_generate_stats *stats);
 
 #ifdef __cplusplus
 }

@@ -206,8 +206,10 @@ static bdh_status check_params(const bdh_model_params *p)
         return bdh_fail(BDH_ERR_INVALID_ARGUMENT, "params.device = %d is not a bdh_device", (int)p->device);
     if (p->n_threads < 0)
         return bdh_fail(BDH_ERR_INVALID_ARGUMENT, "params.n_threads = %d is negative (0 = all cores)", (int)p->n_threads);
-    if (p->weight_type != BDH_WEIGHTS_F32)
-        return bdh_fail(BDH_ERR_UNSUPPORTED, "params.weight_type = %d: only BDH_WEIGHTS_F32 storage is implemented", (int)p->weight_type);
+    if ((int)p->weight_type < BDH_WEIGHTS_F32 || p->weight_type > BDH_WEIGHTS_F16)
+        return bdh_fail(BDH_ERR_INVALID_ARGUMENT, "params.weight_type = %d is not a bdh_weight_type", (int)p->weight_type);
+    if (p->device == BDH_DEVICE_CPU && p->weight_type != BDH_WEIGHTS_F32)
+        return bdh_fail(BDH_ERR_UNSUPPORTED, "params.weight_type = %d: the CPU path holds float32 weights only", (int)p->weight_type);
     return BDH_OK;
 }
 
