@@ -4,14 +4,16 @@
 #   make test SANITIZE=1      the C tests under AddressSanitizer + UBSan (build-san/)
 #   make CUDA=1               also compile kernels/*.cu into the same library
 #   make install PREFIX=/usr/local
+#   make deps                 install what a fresh Debian machine lacks (root)
+#   make check                everything CI runs: tests, sanitizer tests, CUDA build
 # BUILD=dir puts objects elsewhere (default build/, build-san/ with SANITIZE=1).
 
 CC      ?= cc
 CXX     ?= c++
-NVCC    ?= nvcc
 PYTHON  ?= python3
 PREFIX  ?= /usr/local
 CUDA_HOME ?= /usr/local/cuda
+NVCC    ?= $(if $(shell command -v nvcc),nvcc,$(CUDA_HOME)/bin/nvcc)
 
 SOVERSION := 0
 VERSION   := 0.1.0
@@ -49,7 +51,7 @@ TESTS    := $(TEST_SRC:tests/%.c=$(BUILD)/tests/%)
 # the programs link to the shared library; rpath makes them run from the tree
 RUN_LDFLAGS := -L$(BUILD) -Wl,-rpath,'$$ORIGIN/..' -Wl,-rpath,'$$ORIGIN' -lbdh
 
-.PHONY: all lib test test-c test-cxx test-python install clean
+.PHONY: all lib test test-c test-cxx test-python install clean deps check check-cuda run
 all: lib $(if $(CLI_SRC),$(BUILD)/bdh)
 lib: $(BUILD)/libbdh.so $(BUILD)/libbdh.a
 
@@ -95,6 +97,28 @@ test-cxx: $(BUILD)/tests/header_cxx
 test-python: all
 	@if [ -d bindings/python/tests ]; then BDH_LIBRARY=$(CURDIR)/$(BUILD)/libbdh.so $(PYTHON) -m pytest -q bindings/python/tests; fi
 
+# Debian packages and Python modules the build and tests need.
+DEB_DEPS := build-essential pkg-config libopenblas-dev libcmocka-dev libcjson-dev libxxhash-dev python3 python3-pip python3-venv
+deps:
+	@missing=$$(for p in $(DEB_DEPS); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+	  echo "installing: $$missing"; \
+	  $(if $(filter 0,$(shell id -u)),,sudo) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(if $(filter 0,$(shell id -u)),,sudo) apt-get install -y -qq $$missing >/dev/null; \
+	fi
+	@$(PYTHON) -c "import numpy, pytest" 2>/dev/null || $(PYTHON) -m pip install -q numpy pytest
+
+# Everything CI runs (.ci/run): the tests, the tests again under ASan+UBSan,
+# and the CUDA build with its tests (which skip where there is no GPU).
+check: test
+	$(MAKE) SANITIZE=1 test
+	$(MAKE) check-cuda
+
+check-cuda:
+	@if [ -x "$$(command -v $(NVCC))" ]; then \
+	  $(MAKE) BUILD=build-cuda CUDA=1 all test-c; \
+	else echo "check-cuda: skipped: no nvcc"; fi
+
 install: lib
 	install -d $(DESTDIR)$(PREFIX)/include $(DESTDIR)$(PREFIX)/lib/pkgconfig $(DESTDIR)$(PREFIX)/bin
 	install -m 644 include/bdh.h $(DESTDIR)$(PREFIX)/include/
@@ -106,4 +130,4 @@ install: lib
 	if [ -x $(BUILD)/bdh ]; then install -m 755 $(BUILD)/bdh $(DESTDIR)$(PREFIX)/bin/; fi
 
 clean:
-	rm -rf build build-san
+	rm -rf build build-san build-cuda
