@@ -297,6 +297,28 @@ def save_safetensors(model: BDH, path: str, dtype=torch.float32) -> None:
         sd[k] = v.contiguous()
     config = model.config
     save_file(sd, path, metadata={k: str(v) for k, v in asdict(config).items()})
+    canonicalize_safetensors_header(path)
+
+
+def canonicalize_safetensors_header(path: str) -> None:
+    """Rewrite the JSON header with sorted keys so that equal content gives equal bytes.
+
+    safetensors' writer emits __metadata__ in hash-map order (differs between runs).
+    Tensor data and offsets are untouched; the header keeps its length (space padding)."""
+    import json
+    import struct
+
+    with open(path, "r+b") as f:
+        (n,) = struct.unpack("<Q", f.read(8))
+        raw = f.read(n)
+        header = json.loads(raw)
+        if "__metadata__" in header:
+            header["__metadata__"] = dict(sorted(header["__metadata__"].items()))
+        new = json.dumps(header, sort_keys=True, separators=(",", ":")).encode()
+        if len(new) > n:  # cannot happen for a header safetensors wrote; leave the file alone
+            return
+        f.seek(8)
+        f.write(new + b" " * (n - len(new)))
 
 
 # --------------------------------------------------------------------------- check
