@@ -28,7 +28,7 @@ endif
 
 WARN     := -Wall -Wextra -Wshadow -Wstrict-prototypes -Wno-unused-parameter
 CFLAGS   ?= -O2 -g
-ALLCFLAGS := -std=c11 -D_DEFAULT_SOURCE $(CFLAGS) $(WARN) $(SANFLAGS) -fPIC -fvisibility=hidden -pthread -Iinclude -Ilibbdh
+ALLCFLAGS := -std=c11 -D_DEFAULT_SOURCE $(CFLAGS) -fopenmp-simd $(WARN) $(SANFLAGS) -fPIC -fvisibility=hidden -pthread -Iinclude -Ilibbdh
 LIBS     := -lopenblas -lcjson -lxxhash -lm -pthread
 # Debian's libopenblas-dev puts cblas.h here
 ALLCFLAGS += $(shell pkg-config --cflags openblas 2>/dev/null)
@@ -51,7 +51,7 @@ TESTS    := $(TEST_SRC:tests/%.c=$(BUILD)/tests/%)
 # the programs link to the shared library; rpath makes them run from the tree
 RUN_LDFLAGS := -L$(BUILD) -Wl,-rpath,'$$ORIGIN/..' -Wl,-rpath,'$$ORIGIN' -lbdh
 
-.PHONY: all lib test test-c test-cxx test-python install clean deps check check-cuda run
+.PHONY: all lib test test-c test-cxx test-cli test-python install clean deps check check-cuda run
 all: lib $(if $(CLI_SRC),$(BUILD)/bdh)
 lib: $(BUILD)/libbdh.so $(BUILD)/libbdh.a
 
@@ -86,13 +86,17 @@ $(BUILD)/tests/header_cxx: tests/header_cxx.cpp include/bdh.h $(BUILD)/libbdh.so
 	@mkdir -p $(dir $@)
 	$(CXX) -std=c++11 -Wall -Wextra -pedantic $(SANFLAGS) -Iinclude -o $@ $< $(RUN_LDFLAGS) -Wl,-rpath,'$$ORIGIN/..'
 
-test: test-c test-cxx $(if $(SANITIZE),,test-python)
+test: test-c test-cxx test-cli $(if $(SANITIZE),,test-python)
 
 test-c: $(TESTS)
 	@set -e; for t in $(TESTS); do echo "== $$t"; $$t; done
 
 test-cxx: $(BUILD)/tests/header_cxx
 	$(BUILD)/tests/header_cxx
+
+# The bdh tool end to end (exit codes, messages, reproducible output).
+test-cli: all
+	bash tests/cli_test.sh $(BUILD)/bdh
 
 test-python: all
 	@if [ -d bindings/python/tests ]; then BDH_LIBRARY=$(CURDIR)/$(BUILD)/libbdh.so $(PYTHON) -m pytest -q bindings/python/tests; fi

@@ -75,11 +75,19 @@ typedef enum bdh_weight_type {
     BDH_WEIGHTS_F16 = 3       /* round to float16 at load */
 } bdh_weight_type;
 
+/* Which CPU code computes a step. */
+typedef enum bdh_kernels {
+    BDH_KERNELS_FAST = 0,      /* sparse-aware, threaded (default) */
+    BDH_KERNELS_REFERENCE = 1  /* plain dense single-threaded loops, the
+                                  reference the fast path is tested against */
+} bdh_kernels;
+
 typedef struct bdh_model_params {
     bdh_device device;
     int32_t n_threads;          /* CPU worker threads; 0 = all cores */
     int32_t cuda_device;        /* CUDA device ordinal */
     bdh_weight_type weight_type;
+    bdh_kernels kernels;        /* CPU only */
 } bdh_model_params;
 
 BDH_API bdh_model_params bdh_model_default_params(void);

@@ -1,52 +1,83 @@
-/* The recurrent step on the CPU, one token at a time, written to be read next
- * to docs/architecture.md (and the reference's equations):
+/* The fast CPU step: sparse-aware, threaded, batched. The same equations as
+ * forward_ref.c (read that first), organised around three facts:
  *
- *   x = LN(embed[token])
- *   for each layer (shared weights):
- *     for each head h:
- *       xs = relu(x @ encoder[h])          q = rope(t, xs)
- *       a  = S[h]^T q   (read BEFORE the update)
- *       S[h] += q x^T
- *       ys = relu(LN(a) @ encoder_v[h])     xy[h] = xs * ys
- *     x = LN(x + LN(xy @ decoder))
- *   logits = x @ lm_head
- */
+ *  - xs = relu(x @ encoder) is mostly zero, and q = rope(xs) is non-zero only
+ *    on pairs (2i, 2i+1) with a non-zero member, so the state read a = S^T q
+ *    and the update S += q x^T touch only those rows, in one pass each;
+ *  - ys is needed only where xs > 0, and the decoder only where xs*ys > 0;
+ *  - every weight matrix is stored one row of D values per neuron
+ *    (model.c repacks at load), so each of these is a gather of whole rows.
+ *
+ * Work is split into fixed neuron slices per head (bdh_cpu_slices). A slice
+ * never splits a RoPE pair, so one task can compute xs for its slice and at
+ * once read and update the matching state rows. Sums over neurons are made
+ * per slice and then over slices in order: the result does not depend on the
+ * number of threads or on how many states are stepped together.
+ *
+ * Per layer: phase 1 (tasks = slices): xs, q, state read+update, partial a;
+ * reduce a and LayerNorm; phase 2 (tasks = slices): ys, xy and the partial
+ * decoder sums; reduce y, LayerNorm, residual, LayerNorm. Several states
+ * advance together by looping over them inside each task, so each weight row
+ * is read once per batch. */
 #include "internal.h"
 
-#include <cblas.h>
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
+#define MAX_SLICES 16
+
 typedef struct cpu_work {
-    float *x;    /* [D] residual stream */
-    float *a;    /* [D] state read of one head */
-    float *y;    /* [D] decoder output */
-    float *q;    /* [N] rope(xs) of one head */
-    float *ys;   /* [N] */
-    float *xs;   /* [N] */
-    float *xy;   /* [H*N] gated output of all heads */
-    float *cos;  /* [N] RoPE tables of the current position */
-    float *sin;  /* [N] */
+    float *x;        /* [D] residual stream */
+    float *y;        /* [D] decoder output */
+    float *cos;      /* [N] RoPE tables at this state's position */
+    float *sin;      /* [N] */
+    float *xs;       /* [H*N] */
+    float *q;        /* [H*N] valid on active pairs only */
+    int32_t *pairs;  /* per slice: active pair indices, from the slice's first pair */
+    int32_t *npairs; /* [H*S] */
+    float *a_part;   /* [H*S][D] state read per slice */
+    float *a;        /* [H][D] LN(S^T q) */
+    float *y_part;   /* [H*S][D] decoder sum per slice */
 } cpu_work;
+
+int bdh_cpu_slices(const bdh_config *c)
+{
+    const int pairs = c->n_neurons / 2;
+    return pairs < MAX_SLICES ? pairs : MAX_SLICES;
+}
+
+/* Neurons [*j0, *j1) of slice k: boundaries are even, so pairs stay whole. */
+static void slice_range(int N, int S, int k, int *j0, int *j1)
+{
+    *j0 = (int)((int64_t)(N / 2) * k / S) * 2;
+    *j1 = (int)((int64_t)(N / 2) * (k + 1) / S) * 2;
+}
 
 bdh_status bdh_cpu_work_new(const bdh_model *m, void **out)
 {
     const size_t D = (size_t)m->cfg.n_embd, N = (size_t)m->cfg.n_neurons, H = (size_t)m->cfg.n_head;
+    const size_t HS = H * (size_t)bdh_cpu_slices(&m->cfg);
     cpu_work *w = calloc(1, sizeof *w);
-    float *buf = w ? calloc(3 * D + 5 * N + H * N, sizeof(float)) : NULL;
-    if (!buf) {
+    const size_t floats = 2 * D + 2 * N + 2 * H * N + HS * D + H * D + HS * D;
+    float *buf = w ? calloc(floats, sizeof(float)) : NULL;
+    int32_t *ints = buf ? calloc(H * N / 2 + HS, sizeof(int32_t)) : NULL;
+    if (!ints) {
+        free(buf);
         free(w);
         return bdh_fail(BDH_ERR_OUT_OF_MEMORY, "out of memory allocating the CPU work buffers");
     }
     w->x = buf;
-    w->a = w->x + D;
-    w->y = w->a + D;
-    w->q = w->y + D;
-    w->ys = w->q + N;
-    w->xs = w->ys + N;
-    w->cos = w->xs + N;
+    w->y = w->x + D;
+    w->cos = w->y + D;
     w->sin = w->cos + N;
-    w->xy = w->sin + N;
+    w->xs = w->sin + N;
+    w->q = w->xs + H * N;
+    w->a_part = w->q + H * N;
+    w->a = w->a_part + HS * D;
+    w->y_part = w->a + H * D;
+    w->pairs = ints;
+    w->npairs = ints + H * N / 2;
     *out = w;
     return BDH_OK;
 }
@@ -56,64 +87,151 @@ void bdh_cpu_work_free(void *work)
     cpu_work *w = work;
     if (!w) return;
     free(w->x);
+    free(w->pairs);
     free(w);
 }
 
-static void relu(float *v, int n)
+/* One batch step in flight: what the pool's tasks read. */
+typedef struct job {
+    const bdh_model *m;
+    bdh_state *const *states;
+    size_t n;
+    int layer;
+} job;
+
+static cpu_work *work_of(const job *jb, size_t b) { return jb->states[b]->work; }
+
+/* xs, q and the state rows of one slice of head h, for state b. */
+static void slice_state(const job *jb, size_t b, int h, int k, int j0, int j1)
 {
-    for (int i = 0; i < n; i++) v[i] = v[i] > 0.0f ? v[i] : 0.0f;
+    const bdh_model *m = jb->m;
+    const int D = m->cfg.n_embd, N = m->cfg.n_neurons, S = bdh_cpu_slices(&m->cfg);
+    cpu_work *w = work_of(jb, b);
+    const float *xs = w->xs + (size_t)h * N;
+    float *q = w->q + (size_t)h * N;
+    float *S_head = jb->states[b]->S + ((size_t)jb->layer * m->cfg.n_head + h) * N * D;
+    int32_t *pairs = w->pairs + ((size_t)h * N + j0) / 2;
+    float *acc = w->a_part + ((size_t)h * S + k) * D;
+    int np = 0;
+
+    memset(acc, 0, (size_t)D * sizeof(float));
+    for (int j = j0; j < j1; j += 2) {
+        if (xs[j] == 0.0f && xs[j + 1] == 0.0f) continue;
+        pairs[np++] = j / 2;
+        bdh_rope_apply(xs + j, w->cos + j, w->sin + j, 2, q + j);
+        bdh_state_row_update(S_head + (size_t)j * D, q[j], w->x, acc, D);
+        bdh_state_row_update(S_head + (size_t)(j + 1) * D, q[j + 1], w->x, acc, D);
+    }
+    w->npairs[h * S + k] = np;
 }
 
-/* out[N] = relu(v[D] @ mat[D][N]) */
-static void project_relu(const float *mat, const float *v, int D, int N, float *out)
+/* Phase 1 task: encoder rows of the slice (read once for all states), then
+ * each state's rows of the slice. */
+static void phase_encode(void *ctx, int tid, int n_threads)
 {
-    cblas_sgemv(CblasRowMajor, CblasTrans, D, N, 1.0f, mat, N, v, 1, 0.0f, out, 1);
-    relu(out, N);
+    const job *jb = ctx;
+    const bdh_model *m = jb->m;
+    const int N = m->cfg.n_neurons, S = bdh_cpu_slices(&m->cfg), tasks = m->cfg.n_head * S;
+    for (int t = tid; t < tasks; t += n_threads) {
+        const int h = t / S, k = t % S;
+        int j0, j1;
+        slice_range(N, S, k, &j0, &j1);
+        for (int j = j0; j < j1; j++) {
+            const int64_t row = (int64_t)h * N + j;
+            for (size_t b = 0; b < jb->n; b++) {
+                cpu_work *w = work_of(jb, b);
+                const float v = bdh_row_dot(&m->cpu.encoder, row, w->x);
+                w->xs[row] = v > 0.0f ? v : 0.0f;
+            }
+        }
+        for (size_t b = 0; b < jb->n; b++) slice_state(jb, b, h, k, j0, j1);
+    }
 }
 
-/* One head of one layer: reads and updates the head's state S [N][D],
- * writes xs * ys into xy [N]. */
-static void head_step(const bdh_model *m, cpu_work *w, int h, float *S, float *xy)
+/* Phase 2 task: for the slice's neurons active in any state, read the
+ * encoder_v row (once), gate, and add xy * decoder row to the state's
+ * partial y. */
+static void phase_decode(void *ctx, int tid, int n_threads)
 {
-    const int D = m->cfg.n_embd, N = m->cfg.n_neurons;
-    const size_t head = (size_t)h * D * N;
-
-    project_relu(m->w.encoder + head, w->x, D, N, w->xs);
-    bdh_rope_apply(w->xs, w->cos, w->sin, N, w->q);
-
-    cblas_sgemv(CblasRowMajor, CblasTrans, N, D, 1.0f, S, D, w->q, 1, 0.0f, w->a, 1); /* a = S^T q */
-    cblas_sger(CblasRowMajor, N, D, 1.0f, w->q, 1, w->x, 1, S, D);                   /* S += q x^T */
-
-    bdh_layernorm(w->a, D);
-    project_relu(m->w.encoder_v + head, w->a, D, N, w->ys);
-    for (int j = 0; j < N; j++) xy[j] = w->xs[j] * w->ys[j];
+    const job *jb = ctx;
+    const bdh_model *m = jb->m;
+    const int D = m->cfg.n_embd, N = m->cfg.n_neurons, S = bdh_cpu_slices(&m->cfg), tasks = m->cfg.n_head * S;
+    for (int t = tid; t < tasks; t += n_threads) {
+        const int h = t / S, k = t % S;
+        int j0, j1;
+        slice_range(N, S, k, &j0, &j1);
+        for (size_t b = 0; b < jb->n; b++) memset(work_of(jb, b)->y_part + (size_t)t * D, 0, (size_t)D * sizeof(float));
+        for (int j = j0; j < j1; j++) {
+            const int64_t row = (int64_t)h * N + j;
+            for (size_t b = 0; b < jb->n; b++) {
+                cpu_work *w = work_of(jb, b);
+                if (w->xs[row] == 0.0f) continue;
+                const float ys = bdh_row_dot(&m->cpu.encoder_v, row, w->a + (size_t)h * D);
+                const float xy = ys > 0.0f ? w->xs[row] * ys : 0.0f;
+                if (xy != 0.0f) bdh_row_axpy(&m->cpu.decoder, row, xy, w->y_part + (size_t)t * D);
+            }
+        }
+    }
 }
 
-static void layer_step(const bdh_model *m, cpu_work *w, float *S_layer)
+/* out[D] = sum of parts[0..n) in order */
+static void sum_parts(const float *parts, int n, int D, float *out)
 {
-    const int D = m->cfg.n_embd, N = m->cfg.n_neurons, H = m->cfg.n_head;
-    for (int h = 0; h < H; h++)
-        head_step(m, w, h, S_layer + (size_t)h * N * D, w->xy + (size_t)h * N);
+    memcpy(out, parts, (size_t)D * sizeof(float));
+    for (int i = 1; i < n; i++)
+        for (int d = 0; d < D; d++) out[d] += parts[(size_t)i * D + d];
+}
 
-    cblas_sgemv(CblasRowMajor, CblasTrans, H * N, D, 1.0f, m->w.decoder, D, w->xy, 1, 0.0f, w->y, 1);
+static void finish_state_read(const bdh_model *m, cpu_work *w)
+{
+    const int D = m->cfg.n_embd, S = bdh_cpu_slices(&m->cfg);
+    for (int h = 0; h < m->cfg.n_head; h++) {
+        float *a = w->a + (size_t)h * D;
+        sum_parts(w->a_part + (size_t)h * S * D, S, D, a);
+        bdh_layernorm(a, D);
+    }
+}
+
+static void finish_layer(const bdh_model *m, cpu_work *w)
+{
+    const int D = m->cfg.n_embd;
+    sum_parts(w->y_part, m->cfg.n_head * bdh_cpu_slices(&m->cfg), D, w->y);
     bdh_layernorm(w->y, D);
-    for (int i = 0; i < D; i++) w->x[i] += w->y[i];
+    for (int d = 0; d < D; d++) w->x[d] += w->y[d];
     bdh_layernorm(w->x, D);
 }
 
-void bdh_cpu_step(bdh_state *s, int32_t token, float *logits)
+static void begin_token(const bdh_model *m, bdh_state *s, int32_t token)
 {
-    const bdh_model *m = s->model;
-    const int D = m->cfg.n_embd, N = m->cfg.n_neurons, V = m->cfg.vocab_size;
-    const size_t layer_floats = (size_t)m->cfg.n_head * N * D;
     cpu_work *w = s->work;
+    bdh_row_f32(&m->cpu.embed, token, w->x);
+    bdh_layernorm(w->x, m->cfg.n_embd);
+    bdh_rope_tables(m->cpu.freqs, m->cfg.n_neurons, s->position, w->cos, w->sin);
+}
 
-    memcpy(w->x, m->w.embed + (size_t)token * D, (size_t)D * sizeof(float));
-    bdh_layernorm(w->x, D);
-    bdh_rope_tables(m->w.freqs, N, s->position, w->cos, w->sin);
-    for (int l = 0; l < m->cfg.n_layer; l++)
-        layer_step(m, w, s->S + (size_t)l * layer_floats);
-    if (logits)
-        cblas_sgemv(CblasRowMajor, CblasTrans, D, V, 1.0f, m->w.lm_head, V, w->x, 1, 0.0f, logits, 1);
-    s->position++;
+bdh_status bdh_cpu_step_batch(bdh_state *const *states, const int32_t *tokens, size_t n, float *logits)
+{
+    const bdh_model *m = states[0]->model;
+    if (m->params.kernels == BDH_KERNELS_REFERENCE) {
+        for (size_t b = 0; b < n; b++) {
+            bdh_status rc = bdh_ref_step(states[b], tokens[b], logits ? logits + b * (size_t)m->cfg.vocab_size : NULL);
+            if (rc != BDH_OK) return rc;
+        }
+        return BDH_OK;
+    }
+    job jb = {m, states, n, 0};
+    for (size_t b = 0; b < n; b++) begin_token(m, states[b], tokens[b]);
+    for (jb.layer = 0; jb.layer < m->cfg.n_layer; jb.layer++) {
+        bdh_pool_run(m->pool, phase_encode, &jb);
+        for (size_t b = 0; b < n; b++) finish_state_read(m, work_of(&jb, b));
+        bdh_pool_run(m->pool, phase_decode, &jb);
+        for (size_t b = 0; b < n; b++) finish_layer(m, work_of(&jb, b));
+    }
+    const int V = m->cfg.vocab_size;
+    for (size_t b = 0; b < n; b++) {
+        if (logits)
+            for (int v = 0; v < V; v++) logits[b * V + v] = bdh_row_dot(&m->cpu.lm_head, v, work_of(&jb, b)->x);
+        states[b]->position++;
+    }
+    return BDH_OK;
 }

@@ -49,6 +49,7 @@ typedef struct bdh_safetensors {
 
 BDH_INTERNAL bdh_status bdh_safetensors_open(const char *path, bdh_safetensors *out);
 BDH_INTERNAL void bdh_safetensors_close(bdh_safetensors *st);
+BDH_INTERNAL void bdh_safetensors_release(const bdh_safetensors *st, const bdh_tensor_view *t);
 BDH_INTERNAL const bdh_tensor_view *bdh_safetensors_find(const bdh_safetensors *st, const char *name);
 BDH_INTERNAL const char *bdh_safetensors_meta(const bdh_safetensors *st, const char *key);
 BDH_INTERNAL const char *bdh_dtype_name(bdh_dtype dt);
@@ -56,10 +57,43 @@ BDH_INTERNAL size_t bdh_dtype_size(bdh_dtype dt);
 /* Convert n elements of a F32/F16/BF16 tensor to float32. */
 BDH_INTERNAL void bdh_convert_to_f32(bdh_dtype dt, const void *src, float *dst, size_t n);
 
+/* -------------------------------------------------------------- matrix.c */
+
+typedef enum bdh_wtype { BDH_W_F32, BDH_W_BF16, BDH_W_F16 } bdh_wtype;
+
+/* Row-major [rows][cols]; the CPU path keeps one row per neuron. */
+typedef struct bdh_matrix {
+    bdh_wtype type;
+    int64_t rows, cols;
+    void *data;
+} bdh_matrix;
+
+BDH_INTERNAL size_t bdh_wtype_size(bdh_wtype t);
+BDH_INTERNAL const char *bdh_wtype_name(bdh_wtype t);
+/* Write n floats into storage of type t (rounding to nearest even). */
+BDH_INTERNAL void bdh_store_f32(bdh_wtype t, const float *src, void *dst, size_t n);
+BDH_INTERNAL float bdh_row_dot(const bdh_matrix *m, int64_t row, const float *x);
+BDH_INTERNAL void bdh_row_axpy(const bdh_matrix *m, int64_t row, float a, float *acc);
+BDH_INTERNAL void bdh_row_f32(const bdh_matrix *m, int64_t row, float *out);
+BDH_INTERNAL void bdh_state_row_update(float *S_row, float q, const float *x, float *acc, int n);
+/* scratch: GEMM_BLOCK (256) rows of cols floats, for 16-bit storage */
+BDH_INTERNAL void bdh_gemm_rows_t(const bdh_matrix *m, int64_t row0, int nrows, const float *X, int T, float *out, int ldo, float *scratch);
+BDH_INTERNAL void bdh_gemm_rows_n(const bdh_matrix *m, int64_t row0, int nrows, const float *A, int T, int lda, float *out, float *scratch);
+#define BDH_GEMM_BLOCK 256
+
+/* ---------------------------------------------------------------- pool.c */
+
+typedef struct bdh_pool bdh_pool;
+typedef void (*bdh_task_fn)(void *ctx, int tid, int n_threads);
+BDH_INTERNAL bdh_status bdh_pool_new(int n_threads, bdh_pool **out);
+BDH_INTERNAL void bdh_pool_free(bdh_pool *p);
+BDH_INTERNAL void bdh_pool_run(bdh_pool *p, bdh_task_fn fn, void *ctx);
+BDH_INTERNAL int bdh_pool_threads(const bdh_pool *p);
+
 /* --------------------------------------------------------------- model.c */
 
-/* The weights the forward pass reads, all float32, row-major, in the
- * reference's layouts (the load step may change this later). */
+/* The weights in the reference's layouts, float32: built at load only for
+ * the CUDA backend to upload (and freed after). */
 typedef struct bdh_weights {
     float *embed;      /* [V][D] */
     float *encoder;    /* [H][D][N] */
@@ -68,6 +102,17 @@ typedef struct bdh_weights {
     float *lm_head;    /* [D][V] */
     float *freqs;      /* [N], RoPE turns per position */
 } bdh_weights;
+
+/* The CPU path's weights, repacked at load so that every product reads
+ * whole rows of D values: one row per neuron (h*N + j) or per token. */
+typedef struct bdh_cpu_weights {
+    bdh_matrix embed;      /* [V][D] */
+    bdh_matrix encoder;    /* [H*N][D]  (file: [H][D][N]) */
+    bdh_matrix encoder_v;  /* [H*N][D]  (file: [H][D][N]) */
+    bdh_matrix decoder;    /* [H*N][D] */
+    bdh_matrix lm_head;    /* [V][D]    (file: [D][V]) */
+    float *freqs;          /* [N] RoPE turns per position */
+} bdh_cpu_weights;
 
 enum { BDH_T_EMBED, BDH_T_ENCODER, BDH_T_ENCODER_V, BDH_T_DECODER, BDH_T_LM_HEAD, BDH_T_FREQS, BDH_T_COUNT };
 
@@ -79,7 +124,10 @@ struct bdh_model {
     size_t weight_bytes;
     int64_t n_params;
     const char *file_dtype[BDH_T_COUNT]; /* NULL when absent from the file */
-    bdh_weights w;             /* host copies (CPU path; source for uploads) */
+    bdh_wtype wtype;           /* how the CPU path stores its matrices */
+    bdh_cpu_weights cpu;       /* CPU path */
+    bdh_pool *pool;            /* CPU worker threads */
+    bdh_weights w;             /* CUDA only, during bdh_cuda_model_init */
     void *cuda;                /* device-side model, kernels/ (NULL on CPU) */
 };
 
@@ -103,9 +151,19 @@ BDH_INTERNAL bdh_status bdh_check_token(const bdh_model *m, int32_t token);
 
 /* --------------------------------------------------------- forward_cpu.c */
 
+/* The fast path: any number of states (of one model) advance by one token
+ * each; weights rows are read once for all of them. */
 BDH_INTERNAL bdh_status bdh_cpu_work_new(const bdh_model *m, void **out);
 BDH_INTERNAL void bdh_cpu_work_free(void *work);
-BDH_INTERNAL void bdh_cpu_step(bdh_state *s, int32_t token, float *logits);
+BDH_INTERNAL bdh_status bdh_cpu_step_batch(bdh_state *const *states, const int32_t *tokens, size_t n, float *logits);
+/* Neuron slices per head: reductions are summed per slice, then over slices
+ * in order, so results do not depend on the thread count or batch size. */
+BDH_INTERNAL int bdh_cpu_slices(const bdh_config *c);
+
+/* ---------------------------------------------------------- forward_ref.c */
+
+/* The plain reference: dense, single-threaded, written like the equations. */
+BDH_INTERNAL bdh_status bdh_ref_step(bdh_state *s, int32_t token, float *logits);
 
 /* ------------------------------------------------------------- prefill.c */
 

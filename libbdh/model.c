@@ -162,23 +162,139 @@ static float *alloc_floats(size_t n)
     return aligned_alloc(64, bytes ? bytes : 64);
 }
 
-static bdh_status copy_weights(bdh_model *m, const bdh_tensor_view *const *t)
+static size_t tensor_numel(const bdh_tensor_view *t) { return t->nbytes / bdh_dtype_size(t->dtype); }
+
+/* attn.freqs from the file, or the reference's default; float32 [N]. */
+static float *load_freqs(const bdh_model *m, const bdh_tensor_view *t)
 {
-    float **dst[BDH_T_COUNT] = {&m->w.embed, &m->w.encoder, &m->w.encoder_v, &m->w.decoder, &m->w.lm_head, &m->w.freqs};
-    for (int i = 0; i < BDH_T_COUNT; i++) {
-        size_t n = i == BDH_T_FREQS ? (size_t)m->cfg.n_neurons : t[i]->nbytes / bdh_dtype_size(t[i]->dtype);
-        *dst[i] = alloc_floats(n);
-        if (!*dst[i])
+    float *f = alloc_floats((size_t)m->cfg.n_neurons);
+    if (!f) return NULL;
+    if (t) bdh_convert_to_f32(t->dtype, t->data, f, (size_t)m->cfg.n_neurons);
+    else default_freqs(f, m->cfg.n_neurons);
+    return f;
+}
+
+/* ---- CUDA: float32 copies in the file's layouts, for the upload */
+
+static bdh_status copy_reference_layout(bdh_model *m, const bdh_tensor_view *const *t)
+{
+    float **dst[BDH_T_FREQS] = {&m->w.embed, &m->w.encoder, &m->w.encoder_v, &m->w.decoder, &m->w.lm_head};
+    for (int i = 0; i < BDH_T_FREQS; i++) {
+        size_t n = tensor_numel(t[i]);
+        if (!(*dst[i] = alloc_floats(n)))
             return bdh_fail(BDH_ERR_OUT_OF_MEMORY, "out of memory allocating %zu bytes for %s", n * sizeof(float), tensor_names[i]);
-        if (t[i]) {
-            m->file_dtype[i] = bdh_dtype_name(t[i]->dtype);
-            bdh_convert_to_f32(t[i]->dtype, t[i]->data, *dst[i], n);
-        } else {
-            default_freqs(*dst[i], (int)n);
-        }
-        m->weight_bytes += n * sizeof(float);
+        bdh_convert_to_f32(t[i]->dtype, t[i]->data, *dst[i], n);
     }
+    m->w.freqs = load_freqs(m, t[BDH_T_FREQS]);
+    return m->w.freqs ? BDH_OK : bdh_fail(BDH_ERR_OUT_OF_MEMORY, "out of memory");
+}
+
+static void free_reference_layout(bdh_model *m)
+{
+    free(m->w.embed);
+    free(m->w.encoder);
+    free(m->w.encoder_v);
+    free(m->w.decoder);
+    free(m->w.lm_head);
+    free(m->w.freqs);
+    memset(&m->w, 0, sizeof m->w);
+}
+
+/* ---- CPU: repack into one row of D values per neuron / token */
+
+static bdh_wtype storage_type(const bdh_model *m, const bdh_tensor_view *encoder)
+{
+    switch (m->params.weight_type) {
+    case BDH_WEIGHTS_BF16: return BDH_W_BF16;
+    case BDH_WEIGHTS_F16: return BDH_W_F16;
+    case BDH_WEIGHTS_AS_STORED:
+        return encoder->dtype == BDH_DT_BF16 ? BDH_W_BF16 : encoder->dtype == BDH_DT_F16 ? BDH_W_F16 : BDH_W_F32;
+    default: return BDH_W_F32;
+    }
+}
+
+static bdh_status alloc_matrix(bdh_matrix *mat, bdh_wtype type, int64_t rows, int64_t cols, int which)
+{
+    size_t bytes = ((size_t)rows * (size_t)cols * bdh_wtype_size(type) + 63) / 64 * 64;
+    *mat = (bdh_matrix){type, rows, cols, aligned_alloc(64, bytes)};
+    if (!mat->data) return bdh_fail(BDH_ERR_OUT_OF_MEMORY, "out of memory allocating %zu bytes for %s", bytes, tensor_names[which]);
     return BDH_OK;
+}
+
+/* Transpose `count` matrices [r][c] of the file into [c][r] rows of dst. */
+static bdh_status pack_transposed(bdh_matrix *dst, const bdh_tensor_view *t, int64_t count, int64_t r, int64_t c)
+{
+    float *src = alloc_floats((size_t)(r * c)), *tmp = alloc_floats((size_t)(r * c));
+    bdh_status rc = src && tmp ? BDH_OK : bdh_fail(BDH_ERR_OUT_OF_MEMORY, "out of memory repacking weights");
+    const size_t es = bdh_dtype_size(t->dtype), ws = bdh_wtype_size(dst->type);
+    for (int64_t i = 0; i < count && rc == BDH_OK; i++) {
+        bdh_convert_to_f32(t->dtype, (const uint8_t *)t->data + (size_t)(i * r * c) * es, src, (size_t)(r * c));
+        for (int64_t a = 0; a < r; a++)
+            for (int64_t b = 0; b < c; b++) tmp[b * r + a] = src[a * c + b];
+        bdh_store_f32(dst->type, tmp, (uint8_t *)dst->data + (size_t)(i * r * c) * ws, (size_t)(r * c));
+    }
+    free(src);
+    free(tmp);
+    return rc;
+}
+
+/* Rows kept as they are in the file, converted to the storage type. */
+static bdh_status pack_rows(bdh_matrix *dst, const bdh_tensor_view *t)
+{
+    const size_t D = (size_t)dst->cols, es = bdh_dtype_size(t->dtype), ws = bdh_wtype_size(dst->type);
+    float *row = alloc_floats(D);
+    if (!row) return bdh_fail(BDH_ERR_OUT_OF_MEMORY, "out of memory repacking weights");
+    for (int64_t i = 0; i < dst->rows; i++) {
+        bdh_convert_to_f32(t->dtype, (const uint8_t *)t->data + (size_t)i * D * es, row, D);
+        bdh_store_f32(dst->type, row, (uint8_t *)dst->data + (size_t)i * D * ws, D);
+    }
+    free(row);
+    return BDH_OK;
+}
+
+static bdh_status pack_cpu(bdh_model *m, bdh_safetensors *st, const bdh_tensor_view *const *t)
+{
+    const int64_t D = m->cfg.n_embd, H = m->cfg.n_head, N = m->cfg.n_neurons, V = m->cfg.vocab_size;
+    bdh_cpu_weights *w = &m->cpu;
+    m->wtype = storage_type(m, t[BDH_T_ENCODER]);
+    bdh_status rc;
+    if ((rc = alloc_matrix(&w->embed, m->wtype, V, D, BDH_T_EMBED)) != BDH_OK ||
+        (rc = pack_rows(&w->embed, t[BDH_T_EMBED])) != BDH_OK) return rc;
+    bdh_safetensors_release(st, t[BDH_T_EMBED]);
+    if ((rc = alloc_matrix(&w->encoder, m->wtype, H * N, D, BDH_T_ENCODER)) != BDH_OK ||
+        (rc = pack_transposed(&w->encoder, t[BDH_T_ENCODER], H, D, N)) != BDH_OK) return rc;
+    bdh_safetensors_release(st, t[BDH_T_ENCODER]);
+    if ((rc = alloc_matrix(&w->encoder_v, m->wtype, H * N, D, BDH_T_ENCODER_V)) != BDH_OK ||
+        (rc = pack_transposed(&w->encoder_v, t[BDH_T_ENCODER_V], H, D, N)) != BDH_OK) return rc;
+    bdh_safetensors_release(st, t[BDH_T_ENCODER_V]);
+    if ((rc = alloc_matrix(&w->decoder, m->wtype, H * N, D, BDH_T_DECODER)) != BDH_OK ||
+        (rc = pack_rows(&w->decoder, t[BDH_T_DECODER])) != BDH_OK) return rc;
+    bdh_safetensors_release(st, t[BDH_T_DECODER]);
+    if ((rc = alloc_matrix(&w->lm_head, m->wtype, V, D, BDH_T_LM_HEAD)) != BDH_OK ||
+        (rc = pack_transposed(&w->lm_head, t[BDH_T_LM_HEAD], 1, D, V)) != BDH_OK) return rc;
+    if (!(w->freqs = load_freqs(m, t[BDH_T_FREQS]))) return bdh_fail(BDH_ERR_OUT_OF_MEMORY, "out of memory");
+    m->weight_bytes = (size_t)m->n_params * bdh_wtype_size(m->wtype) + (size_t)N * sizeof(float);
+    return bdh_pool_new(m->n_threads, &m->pool);
+}
+
+static void free_cpu(bdh_model *m)
+{
+    bdh_matrix *mats[] = {&m->cpu.embed, &m->cpu.encoder, &m->cpu.encoder_v, &m->cpu.decoder, &m->cpu.lm_head};
+    for (size_t i = 0; i < sizeof mats / sizeof mats[0]; i++) free(mats[i]->data);
+    free(m->cpu.freqs);
+    bdh_pool_free(m->pool);
+}
+
+/* CUDA: reference-layout copies for the upload, released right after. */
+static bdh_status init_cuda(bdh_model *m, const bdh_tensor_view *const *t)
+{
+    for (int i = 0; i < BDH_T_COUNT; i++)
+        if (t[i]) m->file_dtype[i] = bdh_dtype_name(t[i]->dtype);
+    m->weight_bytes = (size_t)m->n_params * (m->params.weight_type == BDH_WEIGHTS_BF16 ? 2 : 4);
+    bdh_status rc = copy_reference_layout(m, t);
+    if (rc == BDH_OK) rc = bdh_cuda_model_init(m);
+    free_reference_layout(m);
+    return rc;
 }
 
 /* Fingerprint: configuration, then each tensor's dtype, shape and bytes. */
@@ -208,8 +324,8 @@ static bdh_status check_params(const bdh_model_params *p)
         return bdh_fail(BDH_ERR_INVALID_ARGUMENT, "params.n_threads = %d is negative (0 = all cores)", (int)p->n_threads);
     if ((int)p->weight_type < BDH_WEIGHTS_F32 || p->weight_type > BDH_WEIGHTS_F16)
         return bdh_fail(BDH_ERR_INVALID_ARGUMENT, "params.weight_type = %d is not a bdh_weight_type", (int)p->weight_type);
-    if (p->device == BDH_DEVICE_CPU && p->weight_type != BDH_WEIGHTS_F32)
-        return bdh_fail(BDH_ERR_UNSUPPORTED, "params.weight_type = %d: the CPU path holds float32 weights only", (int)p->weight_type);
+    if ((int)p->kernels < BDH_KERNELS_FAST || p->kernels > BDH_KERNELS_REFERENCE)
+        return bdh_fail(BDH_ERR_INVALID_ARGUMENT, "params.kernels = %d is not a bdh_kernels", (int)p->kernels);
     return BDH_OK;
 }
 
@@ -221,11 +337,13 @@ static bdh_status load_from_file(bdh_model *m, const char *path)
     const bdh_tensor_view *t[BDH_T_COUNT];
     for (int i = 0; i < BDH_T_COUNT; i++) t[i] = find_tensor(&st, i);
     if ((rc = config_from_shapes(t, &m->cfg)) == BDH_OK &&
-        (rc = config_from_metadata(&st, &m->cfg)) == BDH_OK &&
-        (rc = copy_weights(m, t)) == BDH_OK) {
+        (rc = config_from_metadata(&st, &m->cfg)) == BDH_OK) {
         const int64_t D = m->cfg.n_embd, V = m->cfg.vocab_size, HN = (int64_t)m->cfg.n_head * m->cfg.n_neurons;
         m->n_params = 2 * V * D + 3 * HN * D;
-        m->fingerprint = fingerprint(&m->cfg, t);
+        m->fingerprint = fingerprint(&m->cfg, t); /* before pages are released */
+        for (int i = 0; i < BDH_T_COUNT; i++)
+            if (t[i]) m->file_dtype[i] = bdh_dtype_name(t[i]->dtype);
+        rc = m->params.device == BDH_DEVICE_CUDA ? init_cuda(m, t) : pack_cpu(m, &st, t);
     }
     if (rc != BDH_OK) {
         /* keep the reason, add the file */
@@ -252,7 +370,6 @@ bdh_status bdh_model_load(const char *path, const bdh_model_params *params, bdh_
     long cores = sysconf(_SC_NPROCESSORS_ONLN);
     m->n_threads = p.n_threads > 0 ? p.n_threads : (int)(cores > 0 ? cores : 1);
     rc = load_from_file(m, path);
-    if (rc == BDH_OK && p.device == BDH_DEVICE_CUDA) rc = bdh_cuda_model_init(m);
     if (rc != BDH_OK) {
         bdh_model_free(m);
         return rc;
@@ -266,12 +383,8 @@ void bdh_model_free(bdh_model *m)
 {
     if (!m) return;
     if (m->cuda) bdh_cuda_model_release(m);
-    free(m->w.embed);
-    free(m->w.encoder);
-    free(m->w.encoder_v);
-    free(m->w.decoder);
-    free(m->w.lm_head);
-    free(m->w.freqs);
+    free_reference_layout(m);
+    free_cpu(m);
     free(m);
 }
 

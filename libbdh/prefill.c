@@ -16,7 +16,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define CHUNK 64
+#define CHUNK 128
 
 typedef struct prefill_work {
     int C;
@@ -30,6 +30,7 @@ typedef struct prefill_work {
     float *scores;  /* [C][C] */
     float *cos;     /* [C][N] RoPE tables of the chunk's positions */
     float *sin;     /* [C][N] */
+    float *scratch; /* [BDH_GEMM_BLOCK][D] widened 16-bit weights */
 } prefill_work;
 
 static void work_free(prefill_work *w) { free(w->X); }
@@ -37,7 +38,7 @@ static void work_free(prefill_work *w) { free(w->X); }
 static bdh_status work_alloc(const bdh_config *c, int C, prefill_work *w)
 {
     const size_t D = (size_t)c->n_embd, N = (size_t)c->n_neurons, H = (size_t)c->n_head;
-    const size_t n = C * (3 * D + 5 * N + H * N + (size_t)C);
+    const size_t n = C * (3 * D + 5 * N + H * N + (size_t)C) + BDH_GEMM_BLOCK * D;
     memset(w, 0, sizeof *w);
     float *buf = malloc(n * sizeof(float));
     if (!buf) return bdh_fail(BDH_ERR_OUT_OF_MEMORY, "out of memory allocating %zu bytes of prefill buffers", n * sizeof(float));
@@ -52,6 +53,7 @@ static bdh_status work_alloc(const bdh_config *c, int C, prefill_work *w)
     w->sin = w->cos + C * N;
     w->XY = w->sin + C * N;
     w->scores = w->XY + C * H * N;
+    w->scratch = w->scores + (size_t)C * C;
     return BDH_OK;
 }
 
@@ -60,17 +62,21 @@ static void relu(float *v, size_t n)
     for (size_t i = 0; i < n; i++) v[i] = v[i] > 0.0f ? v[i] : 0.0f;
 }
 
-/* out[T][N] = relu(in[T][D] @ mat[D][N]) */
-static void project_relu(const float *in, const float *mat, int T, int D, int N, float *out)
+/* out[T][N] = relu(in[T][D] @ head h's rows of mat ([H*N][D]) transposed) */
+static void project_relu(const bdh_matrix *mat, int h, int N, const float *in, int T, float *out, float *scratch)
 {
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, T, N, D, 1.0f, in, D, mat, N, 0.0f, out, N);
+    bdh_gemm_rows_t(mat, (int64_t)h * N, N, in, T, out, N, scratch);
     relu(out, (size_t)T * N);
 }
 
-/* A = Q S + strict_lower(Q Q^T) X, then S += Q^T X. */
-static void attend_and_update(prefill_work *w, int T, int N, int D, float *S)
+/* A = Q S + strict_lower(Q Q^T) X, then S += Q^T X. A state still at
+ * position 0 is all zeros, so its read is skipped. */
+static void attend_and_update(prefill_work *w, int T, int N, int D, float *S, bool zero_state)
 {
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, T, D, N, 1.0f, w->Q, N, S, D, 0.0f, w->A, D);
+    if (zero_state)
+        memset(w->A, 0, (size_t)T * D * sizeof(float));
+    else
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, T, D, N, 1.0f, w->Q, N, S, D, 0.0f, w->A, D);
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, T, N, 1.0f, w->Q, N, w->Q, N, 0.0f, w->scores, T);
     for (int i = 0; i < T; i++)
         for (int j = i; j < T; j++) w->scores[(size_t)i * T + j] = 0.0f; /* token i sees j < i only */
@@ -78,17 +84,16 @@ static void attend_and_update(prefill_work *w, int T, int N, int D, float *S)
     cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, N, D, T, 1.0f, w->Q, N, w->X, D, 1.0f, S, D);
 }
 
-static void head_chunk(const bdh_model *m, prefill_work *w, int T, int h, float *S)
+static void head_chunk(const bdh_model *m, prefill_work *w, int T, int h, float *S, bool zero_state)
 {
     const int D = m->cfg.n_embd, N = m->cfg.n_neurons, HN = m->cfg.n_head * N;
-    const size_t head = (size_t)h * D * N;
 
-    project_relu(w->X, m->w.encoder + head, T, D, N, w->XS);
+    project_relu(&m->cpu.encoder, h, N, w->X, T, w->XS, w->scratch);
     for (int i = 0; i < T; i++)
         bdh_rope_apply(w->XS + (size_t)i * N, w->cos + (size_t)i * N, w->sin + (size_t)i * N, N, w->Q + (size_t)i * N);
-    attend_and_update(w, T, N, D, S);
+    attend_and_update(w, T, N, D, S, zero_state);
     for (int i = 0; i < T; i++) bdh_layernorm(w->A + (size_t)i * D, D);
-    project_relu(w->A, m->w.encoder_v + head, T, D, N, w->YS);
+    project_relu(&m->cpu.encoder_v, h, N, w->A, T, w->YS, w->scratch);
     for (int i = 0; i < T; i++) {
         const float *xs = w->XS + (size_t)i * N, *ys = w->YS + (size_t)i * N;
         float *xy = w->XY + (size_t)i * HN + (size_t)h * N;
@@ -96,11 +101,12 @@ static void head_chunk(const bdh_model *m, prefill_work *w, int T, int h, float 
     }
 }
 
-static void layer_chunk(const bdh_model *m, prefill_work *w, int T, float *S_layer)
+static void layer_chunk(const bdh_model *m, prefill_work *w, int T, float *S_layer, bool zero_state)
 {
     const int D = m->cfg.n_embd, N = m->cfg.n_neurons, H = m->cfg.n_head;
-    for (int h = 0; h < H; h++) head_chunk(m, w, T, h, S_layer + (size_t)h * N * D);
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, T, D, H * N, 1.0f, w->XY, H * N, m->w.decoder, D, 0.0f, w->Y, D);
+    for (int h = 0; h < H; h++) head_chunk(m, w, T, h, S_layer + (size_t)h * N * D, zero_state);
+    memset(w->Y, 0, (size_t)T * D * sizeof(float));
+    bdh_gemm_rows_n(&m->cpu.decoder, 0, H * N, w->XY, T, H * N, w->Y, w->scratch);
     for (int i = 0; i < T; i++) {
         float *x = w->X + (size_t)i * D, *y = w->Y + (size_t)i * D;
         bdh_layernorm(y, D);
@@ -109,11 +115,10 @@ static void layer_chunk(const bdh_model *m, prefill_work *w, int T, float *S_lay
     }
 }
 
-/* logits [T][V] = X [T][D] @ lm_head [D][V] */
+/* logits [T][V] = X [T][D] @ lm_head ([V][D]) transposed */
 static void chunk_logits(const bdh_model *m, const prefill_work *w, int T, float *logits)
 {
-    const int D = m->cfg.n_embd, V = m->cfg.vocab_size;
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, T, V, D, 1.0f, w->X, D, m->w.lm_head, V, 0.0f, logits, V);
+    bdh_gemm_rows_t(&m->cpu.lm_head, 0, m->cfg.vocab_size, w->X, T, logits, m->cfg.vocab_size, w->scratch);
 }
 
 static void chunk_forward(bdh_state *s, prefill_work *w, const int32_t *tokens, int T)
@@ -123,11 +128,12 @@ static void chunk_forward(bdh_state *s, prefill_work *w, const int32_t *tokens, 
     const size_t layer_floats = (size_t)m->cfg.n_head * N * D;
     for (int i = 0; i < T; i++) {
         float *x = w->X + (size_t)i * D;
-        memcpy(x, m->w.embed + (size_t)tokens[i] * D, (size_t)D * sizeof(float));
+        bdh_row_f32(&m->cpu.embed, tokens[i], x);
         bdh_layernorm(x, D);
-        bdh_rope_tables(m->w.freqs, N, s->position + i, w->cos + (size_t)i * N, w->sin + (size_t)i * N);
+        bdh_rope_tables(m->cpu.freqs, N, s->position + i, w->cos + (size_t)i * N, w->sin + (size_t)i * N);
     }
-    for (int l = 0; l < m->cfg.n_layer; l++) layer_chunk(m, w, T, s->S + (size_t)l * layer_floats);
+    const bool zero_state = s->position == 0;
+    for (int l = 0; l < m->cfg.n_layer; l++) layer_chunk(m, w, T, s->S + (size_t)l * layer_floats, zero_state);
     s->position += T;
 }
 
@@ -145,8 +151,8 @@ bdh_status bdh_cpu_prefill(bdh_state *s, const int32_t *tokens, size_t n, float 
         if (all_rows) chunk_logits(s->model, &w, last, logits + done * (size_t)c->vocab_size);
     }
     if (logits && !all_rows)
-        cblas_sgemv(CblasRowMajor, CblasTrans, c->n_embd, c->vocab_size, 1.0f, s->model->w.lm_head, c->vocab_size,
-                    w.X + (size_t)(last - 1) * c->n_embd, 1, 0.0f, logits, 1);
+        bdh_gemm_rows_t(&s->model->cpu.lm_head, 0, c->vocab_size, w.X + (size_t)(last - 1) * c->n_embd, 1, logits,
+                        c->vocab_size, w.scratch);
     work_free(&w);
     return BDH_OK;
 }

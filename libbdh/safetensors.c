@@ -239,6 +239,17 @@ void bdh_safetensors_close(bdh_safetensors *st)
     memset(st, 0, sizeof *st);
 }
 
+/* Drop the mapping's pages that hold only this tensor: after a tensor is
+ * copied, this keeps the load's peak memory near the weights as held. */
+void bdh_safetensors_release(const bdh_safetensors *st, const bdh_tensor_view *t)
+{
+    if (!t || !st->map) return;
+    const uintptr_t page = (uintptr_t)sysconf(_SC_PAGESIZE);
+    uintptr_t begin = ((uintptr_t)t->data + page - 1) / page * page;
+    uintptr_t end = ((uintptr_t)t->data + t->nbytes) / page * page;
+    if (end > begin) madvise((void *)begin, end - begin, MADV_DONTNEED);
+}
+
 const bdh_tensor_view *bdh_safetensors_find(const bdh_safetensors *st, const char *name)
 {
     for (int i = 0; i < st->n_tensors; i++)

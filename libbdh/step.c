@@ -14,8 +14,7 @@ bdh_status bdh_step(bdh_state *state, int32_t token, float *logits)
     bdh_status rc = bdh_check_token(state->model, token);
     if (rc != BDH_OK) return rc;
     if (state->model->params.device == BDH_DEVICE_CUDA) return bdh_cuda_step(state, token, logits);
-    bdh_cpu_step(state, token, logits);
-    return BDH_OK;
+    return bdh_cpu_step_batch(&state, &token, 1, logits);
 }
 
 static bdh_status check_tokens(const char *fn, const bdh_state *state, const int32_t *tokens, size_t n)
@@ -73,7 +72,5 @@ bdh_status bdh_step_batch(bdh_state *const *states, const int32_t *tokens, size_
     if (rc != BDH_OK) return rc;
     const bdh_model *m = states[0]->model;
     if (m->params.device == BDH_DEVICE_CUDA) return bdh_cuda_step_batch(states, tokens, n, logits);
-    for (size_t i = 0; i < n; i++)
-        bdh_cpu_step(states[i], tokens[i], logits ? logits + i * (size_t)m->cfg.vocab_size : NULL);
-    return BDH_OK;
+    return bdh_cpu_step_batch(states, tokens, n, logits);
 }

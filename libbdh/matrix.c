@@ -1,0 +1,186 @@
+/* Weight matrices as the CPU path holds them: row-major, one row per neuron
+ * (or vocabulary entry) of D values, stored as float32, bfloat16 or float16.
+ * Everything that reads weights goes through the few kernels here, so the
+ * storage type is decided once, at load.
+ *
+ * The row kernels are compiled for AVX-512, AVX2+FMA and plain x86-64 and
+ * picked at run time (target_clones). Their summation order depends only on
+ * n, never on threads or batch size, so results are reproducible. */
+#include "internal.h"
+
+#include <cblas.h>
+#include <stdlib.h>
+#include <string.h>
+
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(BDH_NO_CLONES)
+#define HOT __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#else
+#define HOT
+#endif
+
+size_t bdh_wtype_size(bdh_wtype t) { return t == BDH_W_F32 ? 4 : 2; }
+
+const char *bdh_wtype_name(bdh_wtype t)
+{
+    return t == BDH_W_F32 ? "F32" : t == BDH_W_BF16 ? "BF16" : "F16";
+}
+
+/* float32 -> bfloat16, round to nearest even (NaN kept quiet). */
+static uint16_t to_bf16(float f)
+{
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x40u);
+    u += 0x7fffu + ((u >> 16) & 1u);
+    return (uint16_t)(u >> 16);
+}
+
+void bdh_store_f32(bdh_wtype t, const float *src, void *dst, size_t n)
+{
+    if (t == BDH_W_F32) {
+        memcpy(dst, src, n * 4);
+    } else if (t == BDH_W_BF16) {
+        uint16_t *d = dst;
+        for (size_t i = 0; i < n; i++) d[i] = to_bf16(src[i]);
+    } else {
+        _Float16 *d = dst;
+        for (size_t i = 0; i < n; i++) d[i] = (_Float16)src[i];
+    }
+}
+
+static inline float bf16_value(uint16_t v)
+{
+    uint32_t u = (uint32_t)v << 16;
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+
+/* ---- row kernels: the only place the hot loops live */
+
+HOT static float dot_f32(const float *restrict w, const float *restrict x, int n)
+{
+    float s = 0.0f;
+#pragma omp simd reduction(+ : s)
+    for (int i = 0; i < n; i++) s += w[i] * x[i];
+    return s;
+}
+
+HOT static float dot_bf16(const uint16_t *restrict w, const float *restrict x, int n)
+{
+    float s = 0.0f;
+#pragma omp simd reduction(+ : s)
+    for (int i = 0; i < n; i++) s += bf16_value(w[i]) * x[i];
+    return s;
+}
+
+HOT static float dot_f16(const _Float16 *restrict w, const float *restrict x, int n)
+{
+    float s = 0.0f;
+#pragma omp simd reduction(+ : s)
+    for (int i = 0; i < n; i++) s += (float)w[i] * x[i];
+    return s;
+}
+
+float bdh_row_dot(const bdh_matrix *m, int64_t row, const float *x)
+{
+    const int n = (int)m->cols;
+    switch (m->type) {
+    case BDH_W_F32: return dot_f32((const float *)m->data + row * n, x, n);
+    case BDH_W_BF16: return dot_bf16((const uint16_t *)m->data + row * n, x, n);
+    default: return dot_f16((const _Float16 *)m->data + row * n, x, n);
+    }
+}
+
+HOT static void axpy_f32(float *restrict acc, float a, const float *restrict w, int n)
+{
+#pragma omp simd
+    for (int i = 0; i < n; i++) acc[i] += a * w[i];
+}
+
+HOT static void axpy_bf16(float *restrict acc, float a, const uint16_t *restrict w, int n)
+{
+#pragma omp simd
+    for (int i = 0; i < n; i++) acc[i] += a * bf16_value(w[i]);
+}
+
+HOT static void axpy_f16(float *restrict acc, float a, const _Float16 *restrict w, int n)
+{
+#pragma omp simd
+    for (int i = 0; i < n; i++) acc[i] += a * (float)w[i];
+}
+
+void bdh_row_axpy(const bdh_matrix *m, int64_t row, float a, float *acc)
+{
+    const int n = (int)m->cols;
+    switch (m->type) {
+    case BDH_W_F32: axpy_f32(acc, a, (const float *)m->data + row * n, n); break;
+    case BDH_W_BF16: axpy_bf16(acc, a, (const uint16_t *)m->data + row * n, n); break;
+    default: axpy_f16(acc, a, (const _Float16 *)m->data + row * n, n); break;
+    }
+}
+
+void bdh_row_f32(const bdh_matrix *m, int64_t row, float *out)
+{
+    const size_t n = (size_t)m->cols;
+    if (m->type == BDH_W_F32) {
+        memcpy(out, (const float *)m->data + row * n, n * 4);
+    } else if (m->type == BDH_W_BF16) {
+        const uint16_t *w = (const uint16_t *)m->data + row * n;
+        for (size_t i = 0; i < n; i++) out[i] = bf16_value(w[i]);
+    } else {
+        const _Float16 *w = (const _Float16 *)m->data + row * n;
+        for (size_t i = 0; i < n; i++) out[i] = (float)w[i];
+    }
+}
+
+/* State row read and update in one pass over the row:
+ * acc += q * S_row (old values), then S_row += q * x. */
+HOT void bdh_state_row_update(float *restrict S_row, float q, const float *restrict x, float *restrict acc, int n)
+{
+#pragma omp simd
+    for (int i = 0; i < n; i++) {
+        const float s = S_row[i];
+        acc[i] += q * s;
+        S_row[i] = s + q * x[i];
+    }
+}
+
+/* ---- GEMMs over a matrix slice (prefill): float32 rows are used in place,
+ * 16-bit rows are widened a block at a time into scratch. */
+
+#define GEMM_BLOCK 256
+
+/* out[T][ldo] (columns 0..nrows) = X[T][D] @ m[row0 .. row0+nrows]^T */
+void bdh_gemm_rows_t(const bdh_matrix *m, int64_t row0, int nrows, const float *X, int T, float *out, int ldo, float *scratch)
+{
+    const int D = (int)m->cols;
+    for (int r = 0; r < nrows; r += GEMM_BLOCK) {
+        const int nb = nrows - r < GEMM_BLOCK ? nrows - r : GEMM_BLOCK;
+        const float *W;
+        if (m->type == BDH_W_F32) {
+            W = (const float *)m->data + (row0 + r) * D;
+        } else {
+            for (int i = 0; i < nb; i++) bdh_row_f32(m, row0 + r + i, scratch + (size_t)i * D);
+            W = scratch;
+        }
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, nb, D, 1.0f, X, D, W, D, 0.0f, out + r, ldo);
+    }
+}
+
+/* out[T][D] += A[T][lda] (columns 0..nrows) @ m[row0 .. row0+nrows] */
+void bdh_gemm_rows_n(const bdh_matrix *m, int64_t row0, int nrows, const float *A, int T, int lda, float *out, float *scratch)
+{
+    const int D = (int)m->cols;
+    for (int r = 0; r < nrows; r += GEMM_BLOCK) {
+        const int nb = nrows - r < GEMM_BLOCK ? nrows - r : GEMM_BLOCK;
+        const float *W;
+        if (m->type == BDH_W_F32) {
+            W = (const float *)m->data + (row0 + r) * D;
+        } else {
+            for (int i = 0; i < nb; i++) bdh_row_f32(m, row0 + r + i, scratch + (size_t)i * D);
+            W = scratch;
+        }
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, T, D, nb, 1.0f, A + r, lda, W, D, 1.0f, out, D);
+    }
+}
