@@ -51,7 +51,7 @@ TESTS    := $(TEST_SRC:tests/%.c=$(BUILD)/tests/%)
 # the programs link to the shared library; rpath makes them run from the tree
 RUN_LDFLAGS := -L$(BUILD) -Wl,-rpath,'$$ORIGIN/..' -Wl,-rpath,'$$ORIGIN' -lbdh
 
-.PHONY: all lib test test-c test-cxx test-cli test-python install clean deps check check-cuda run
+.PHONY: bench all lib test test-c test-cxx test-cli test-python install clean deps check check-cuda run
 all: lib $(if $(CLI_SRC),$(BUILD)/bdh)
 lib: $(BUILD)/libbdh.so $(BUILD)/libbdh.a
 
@@ -80,6 +80,15 @@ $(BUILD)/bdh: $(CLI_SRC) include/bdh.h $(BUILD)/libbdh.so
 $(BUILD)/tests/%: tests/%.c tests/test_util.h include/bdh.h $(BUILD)/libbdh.so
 	@mkdir -p $(dir $@)
 	$(CC) $(ALLCFLAGS) -Itests -o $@ $< $(RUN_LDFLAGS) -lcmocka -lcjson -lm
+
+$(BUILD)/bench: bench/bench.c include/bdh.h $(BUILD)/libbdh.so
+	$(CC) $(ALLCFLAGS) -D_GNU_SOURCE -o $@ $< $(RUN_LDFLAGS) -lm
+
+# CPU benchmark against PyTorch on this machine (needs torch, numpy,
+# safetensors); prints the table and rewrites docs/performance.md.
+BENCH_THREADS ?= $(shell nproc)
+bench: $(BUILD)/bench
+	$(PYTHON) bench/report.py --bench $(BUILD)/bench --threads $(BENCH_THREADS)
 
 # The public header must compile as C++ and link with only the library.
 $(BUILD)/tests/header_cxx: tests/header_cxx.cpp include/bdh.h $(BUILD)/libbdh.so

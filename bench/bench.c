@@ -1,0 +1,322 @@
+/* libbdh CPU benchmark: one model file, every figure of docs/performance.md
+ * that concerns libbdh, as one JSON object on stdout (bench/report.py turns
+ * it and the PyTorch figures into the table).
+ *
+ *   bench --model FILE [--threads N] [--text FILE] [--decode-tokens N]
+ *   bench --make-random FILE [--seed S]     (default-size model, random weights)
+ *
+ * Tokens: bytes of --text when given (realistic activity for a trained
+ * model), else a fixed pseudo-random sequence. */
+#define _GNU_SOURCE
+#include "bdh.h"
+
+#include <getopt.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+static double now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+static void die(const char *what)
+{
+    fprintf(stderr, "bench: %s: %s\n", what, bdh_last_error());
+    exit(1);
+}
+
+/* ---------------------------------------------------------- random model */
+
+static uint64_t rng_state = 88172645463325252ull;
+static double uniform(void)
+{
+    rng_state ^= rng_state << 13;
+    rng_state ^= rng_state >> 7;
+    rng_state ^= rng_state << 17;
+    return ((rng_state >> 11) + 0.5) * (1.0 / 9007199254740992.0);
+}
+static float normal(float std)
+{
+    return (float)(std * sqrt(-2.0 * log(uniform())) * cos(2.0 * M_PI * uniform()));
+}
+
+/* L=6, D=256, H=4, N=8192, V=256: the reference's default size, with the
+ * reference's init scale (normal, std 0.02; embedding std 1). */
+static int make_random(const char *path)
+{
+    const long L = 6, D = 256, H = 4, N = 8192, V = 256;
+    const struct { const char *name; long n; float std; } t[] = {
+        {"embed.weight", V * D, 1.0f}, {"encoder", H * D * N, 0.02f},
+        {"encoder_v", H * D * N, 0.02f}, {"decoder", H * N * D, 0.02f}, {"lm_head", D * V, 0.02f},
+    };
+    const char *shapes[] = {"[256,256]", "[4,256,8192]", "[4,256,8192]", "[32768,256]", "[256,256]"};
+    char header[2048];
+    int len = snprintf(header, sizeof header, "{\"__metadata__\":{\"n_layer\":\"%ld\",\"n_embd\":\"%ld\",\"n_head\":\"%ld\","
+                       "\"mlp_internal_dim_multiplier\":\"128\",\"vocab_size\":\"%ld\",\"dropout\":\"0.1\"}", L, D, H, V);
+    long off = 0;
+    for (int i = 0; i < 5; i++) {
+        len += snprintf(header + len, sizeof header - (size_t)len, ",\"%s\":{\"dtype\":\"F32\",\"shape\":%s,\"data_offsets\":[%ld,%ld]}",
+                        t[i].name, shapes[i], off, off + 4 * t[i].n);
+        off += 4 * t[i].n;
+    }
+    len += snprintf(header + len, sizeof header - (size_t)len, "}");
+    while (len % 8) header[len++] = ' ';
+    FILE *f = fopen(path, "wb");
+    if (!f) return 1;
+    uint64_t hlen = (uint64_t)len;
+    fwrite(&hlen, 8, 1, f);
+    fwrite(header, 1, (size_t)len, f);
+    float *buf = malloc(sizeof(float) * (size_t)(H * D * N));
+    for (int i = 0; i < 5; i++) {
+        for (long k = 0; k < t[i].n; k++) buf[k] = normal(t[i].std);
+        fwrite(buf, 4, (size_t)t[i].n, f);
+    }
+    free(buf);
+    return fclose(f) != 0;
+}
+
+/* ---------------------------------------------------------- measurements */
+
+typedef struct opts {
+    const char *model, *text;
+    int threads, decode_tokens;
+} opts;
+
+static int32_t *tokens_for(const opts *o, size_t n)
+{
+    int32_t *t = malloc(n * sizeof *t);
+    FILE *f = o->text ? fopen(o->text, "rb") : NULL;
+    for (size_t i = 0; i < n; i++) {
+        int c = f ? fgetc(f) : EOF;
+        t[i] = c != EOF ? c : (int32_t)((i * 2654435761u >> 7) % 256);
+    }
+    if (f) fclose(f);
+    return t;
+}
+
+static bdh_model *load(const opts *o, bdh_weight_type wt)
+{
+    bdh_model_params p = bdh_model_default_params();
+    p.n_threads = o->threads;
+    p.weight_type = wt;
+    bdh_model *m;
+    if (bdh_model_load(o->model, &p, &m) != BDH_OK) die(o->model);
+    return m;
+}
+
+/* Bytes a batch-1 step reads or writes, from the measured activity. */
+static double bytes_per_token(const bdh_model *m, const bdh_state *s, double wsize)
+{
+    bdh_config c;
+    bdh_model_config(m, &c);
+    float xs[64], pairs[64], xy[64];
+    bdh_state_activity(s, xs, pairs, xy);
+    const double row = c.n_embd * wsize, HN = (double)c.n_head * c.n_neurons;
+    double bytes = row + (double)c.vocab_size * row; /* embedding row, lm_head */
+    for (int l = 0; l < c.n_layer; l++)
+        bytes += HN * row                                   /* encoder: every row */
+               + xs[l] * HN * row + xy[l] * HN * row        /* encoder_v, decoder rows */
+               + pairs[l] * HN * c.n_embd * 4.0 * 2.0;      /* state rows read + written */
+    return bytes;
+}
+
+typedef struct decode_result {
+    double ms_per_token, bytes, density[3];
+} decode_result;
+
+static decode_result decode(const opts *o, bdh_weight_type wt, double wsize)
+{
+    bdh_model *m = load(o, wt);
+    bdh_state *s;
+    if (bdh_state_new(m, &s) != BDH_OK) die("state");
+    const int warm = 16, n = o->decode_tokens;
+    int32_t *tok = tokens_for(o, (size_t)(warm + n));
+    for (int i = 0; i < warm; i++) bdh_step(s, tok[i], NULL);
+    bdh_state_reset(s);
+    for (int i = 0; i < warm; i++) bdh_step(s, tok[i], NULL);
+    float logits[4096];
+    double t0 = now();
+    for (int i = 0; i < n; i++) bdh_step(s, tok[warm + i], logits);
+    decode_result r = {1e3 * (now() - t0) / n, bytes_per_token(m, s, wsize), {0, 0, 0}};
+    float xs[64], pairs[64], xy[64];
+    bdh_config c;
+    bdh_model_config(m, &c);
+    bdh_state_activity(s, xs, pairs, xy);
+    for (int l = 0; l < c.n_layer; l++) {
+        r.density[0] += xs[l] / c.n_layer;
+        r.density[1] += pairs[l] / c.n_layer;
+        r.density[2] += xy[l] / c.n_layer;
+    }
+    printf("  \"density_per_layer\": [");
+    for (int l = 0; l < c.n_layer; l++) printf("%s%.4f", l ? ", " : "", xs[l]);
+    printf("],\n");
+    free(tok);
+    bdh_state_free(s);
+    bdh_model_free(m);
+    return r;
+}
+
+static double batch_tokens_per_s(const opts *o, int B)
+{
+    bdh_model *m = load(o, BDH_WEIGHTS_F32);
+    bdh_state **s = calloc((size_t)B, sizeof *s);
+    int32_t *tok = tokens_for(o, 4096), step_tok[64];
+    for (int b = 0; b < B; b++) {
+        if (bdh_state_new(m, &s[b]) != BDH_OK) die("state");
+        bdh_prefill(s[b], tok + 7 * b, (size_t)(8 + b), NULL); /* different histories */
+    }
+    const int warm = 2, n = 8;
+    double t0 = 0;
+    for (int i = 0; i < warm + n; i++) {
+        if (i == warm) t0 = now();
+        for (int b = 0; b < B; b++) step_tok[b] = tok[(100 + i * B + b) % 4096];
+        if (bdh_step_batch(s, step_tok, (size_t)B, NULL) != BDH_OK) die("batch");
+    }
+    double tps = (double)B * n / (now() - t0);
+    for (int b = 0; b < B; b++) bdh_state_free(s[b]);
+    free(s);
+    free(tok);
+    bdh_model_free(m);
+    return tps;
+}
+
+static double prefill_tokens_per_s(const opts *o, int n)
+{
+    bdh_model *m = load(o, BDH_WEIGHTS_F32);
+    bdh_state *s;
+    if (bdh_state_new(m, &s) != BDH_OK) die("state");
+    int32_t *tok = tokens_for(o, (size_t)n);
+    bdh_prefill(s, tok, 32, NULL); /* warm-up */
+    bdh_state_reset(s);
+    double t0 = now();
+    if (bdh_prefill(s, tok, (size_t)n, NULL) != BDH_OK) die("prefill");
+    double tps = n / (now() - t0);
+    free(tok);
+    bdh_state_free(s);
+    bdh_model_free(m);
+    return tps;
+}
+
+/* Copy bandwidth with n threads (bytes read + written per second), on
+ * buffers larger than any cache. */
+typedef struct copy_arg { char *dst; const char *src; size_t n; } copy_arg;
+static void *copy_part(void *p)
+{
+    copy_arg *a = p;
+    memcpy(a->dst, a->src, a->n);
+    return NULL;
+}
+#include <pthread.h>
+static double copy_bandwidth(int threads)
+{
+    const size_t n = (size_t)1 << 30;
+    char *src = malloc(n), *dst = malloc(n);
+    memset(src, 1, n);
+    memset(dst, 2, n);
+    double best = 0;
+    for (int rep = 0; rep < 3; rep++) {
+        pthread_t th[64];
+        copy_arg a[64];
+        double t0 = now();
+        for (int i = 0; i < threads; i++) {
+            a[i] = (copy_arg){dst + n / threads * i, src + n / threads * i, n / threads};
+            pthread_create(&th[i], NULL, copy_part, &a[i]);
+        }
+        for (int i = 0; i < threads; i++) pthread_join(th[i], NULL);
+        double bw = 2.0 * n / (now() - t0);
+        if (bw > best) best = bw;
+    }
+    free(src);
+    free(dst);
+    return best;
+}
+
+/* Peak RSS of a process that loads the model (float32) and decodes with one
+ * stream, against weights as held + one state. */
+static void peak_rss_one_stream(const opts *o, double *peak, double *held)
+{
+    int fds[2];
+    if (pipe(fds) != 0) die("pipe");
+    pid_t pid = fork();
+    if (pid == 0) {
+        bdh_model *m = load(o, BDH_WEIGHTS_F32);
+        bdh_state *s;
+        bdh_state_new(m, &s);
+        int32_t *tok = tokens_for(o, 64);
+        for (int i = 0; i < 64; i++) bdh_step(s, tok[i], NULL);
+        double h = (double)bdh_model_weight_bytes(m) + (double)bdh_model_state_bytes(m);
+        if (write(fds[1], &h, sizeof h) != sizeof h) _exit(1);
+        _exit(0);
+    }
+    int status;
+    struct rusage ru;
+    if (read(fds[0], held, sizeof *held) != sizeof *held) die("child");
+    wait4(pid, &status, 0, &ru);
+    *peak = (double)ru.ru_maxrss * 1024.0;
+    close(fds[0]);
+    close(fds[1]);
+}
+
+int main(int argc, char **argv)
+{
+    opts o = {NULL, NULL, 0, 64};
+    const char *random_out = NULL;
+    static const struct option longopts[] = {
+        {"model", required_argument, 0, 'm'}, {"text", required_argument, 0, 't'},
+        {"threads", required_argument, 0, 'j'}, {"decode-tokens", required_argument, 0, 'n'},
+        {"make-random", required_argument, 0, 'r'}, {"help", no_argument, 0, 'h'}, {0, 0, 0, 0},
+    };
+    int c;
+    while ((c = getopt_long(argc, argv, "m:t:j:n:r:h", longopts, NULL)) != -1) {
+        switch (c) {
+        case 'm': o.model = optarg; break;
+        case 't': o.text = optarg; break;
+        case 'j': o.threads = atoi(optarg); break;
+        case 'n': o.decode_tokens = atoi(optarg); break;
+        case 'r': random_out = optarg; break;
+        default:
+            fprintf(stderr, "usage: bench --model FILE [--threads N] [--text FILE] [--decode-tokens N]\n"
+                            "       bench --make-random FILE\n");
+            return c == 'h' ? 0 : 2;
+        }
+    }
+    if (random_out) return make_random(random_out);
+    if (!o.model) {
+        fprintf(stderr, "bench: --model is required\n");
+        return 2;
+    }
+    const int threads = o.threads > 0 ? o.threads : (int)sysconf(_SC_NPROCESSORS_ONLN);
+    bdh_model *m = load(&o, BDH_WEIGHTS_F32);
+    bdh_config cfg;
+    bdh_model_config(m, &cfg);
+    printf("{\n  \"model\": \"%s\", \"threads\": %d,\n", o.model, threads);
+    printf("  \"config\": [%d, %d, %d, %d, %d], \"n_params\": %lld,\n", cfg.n_layer, cfg.n_embd, cfg.n_head,
+           cfg.n_neurons, cfg.vocab_size, (long long)bdh_model_n_params(m));
+    printf("  \"weight_bytes_f32\": %zu, \"state_bytes\": %zu,\n", bdh_model_weight_bytes(m), bdh_model_state_bytes(m));
+    bdh_model_free(m);
+
+    double copy_bw = copy_bandwidth(threads);
+    printf("  \"copy_bytes_per_s\": %.4g,\n", copy_bw);
+    decode_result f32 = decode(&o, BDH_WEIGHTS_F32, 4.0);
+    printf("  \"decode_f32_ms\": %.4f, \"bytes_per_token_f32\": %.4g,\n", f32.ms_per_token, f32.bytes);
+    printf("  \"density_xs\": %.4f, \"density_pairs\": %.4f, \"density_xy\": %.4f,\n", f32.density[0], f32.density[1],
+           f32.density[2]);
+    decode_result bf16 = decode(&o, BDH_WEIGHTS_BF16, 2.0);
+    printf("  \"decode_bf16_ms\": %.4f, \"bytes_per_token_bf16\": %.4g,\n", bf16.ms_per_token, bf16.bytes);
+    printf("  \"batch1_tokens_per_s\": %.2f,\n", 1e3 / f32.ms_per_token);
+    printf("  \"batch8_tokens_per_s\": %.2f,\n", batch_tokens_per_s(&o, 8));
+    printf("  \"batch32_tokens_per_s\": %.2f,\n", batch_tokens_per_s(&o, 32));
+    printf("  \"prefill512_tokens_per_s\": %.2f,\n", prefill_tokens_per_s(&o, 512));
+    double peak, held;
+    peak_rss_one_stream(&o, &peak, &held);
+    printf("  \"peak_rss_bytes\": %.0f, \"held_bytes\": %.0f\n}\n", peak, held);
+    return 0;
+}
