@@ -40,7 +40,7 @@ LIB_SRC  := $(filter-out libbdh/cuda_stub.c,$(LIB_SRC))
 CU_OBJ   := $(CU_SRC:kernels/%.cu=$(BUILD)/kernels/%.o)
 NVFLAGS  := -O2 -std=c++17 -Xcompiler -fPIC,-fvisibility=hidden -Iinclude -Ilibbdh \
             -gencode arch=compute_90,code=sm_90 -gencode arch=compute_90,code=compute_90
-LIBS     += -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 -lcublas -lcudart
+LIBS     += -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 -lcublas -lcudart -lstdc++
 ALLCFLAGS += -DBDH_WITH_CUDA=1
 endif
 LIB_OBJ  := $(LIB_SRC:libbdh/%.c=$(BUILD)/obj/%.o) $(CU_OBJ)
@@ -51,7 +51,7 @@ TESTS    := $(TEST_SRC:tests/%.c=$(BUILD)/tests/%)
 # the programs link to the shared library; rpath makes them run from the tree
 RUN_LDFLAGS := -L$(BUILD) -Wl,-rpath,'$$ORIGIN/..' -Wl,-rpath,'$$ORIGIN' -lbdh
 
-.PHONY: bench all lib test test-c test-cxx test-cli test-python install clean deps check check-cuda run
+.PHONY: bench all lib test test-c test-cxx test-cli test-install test-python install clean deps check check-cuda run
 all: lib $(if $(CLI_SRC),$(BUILD)/bdh)
 lib: $(BUILD)/libbdh.so $(BUILD)/libbdh.a
 
@@ -95,10 +95,13 @@ $(BUILD)/tests/header_cxx: tests/header_cxx.cpp include/bdh.h $(BUILD)/libbdh.so
 	@mkdir -p $(dir $@)
 	$(CXX) -std=c++11 -Wall -Wextra -pedantic $(SANFLAGS) -Iinclude -o $@ $< $(RUN_LDFLAGS) -Wl,-rpath,'$$ORIGIN/..'
 
-test: test-c test-cxx test-cli $(if $(SANITIZE),,test-python)
+test: test-c test-cxx test-cli test-install $(if $(SANITIZE),,test-python)
 
 test-c: $(TESTS)
 	@set -e; for t in $(TESTS); do echo "== $$t"; $$t; done
+
+test-install: lib
+	bash tests/install_test.sh $(BUILD)
 
 test-cxx: $(BUILD)/tests/header_cxx
 	$(BUILD)/tests/header_cxx

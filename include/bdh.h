@@ -132,6 +132,13 @@ BDH_API bdh_status bdh_state_copy(const bdh_state *src, bdh_state **out);
 BDH_API int64_t bdh_state_position(const bdh_state *state);
 BDH_API const bdh_model *bdh_state_model(const bdh_state *state);
 
+/* Activity of the CPU fast path since the state's creation or last reset:
+ * per layer, the mean fraction of the H*N neurons with xs > 0, of RoPE
+ * pairs touched in the state, and of neurons with xs*ys > 0 (decoder rows
+ * read). Arrays of n_layer floats; any may be NULL. Counts bdh_step and
+ * bdh_step_batch tokens (not prefill); BDH_ERR_UNSUPPORTED elsewhere. */
+BDH_API bdh_status bdh_state_activity(const bdh_state *state, float *xs_frac, float *pair_frac, float *xy_frac);
+
 /* Serialise to bytes: magic, format version, model fingerprint, position,
  * checksum, state. bdh_state_save_size() gives the exact length. */
 BDH_API size_t bdh_state_save_size(const bdh_state *state);

@@ -36,6 +36,8 @@ typedef struct cpu_work {
     float *q;        /* [H*N] valid on active pairs only */
     int32_t *pairs;  /* per slice: active pair indices, from the slice's first pair */
     int32_t *npairs; /* [H*S] */
+    int32_t *nxs;    /* [H*S] neurons with xs > 0 per slice */
+    int32_t *nxy;    /* [H*S] neurons with xs*ys > 0 per slice */
     float *a_part;   /* [H*S][D] state read per slice */
     float *a;        /* [H][D] LN(S^T q) */
     float *y_part;   /* [H*S][D] decoder sum per slice */
@@ -61,7 +63,7 @@ bdh_status bdh_cpu_work_new(const bdh_model *m, void **out)
     cpu_work *w = calloc(1, sizeof *w);
     const size_t floats = 2 * D + 2 * N + 2 * H * N + HS * D + H * D + HS * D;
     float *buf = w ? calloc(floats, sizeof(float)) : NULL;
-    int32_t *ints = buf ? calloc(H * N / 2 + HS, sizeof(int32_t)) : NULL;
+    int32_t *ints = buf ? calloc(H * N / 2 + 3 * HS, sizeof(int32_t)) : NULL;
     if (!ints) {
         free(buf);
         free(w);
@@ -78,6 +80,8 @@ bdh_status bdh_cpu_work_new(const bdh_model *m, void **out)
     w->y_part = w->a + H * D;
     w->pairs = ints;
     w->npairs = ints + H * N / 2;
+    w->nxs = w->npairs + HS;
+    w->nxy = w->nxs + HS;
     *out = w;
     return BDH_OK;
 }
@@ -112,17 +116,19 @@ static void slice_state(const job *jb, size_t b, int h, int k, int j0, int j1)
     float *S_head = jb->states[b]->S + ((size_t)jb->layer * m->cfg.n_head + h) * N * D;
     int32_t *pairs = w->pairs + ((size_t)h * N + j0) / 2;
     float *acc = w->a_part + ((size_t)h * S + k) * D;
-    int np = 0;
+    int np = 0, nxs = 0;
 
     memset(acc, 0, (size_t)D * sizeof(float));
     for (int j = j0; j < j1; j += 2) {
         if (xs[j] == 0.0f && xs[j + 1] == 0.0f) continue;
+        nxs += (xs[j] != 0.0f) + (xs[j + 1] != 0.0f);
         pairs[np++] = j / 2;
         bdh_rope_apply(xs + j, w->cos + j, w->sin + j, 2, q + j);
         bdh_state_row_update(S_head + (size_t)j * D, q[j], w->x, acc, D);
         bdh_state_row_update(S_head + (size_t)(j + 1) * D, q[j + 1], w->x, acc, D);
     }
     w->npairs[h * S + k] = np;
+    w->nxs[h * S + k] = nxs;
 }
 
 /* Phase 1 task: encoder rows of the slice (read once for all states), then
@@ -160,7 +166,10 @@ static void phase_decode(void *ctx, int tid, int n_threads)
         const int h = t / S, k = t % S;
         int j0, j1;
         slice_range(N, S, k, &j0, &j1);
-        for (size_t b = 0; b < jb->n; b++) memset(work_of(jb, b)->y_part + (size_t)t * D, 0, (size_t)D * sizeof(float));
+        for (size_t b = 0; b < jb->n; b++) {
+            memset(work_of(jb, b)->y_part + (size_t)t * D, 0, (size_t)D * sizeof(float));
+            work_of(jb, b)->nxy[t] = 0;
+        }
         for (int j = j0; j < j1; j++) {
             const int64_t row = (int64_t)h * N + j;
             for (size_t b = 0; b < jb->n; b++) {
@@ -168,7 +177,9 @@ static void phase_decode(void *ctx, int tid, int n_threads)
                 if (w->xs[row] == 0.0f) continue;
                 const float ys = bdh_row_dot(&m->cpu.encoder_v, row, w->a + (size_t)h * D);
                 const float xy = ys > 0.0f ? w->xs[row] * ys : 0.0f;
-                if (xy != 0.0f) bdh_row_axpy(&m->cpu.decoder, row, xy, w->y_part + (size_t)t * D);
+                if (xy == 0.0f) continue;
+                bdh_row_axpy(&m->cpu.decoder, row, xy, w->y_part + (size_t)t * D);
+                w->nxy[t]++;
             }
         }
     }
@@ -192,9 +203,20 @@ static void finish_state_read(const bdh_model *m, cpu_work *w)
     }
 }
 
-static void finish_layer(const bdh_model *m, cpu_work *w)
+static int64_t total(const int32_t *v, int n)
 {
-    const int D = m->cfg.n_embd;
+    int64_t s = 0;
+    for (int i = 0; i < n; i++) s += v[i];
+    return s;
+}
+
+static void finish_layer(const bdh_model *m, bdh_state *s, int layer)
+{
+    cpu_work *w = s->work;
+    const int D = m->cfg.n_embd, HS = m->cfg.n_head * bdh_cpu_slices(&m->cfg);
+    s->active[3 * layer] += total(w->nxs, HS);
+    s->active[3 * layer + 1] += total(w->npairs, HS);
+    s->active[3 * layer + 2] += total(w->nxy, HS);
     sum_parts(w->y_part, m->cfg.n_head * bdh_cpu_slices(&m->cfg), D, w->y);
     bdh_layernorm(w->y, D);
     for (int d = 0; d < D; d++) w->x[d] += w->y[d];
@@ -225,13 +247,14 @@ bdh_status bdh_cpu_step_batch(bdh_state *const *states, const int32_t *tokens, s
         bdh_pool_run(m->pool, phase_encode, &jb);
         for (size_t b = 0; b < n; b++) finish_state_read(m, work_of(&jb, b));
         bdh_pool_run(m->pool, phase_decode, &jb);
-        for (size_t b = 0; b < n; b++) finish_layer(m, work_of(&jb, b));
+        for (size_t b = 0; b < n; b++) finish_layer(m, states[b], jb.layer);
     }
     const int V = m->cfg.vocab_size;
     for (size_t b = 0; b < n; b++) {
         if (logits)
             for (int v = 0; v < V; v++) logits[b * V + v] = bdh_row_dot(&m->cpu.lm_head, v, work_of(&jb, b)->x);
         states[b]->position++;
+        states[b]->counted++;
     }
     return BDH_OK;
 }

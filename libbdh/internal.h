@@ -144,6 +144,8 @@ struct bdh_state {
     int64_t position;
     float *S;        /* [L][H][N][D], absolute-frame state (CPU path) */
     void *work;      /* scratch of the CPU forward (forward_cpu.c) */
+    int64_t counted; /* tokens in the activity counters below */
+    int64_t *active; /* [L][3]: xs > 0, pairs touched, xy > 0 (fast path) */
     void *cuda;      /* device-side state, kernels/ (NULL on CPU) */
 };
 

@@ -20,7 +20,8 @@ bdh_status bdh_state_new(const bdh_model *model, bdh_state **out)
         rc = bdh_cuda_state_init(s);
     } else {
         s->S = calloc(bdh_state_floats(&model->cfg), sizeof(float));
-        rc = s->S ? bdh_cpu_work_new(model, &s->work)
+        s->active = calloc(3 * (size_t)model->cfg.n_layer, sizeof(int64_t));
+        rc = s->S && s->active ? bdh_cpu_work_new(model, &s->work)
                   : bdh_fail(BDH_ERR_OUT_OF_MEMORY, "out of memory allocating a %zu-byte state",
                              bdh_state_floats(&model->cfg) * sizeof(float));
     }
@@ -38,6 +39,7 @@ void bdh_state_free(bdh_state *s)
     if (s->cuda) bdh_cuda_state_release(s);
     bdh_cpu_work_free(s->work);
     free(s->S);
+    free(s->active);
     free(s);
 }
 
@@ -49,8 +51,10 @@ bdh_status bdh_state_reset(bdh_state *s)
         if (rc != BDH_OK) return rc;
     } else {
         memset(s->S, 0, bdh_state_floats(&s->model->cfg) * sizeof(float));
+        memset(s->active, 0, 3 * (size_t)s->model->cfg.n_layer * sizeof(int64_t));
     }
     s->position = 0;
+    s->counted = 0;
     return BDH_OK;
 }
 
@@ -70,13 +74,28 @@ bdh_status bdh_state_copy(const bdh_state *src, bdh_state **out)
         }
     } else {
         memcpy(s->S, src->S, bdh_state_floats(&src->model->cfg) * sizeof(float));
+        memcpy(s->active, src->active, 3 * (size_t)src->model->cfg.n_layer * sizeof(int64_t));
     }
     s->position = src->position;
+    s->counted = src->counted;
     *out = s;
     return BDH_OK;
 }
 
 int64_t bdh_state_position(const bdh_state *s) { return s ? s->position : 0; }
+
+bdh_status bdh_state_activity(const bdh_state *s, float *xs_frac, float *pair_frac, float *xy_frac)
+{
+    if (!s) return bdh_fail(BDH_ERR_INVALID_ARGUMENT, "bdh_state_activity: state is NULL");
+    if (!s->active) return bdh_fail(BDH_ERR_UNSUPPORTED, "bdh_state_activity: counted on the CPU path only");
+    const bdh_config *c = &s->model->cfg;
+    const double neurons = (double)c->n_head * c->n_neurons * (double)(s->counted > 0 ? s->counted : 1);
+    float *out[3] = {xs_frac, pair_frac, xy_frac};
+    const double scale[3] = {neurons, neurons / 2, neurons};
+    for (int k = 0; k < 3; k++)
+        for (int l = 0; out[k] && l < c->n_layer; l++) out[k][l] = (float)(s->active[3 * l + k] / scale[k]);
+    return BDH_OK;
+}
 const bdh_model *bdh_state_model(const bdh_state *s) { return s ? s->model : NULL; }
 
 /* ---- serialisation (docs/format.md, "State blobs"); little-endian hosts. */

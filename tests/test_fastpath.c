@@ -170,6 +170,30 @@ static void test_prefill_on_16bit_storage(void **unused)
     bdh_model_free(m);
 }
 
+/* Activity counters: plausible fractions that obey their invariants, and
+ * zero again after reset. */
+static void test_activity_counters(void **unused)
+{
+    bdh_model *m = load_with(TU_DATA "/golden/long.model.safetensors", 2, BDH_WEIGHTS_F32, BDH_KERNELS_FAST);
+    bdh_state *s;
+    assert_int_equal(bdh_state_new(m, &s), BDH_OK);
+    for (int t = 0; t < 50; t++) assert_int_equal(bdh_step(s, (t * 13) % 256, NULL), BDH_OK);
+    float xs[6], pairs[6], xy[6];
+    assert_int_equal(bdh_state_activity(s, xs, pairs, xy), BDH_OK);
+    for (int l = 0; l < 6; l++) {
+        printf("  layer %d: xs %.3f pairs %.3f xy %.3f\n", l, xs[l], pairs[l], xy[l]);
+        assert_true(xs[l] > 0.0f && xs[l] < 1.0f);
+        assert_true(pairs[l] >= xs[l] - 1e-6f && pairs[l] <= 2.0f * xs[l] + 1e-6f); /* a pair: one or two active */
+        assert_true(xy[l] <= xs[l]);
+    }
+    assert_int_equal(bdh_state_reset(s), BDH_OK);
+    assert_int_equal(bdh_state_activity(s, xs, NULL, NULL), BDH_OK);
+    assert_true(xs[0] == 0.0f);
+    assert_int_equal(bdh_state_activity(NULL, xs, NULL, NULL), BDH_ERR_INVALID_ARGUMENT);
+    bdh_state_free(s);
+    bdh_model_free(m);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -178,6 +202,7 @@ int main(void)
         cmocka_unit_test(test_16bit_storage_matches_reference),
         cmocka_unit_test(test_bf16_conversion_at_load),
         cmocka_unit_test(test_prefill_on_16bit_storage),
+        cmocka_unit_test(test_activity_counters),
     };
     return cmocka_run_group_tests_name("fast paths", tests, NULL, NULL);
 }

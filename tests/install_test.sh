@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# `make install` into a temporary prefix, then build a program against it with
+# pkg-config only (shared and static) and run it on a golden model.
+set -euo pipefail
+build=${1:-build}
+prefix=$(mktemp -d /tmp/bdh-install-XXXXXX)
+trap 'rm -rf "$prefix"' EXIT
+make -s install BUILD="$build" PREFIX="$prefix" >/dev/null
+export PKG_CONFIG_PATH="$prefix/lib/pkgconfig"
+cat > "$prefix/prog.c" <<'C'
+#include <bdh.h>
+#include <stdio.h>
+int main(int argc, char **argv)
+{
+    bdh_model *m;
+    bdh_state *s;
+    float logits[256];
+    if (bdh_model_load(argv[1], NULL, &m) != BDH_OK || bdh_state_new(m, &s) != BDH_OK) {
+        fprintf(stderr, "%s\n", bdh_last_error());
+        return 1;
+    }
+    int rc = bdh_step(s, 'A', logits);
+    bdh_state_free(s);
+    bdh_model_free(m);
+    return rc;
+}
+C
+pass=0 fail=0
+check() { if "$@"; then pass=$((pass + 1)); else echo "install: FAILED: $*"; fail=$((fail + 1)); fi; }
+check test -f "$prefix/include/bdh.h"
+check test -L "$prefix/lib/libbdh.so"
+check test -f "$prefix/lib/libbdh.a"
+check test "$(pkg-config --modversion bdh)" = "$(sed -n 's/^VERSION *:= *//p' Makefile)"
+check cc "$prefix/prog.c" -o "$prefix/prog_shared" $(pkg-config --cflags --libs bdh) -Wl,-rpath,"$prefix/lib"
+check "$prefix/prog_shared" tests/data/golden/tiny.model.safetensors
+check cc "$prefix/prog.c" -o "$prefix/prog_static" $(pkg-config --cflags bdh) "$prefix/lib/libbdh.a" $(pkg-config --static --libs-only-l bdh | sed 's/-lbdh//')
+check "$prefix/prog_static" tests/data/golden/tiny.model.safetensors
+check bash -c "objdump -p '$prefix/lib/libbdh.so' | grep -q 'SONAME.*libbdh.so.0'"
+echo "install: $pass passed, $fail failed"
+[ "$fail" -eq 0 ]
