@@ -1,0 +1,36 @@
+"""Python binding for libbdh, inference for the BDH-GPU ("Dragon Hatchling")
+architecture, over ctypes (no compiler needed; numpy is the one dependency).
+
+    import bdh
+    with bdh.Model("model.safetensors") as model:
+        for chunk in model.generate("ROMEO:", max_new_tokens=200, seed=1, text=True):
+            print(chunk, end="", flush=True)
+
+The shared library is found, in order, through the BDH_LIBRARY environment
+variable, a copy inside this package, the checkout's build/ directory (for
+``sys.path.insert(0, "bindings/python")`` after ``make``), and
+``ctypes.util.find_library("bdh")``. ``bdh.library_path`` says which one.
+"""
+from __future__ import annotations
+
+from ._lib import BDHError, library_path
+from ._lib import version as _library_version
+from ._model import Generation, Model, Sampler, State
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BDHError",
+    "Generation",
+    "Model",
+    "Sampler",
+    "State",
+    "library_path",
+    "library_version",
+    "__version__",
+]
+
+
+def library_version() -> str:
+    """Version ("MAJOR.MINOR.PATCH") of the libbdh actually loaded."""
+    return _library_version()

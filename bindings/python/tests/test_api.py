@@ -1,0 +1,284 @@
+"""The ctypes declarations against include/bdh.h (so they cannot drift
+apart), library lookup, and package details."""
+from __future__ import annotations
+
+import ctypes
+import os
+import re
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+import bdh
+from bdh import _lib, _model
+from conftest import PY_ROOT, REPO, TINY, have_cc
+
+HEADER = REPO / "include" / "bdh.h"
+
+SCALARS = {
+    "int32_t": ctypes.c_int32,
+    "int64_t": ctypes.c_int64,
+    "uint64_t": ctypes.c_uint64,
+    "size_t": ctypes.c_size_t,
+    "int": ctypes.c_int,
+    "float": ctypes.c_float,
+    "double": ctypes.c_double,
+}
+
+
+def _header_text() -> str:
+    text = HEADER.read_text()
+    text = re.sub(r"/\*.*?\*/", " ", text, flags=re.S)
+    text = re.sub(r"//[^\n]*", " ", text)
+    return re.sub(r"^\s*#.*$", " ", text, flags=re.M)
+
+
+class Header:
+    def __init__(self) -> None:
+        text = _header_text()
+        self.enums = {}  # typedef name -> {constant: value}
+        for body, name in re.findall(r"typedef\s+enum\s+\w*\s*\{(.*?)\}\s*(\w+)\s*;", text, re.S):
+            vals, nxt = {}, 0
+            for item in filter(None, (x.strip() for x in body.split(","))):
+                k, _, v = item.partition("=")
+                nxt = int(v.strip(), 0) if v.strip() else nxt
+                vals[k.strip()] = nxt
+                nxt += 1
+            self.enums[name] = vals
+        self.structs = {}  # name -> [(field, type)]
+        for body, name in re.findall(r"typedef\s+struct\s+\w*\s*\{(.*?)\}\s*(\w+)\s*;", text, re.S):
+            fields = []
+            for decl in filter(None, (x.strip() for x in body.split(";"))):
+                decl = " ".join(decl.split())
+                m = re.match(r"(.*?)(\**\s*\w+(?:\s*,\s*\**\s*\w+)*)$", decl)
+                base, names = m.group(1), m.group(2)
+                for nm in names.split(","):
+                    nm = nm.strip()
+                    stars = nm.count("*")
+                    fields.append((nm.strip("* "), base.strip() + " " + "*" * stars))
+            self.structs[name] = fields
+        self.opaque = set(re.findall(r"typedef\s+struct\s+\w+\s+(\w+)\s*;", text))
+        self.callbacks = set(re.findall(r"typedef\s+[\w\s\*]+\(\s*\*\s*(\w+)\s*\)\s*\(", text))
+        self.functions = {}
+        decls = re.sub(r"typedef[^;]*;", " ", re.sub(r"typedef\s+(enum|struct)\s+\w*\s*\{.*?\}\s*\w+\s*;", " ", text, flags=re.S))
+        for ret, name, args in re.findall(r"(?:BDH_API\s+)?([A-Za-z_][\w\s\*]*?)\s*\b(bdh_\w+)\s*\(([^;{}]*?)\)\s*;", decls, re.S):
+            ret = " ".join(ret.replace("BDH_API", "").split())
+            params = []
+            args = " ".join(args.split())
+            if args and args != "void":
+                for a in args.split(","):
+                    a = a.strip()
+                    m = re.match(r"(.*?)(\w+)$", a)
+                    params.append(m.group(1).strip())
+            sig = (ret, params)
+            assert self.functions.get(name, sig) == sig, f"{name} declared twice, differently"
+            self.functions[name] = sig
+
+    def ctype(self, ctype: str):
+        """The ctypes type that mirrors C type `ctype` (the binding's rules)."""
+        stars = ctype.count("*")
+        base = " ".join(ctype.replace("*", " ").replace("const", " ").split())
+        if stars == 0:
+            if base == "void":
+                return None
+            if base in SCALARS:
+                return SCALARS[base]
+            if base in self.enums:
+                return ctypes.c_int
+            if base in self.structs:
+                return _lib.STRUCTS[base]
+            if base in self.callbacks:
+                return _lib.TokenCallback
+            raise AssertionError(f"no ctypes rule for C type {ctype!r}")
+        if stars == 1:
+            if base == "char":
+                return ctypes.c_char_p
+            if base == "void" or base in self.opaque:
+                return ctypes.c_void_p
+            return ctypes.POINTER(self.ctype(base))
+        return ctypes.POINTER(self.ctype(base + " " + "*" * (stars - 1)))
+
+
+@pytest.fixture(scope="module")
+def header():
+    return Header()
+
+
+def _name(t) -> str:
+    return "void" if t is None else getattr(t, "__name__", repr(t))
+
+
+def test_header_parsed(header):
+    assert len(header.functions) >= 30
+    assert "bdh_generate" in header.functions and "bdh_step" in header.functions
+    assert header.functions["bdh_step"] == ("bdh_status", ["bdh_state *", "int32_t", "float *"])
+    assert {"bdh_model", "bdh_state", "bdh_sampler"} <= header.opaque
+    assert "bdh_token_callback" in header.callbacks
+
+
+def test_every_header_function_is_declared(header):
+    missing = sorted(set(header.functions) - set(_lib.PROTOTYPES))
+    assert not missing, f"add these to PROTOTYPES in bindings/python/bdh/_lib.py: {missing}"
+    extra = sorted(set(_lib.PROTOTYPES) - set(header.functions) - _lib.OPTIONAL)
+    assert not extra, f"declared in the binding but not in include/bdh.h: {extra}"
+
+
+def test_prototypes_match_header(header):
+    problems = []
+    for name, (res, args) in _lib.PROTOTYPES.items():
+        if name not in header.functions and name in _lib.OPTIONAL:
+            continue
+        ret, params = header.functions[name]
+        if header.ctype(ret) is not res:
+            problems.append(f"{name}: restype {_name(res)}, header says {ret} -> {_name(header.ctype(ret))}")
+        if len(params) != len(args):
+            problems.append(f"{name}: {len(args)} argtypes, header has {len(params)} parameters")
+            continue
+        for i, (p, a) in enumerate(zip(params, args)):
+            if header.ctype(p) is not a:
+                problems.append(f"{name} arg {i}: {_name(a)}, header says {p} -> {_name(header.ctype(p))}")
+    assert not problems, "\n".join(problems)
+
+
+def test_prototypes_applied():
+    for name, (res, args) in _lib.PROTOTYPES.items():
+        if name in _lib.missing:
+            continue
+        f = getattr(_lib.lib, name)
+        assert f.restype is res and list(f.argtypes) == list(args), name
+    lacking = sorted(set(_lib.missing) - (_lib.OPTIONAL - set(Header().functions)))
+    assert not lacking, f"the library under test lacks {lacking}"
+
+
+def test_structs_match_header(header):
+    assert set(_lib.STRUCTS) <= set(header.structs)
+    for cname, cls in _lib.STRUCTS.items():
+        want = [(f, header.ctype(t)) for f, t in header.structs[cname]]
+        got = [(f, t) for f, t in cls._fields_]
+        assert [f for f, _ in got] == [f for f, _ in want], cname
+        for (f, t), (_, wt) in zip(got, want):
+            assert t is wt, f"{cname}.{f}: {_name(t)} vs header {_name(wt)}"
+
+
+def test_enums_match_header(header):
+    status = header.enums["bdh_status"]
+    assert {v: k for k, v in status.items()} == _lib.STATUS_NAMES
+    dev = header.enums["bdh_device"]
+    assert _model._DEVICES == {"cpu": dev["BDH_DEVICE_CPU"], "cuda": dev["BDH_DEVICE_CUDA"]}
+    wt = header.enums["bdh_weight_type"]
+    assert set(_model._WEIGHTS.values()) == set(wt.values())
+    assert _model._WEIGHTS["f32"] == wt["BDH_WEIGHTS_F32"] and _model._WEIGHTS["bf16"] == wt["BDH_WEIGHTS_BF16"]
+    assert _model._WEIGHTS["f16"] == wt["BDH_WEIGHTS_F16"] and _model._WEIGHTS["as_stored"] == wt["BDH_WEIGHTS_AS_STORED"]
+    sr = header.enums["bdh_stop_reason"]
+    assert _model._STOP_REASONS == {sr["BDH_STOP_LENGTH"]: "length", sr["BDH_STOP_CALLBACK"]: "callback",
+                                    sr["BDH_STOP_SEQUENCE"]: "stop"}
+    if "bdh_kernels" in header.enums:
+        k = header.enums["bdh_kernels"]
+        assert _model._KERNELS == {"fast": k["BDH_KERNELS_FAST"], "reference": k["BDH_KERNELS_REFERENCE"]}
+
+
+def test_struct_layout_compiled(tmp_path):
+    """sizeof and offsetof as the C compiler sees them."""
+    if not have_cc():
+        pytest.skip("no C compiler")
+    lines = []
+    for cname, cls in _lib.STRUCTS.items():
+        lines.append(f'printf("{cname} size %zu\\n", sizeof({cname}));')
+        for f, _ in cls._fields_:
+            lines.append(f'printf("{cname} {f} %zu\\n", offsetof({cname}, {f}));')
+    src = tmp_path / "layout.c"
+    src.write_text('#include <stdio.h>\n#include <stddef.h>\n#include "bdh.h"\nint main(void) {\n'
+                   + "\n".join(lines) + "\nreturn 0;\n}\n")
+    exe = tmp_path / "layout"
+    cc = os.environ.get("CC", "cc")
+    subprocess.run([cc, "-std=c11", "-I", str(REPO / "include"), str(src), "-o", str(exe)], check=True)
+    out = subprocess.run([str(exe)], check=True, capture_output=True, text=True).stdout.split("\n")
+    for line in filter(None, out):
+        cname, field, value = line.split()
+        cls = _lib.STRUCTS[cname]
+        got = ctypes.sizeof(cls) if field == "size" else getattr(cls, field).offset
+        assert got == int(value), f"{cname} {field}: ctypes {got}, C {value}"
+
+
+def test_defaults_from_c():
+    p = _lib.lib.bdh_model_default_params()
+    assert p.device == 0 and p.n_threads == 0 and p.weight_type == 0
+    sp = _lib.lib.bdh_sampler_default_params()
+    assert sp.temperature == 1.0 and sp.top_p == 1.0 and sp.repeat_penalty == 1.0 and sp.repeat_window == 64
+    gp = _lib.lib.bdh_generate_default_params()
+    assert gp.n_stop == 0 and gp.max_new_tokens > 0 and gp.sampler.temperature == 1.0
+
+
+def test_gil_released():
+    # ctypes.CDLL (not PyDLL) releases the GIL around every foreign call
+    assert type(_lib.lib) is ctypes.CDLL
+
+
+def test_version_and_exports():
+    assert re.fullmatch(r"\d+\.\d+\.\d+", bdh.library_version())
+    assert bdh.library_version().split(".")[:2] == bdh.__version__.split(".")[:2]
+    for name in ("Model", "State", "Sampler", "Generation", "BDHError", "library_path", "library_version"):
+        assert hasattr(bdh, name)
+    assert (PY_ROOT / "bdh" / "py.typed").exists()
+    for obj in (bdh.Model, bdh.Model.generate, bdh.State.step, bdh.State.prefill, bdh.State.save,
+                bdh.State.load, bdh.Model.new_state, bdh.BDHError):
+        assert obj.__doc__, obj
+
+
+# ------------------------------------------------------------------ lookup
+
+def _run_import(code: str, env_extra: dict, cwd: Path, path: Path = PY_ROOT):
+    env = {k: v for k, v in os.environ.items() if k != "BDH_LIBRARY"}
+    env.update(env_extra)
+    prog = f"import sys; sys.path.insert(0, {str(path)!r}); " + code
+    return subprocess.run([sys.executable, "-c", prog], env=env, cwd=cwd, capture_output=True, text=True,
+                          timeout=60)
+
+
+def test_lookup_env_var(tmp_path):
+    r = _run_import("import bdh; print(bdh.library_path)", {"BDH_LIBRARY": bdh.library_path}, tmp_path)
+    assert r.returncode == 0 and r.stdout.strip() == bdh.library_path, r.stderr
+    r = _run_import("import bdh", {"BDH_LIBRARY": str(tmp_path / "nope.so")}, tmp_path)
+    assert r.returncode != 0 and "ImportError" in r.stderr and "nope.so" in r.stderr
+
+
+def test_lookup_checkout_build(tmp_path):
+    lib = REPO / "build" / "libbdh.so"
+    if not lib.exists():
+        pytest.skip("no build/libbdh.so in this checkout")
+    r = _run_import("import bdh; print(bdh.library_path)", {}, tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert Path(r.stdout.strip()).resolve() == lib.resolve()
+
+
+def test_lookup_package_copy_and_failure(tmp_path):
+    pkg = tmp_path / "site" / "bdh"
+    shutil.copytree(PY_ROOT / "bdh", pkg, ignore=shutil.ignore_patterns("__pycache__", "libbdh*"))
+    # nothing: every place is listed
+    r = _run_import("import bdh", {}, tmp_path, tmp_path / "site")
+    if r.returncode == 0:
+        pytest.skip("a system-wide libbdh is installed (find_library found it)")
+    for part in ("BDH_LIBRARY", "copy inside the package", "checkout build/", "find_library", str(pkg)):
+        assert part in r.stderr, (part, r.stderr)
+    # a copy inside the package is found
+    shutil.copy(os.path.realpath(bdh.library_path), pkg / "libbdh.so")
+    r = _run_import("import bdh; print(bdh.library_path); print(bdh.Model(sys.argv[1] if len(sys.argv) > 1 else "
+                    f"{str(TINY)!r}).config['vocab_size'])", {}, tmp_path, tmp_path / "site")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == [str(pkg / "libbdh.so"), "256"]
+
+
+def test_import_from_checkout_as_issue_says(tmp_path):
+    """python3 -c "import sys; sys.path.insert(0, 'bindings/python'); import bdh; ..." from the root."""
+    code = textwrap.dedent(f"""
+        import sys; sys.path.insert(0, 'bindings/python'); import bdh
+        m = bdh.Model('tests/data/golden/tiny.model.safetensors')
+        print(len(b''.join(m.generate(b'ROMEO:', max_new_tokens=10, seed=1))))
+    """)
+    env = dict(os.environ, BDH_LIBRARY=bdh.library_path)
+    r = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and r.stdout.strip() == "10", r.stderr

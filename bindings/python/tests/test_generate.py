@@ -1,0 +1,331 @@
+"""Streaming generation: reproducibility, parity with the C tool, stop
+sequences, streaming, text mode, continuing states, early stop, errors."""
+from __future__ import annotations
+
+import gc
+import subprocess
+import threading
+import time
+
+import numpy as np
+import pytest
+
+import bdh
+from conftest import DATA, ODD, TINY, cli_path
+
+PROMPT = b"ROMEO:"
+LONG = DATA / "golden" / "long.model.safetensors"
+
+
+def gen(model, prompt=PROMPT, **kw):
+    return b"".join(model.generate(prompt, **kw))
+
+
+def test_chunks_are_single_bytes(tiny):
+    chunks = list(tiny.generate(PROMPT, max_new_tokens=30, seed=1))
+    assert len(chunks) == 30
+    assert all(isinstance(c, bytes) and len(c) == 1 for c in chunks)
+
+
+def test_reproducible_by_seed(tiny):
+    kw = dict(max_new_tokens=80, temperature=1.0, top_k=50, top_p=0.95, min_p=0.01, repeat_penalty=1.1)
+    a = gen(tiny, seed=1234, **kw)
+    assert a == gen(tiny, seed=1234, **kw)
+    assert a != gen(tiny, seed=1235, **kw)
+    g = tiny.generate(PROMPT, max_new_tokens=5)  # seed None: a random one, reported
+    out = b"".join(g)
+    assert out == gen(tiny, max_new_tokens=5, seed=g.seed)
+
+
+def test_defaults():
+    import inspect
+
+    sig = inspect.signature(bdh.Model.generate)
+    d = {k: v.default for k, v in sig.parameters.items()}
+    assert d["max_new_tokens"] == 200 and d["temperature"] == 0.8
+    assert d["top_k"] is None and d["top_p"] is None and d["seed"] is None
+    assert d["state"] is None and d["stop"] is None
+    assert list(sig.parameters)[:9] == ["self", "prompt", "max_new_tokens", "temperature", "top_k", "top_p",
+                                        "seed", "state", "stop"]
+
+
+def test_greedy_is_argmax(tiny):
+    out = gen(tiny, max_new_tokens=40, temperature=0)
+    s = tiny.new_state()
+    logits = s.prefill(PROMPT)
+    want = bytearray()
+    for _ in range(40):
+        t = int(np.argmax(logits))
+        want.append(t)
+        logits = s.step(t)
+    assert out == bytes(want)
+
+
+def test_matches_python_loop_with_sampler(tiny):
+    """bdh_generate == prefill + (sample, accept, step) with the C sampler."""
+    kw = dict(temperature=0.9, top_k=40, top_p=0.9, repeat_penalty=1.3, repeat_window=16, seed=99)
+    out = gen(tiny, max_new_tokens=60, **kw)
+    sampler = bdh.Sampler(256, **kw)
+    s = tiny.new_state()
+    for t in PROMPT:
+        sampler.accept(t)
+    logits = s.prefill(PROMPT)
+    want = bytearray()
+    for _ in range(60):
+        t = sampler.sample(logits)
+        sampler.accept(t)
+        want.append(t)
+        logits = s.step(t)
+    assert out == bytes(want)
+    assert "seed=99" in repr(sampler)
+    sampler.close()
+
+
+CLI_CASES = [
+    ([], dict(temperature=0)),
+    (["--seed", "7"], dict(seed=7)),  # the CLI's default temperature is 0.8, as ours
+    (["--seed", "42", "--temperature", "1.2", "--top-k", "30", "--top-p", "0.9", "--min-p", "0.02",
+      "--repeat-penalty", "1.2", "--repeat-window", "8"],
+     dict(seed=42, temperature=1.2, top_k=30, top_p=0.9, min_p=0.02, repeat_penalty=1.2, repeat_window=8)),
+]
+
+
+@pytest.mark.parametrize("args,kw", CLI_CASES, ids=["greedy", "seed", "all-options"])
+def test_same_bytes_as_cli(tiny, args, kw):
+    cli = cli_path()
+    if cli is None:
+        pytest.skip("no bdh command-line tool built (make builds $(BUILD)/bdh from tools/bdh.c)")
+    n = 120
+    if "temperature" in kw and kw["temperature"] == 0:
+        args = args + ["--temperature", "0"]
+    r = subprocess.run([str(cli), "generate", "-m", str(TINY), "-p", PROMPT.decode(), "-n", str(n), *args],
+                       capture_output=True, timeout=60)
+    assert r.returncode == 0, r.stderr.decode(errors="replace")
+    assert gen(tiny, max_new_tokens=n, **kw) == r.stdout
+
+
+def test_cli_stop_sequence(tiny):
+    cli = cli_path()
+    if cli is None:
+        pytest.skip("no bdh command-line tool built")
+    full = gen(tiny, max_new_tokens=100, temperature=0)
+    stop = full[30:32]
+    r = subprocess.run([str(cli), "generate", "-m", str(TINY), "-p", PROMPT.decode(), "-n", "100",
+                        "--temperature", "0", "--stop", stop.decode("latin-1")], capture_output=True, timeout=60)
+    if r.returncode != 0 or any(b >= 0x80 for b in stop):
+        pytest.skip("stop bytes not expressible on this command line")
+    assert gen(tiny, max_new_tokens=100, temperature=0, stop=stop) == r.stdout
+
+
+def test_stop_sequences(tiny):
+    full = gen(tiny, max_new_tokens=150, temperature=0)
+    stop = full[40:43]
+    end = full.find(stop) + len(stop)
+    g = tiny.generate(PROMPT, max_new_tokens=150, temperature=0, stop=stop)
+    out = b"".join(g)
+    assert out == full[:end] and out.endswith(stop)
+    assert g.stats["stop_reason"] == "stop" and g.stats["n_generated"] == end
+    # several, first one to complete wins; str and bytes mix
+    other = full[90:92]
+    both = gen(tiny, max_new_tokens=150, temperature=0, stop=[other, stop.decode("latin-1").encode("latin-1")])
+    first = min(full.find(stop) + len(stop), full.find(other) + len(other))
+    assert both == full[:first]
+    never = gen(tiny, max_new_tokens=150, temperature=0, stop=["\x00never\x00"])
+    assert never == full
+    ascii_stop = next((full[i:i + 2] for i in range(len(full) - 1) if full[i] < 128 and full[i + 1] < 128), None)
+    if ascii_stop is not None:
+        out = gen(tiny, max_new_tokens=150, temperature=0, stop=ascii_stop.decode())
+        assert out.endswith(ascii_stop)
+
+
+def test_streaming_is_lockstep(tiny):
+    """The first chunk arrives while generation is still under way; the C loop
+    then waits for the consumer (nothing is generated ahead)."""
+    s = tiny.new_state()
+    g = tiny.generate(PROMPT, max_new_tokens=100, seed=3, state=s)
+    first = next(g)
+    assert isinstance(first, bytes)
+    assert g.stats is None  # not finished
+    time.sleep(0.05)
+    assert s.position == len(PROMPT)  # prompt fed, first token not yet
+    next(g)
+    next(g)
+    assert s.position == len(PROMPT) + 2
+    rest = b"".join(g)
+    assert len(rest) == 97
+    assert s.position == len(PROMPT) + 100
+    assert g.stats["n_generated"] == 100 and g.stats["stop_reason"] == "length"
+
+
+def test_streaming_first_chunk_early():
+    with bdh.Model(LONG, threads=1) as m:
+        t0 = time.perf_counter()
+        g = m.generate(PROMPT, max_new_tokens=400, seed=5)
+        next(g)
+        t_first = time.perf_counter() - t0
+        for _ in g:
+            pass
+        t_total = time.perf_counter() - t0
+    assert t_first < t_total / 4, (t_first, t_total)
+
+
+def test_text_mode(tiny):
+    raw = gen(tiny, max_new_tokens=200, seed=11, temperature=1.0)
+    assert any(b >= 0x80 for b in raw)  # random weights: plenty of non-ASCII
+    chunks = list(tiny.generate(PROMPT, max_new_tokens=200, seed=11, temperature=1.0, text=True))
+    assert all(isinstance(c, str) and c for c in chunks)
+    assert "".join(chunks) == raw.decode("utf-8", errors="replace")
+
+
+def test_text_mode_buffers_partial_characters(tiny):
+    """Multi-byte characters come out whole, in one chunk, never split."""
+    kw = dict(max_new_tokens=3000, seed=21, temperature=1.0)
+    raw = gen(tiny, **kw)
+    text = raw.decode("utf-8", errors="replace")
+    multi = [c for c in text if 0x80 <= ord(c) and c != "\ufffd"]
+    assert multi, "expected some valid multi-byte characters in 3000 random bytes"
+    chunks = list(tiny.generate(PROMPT, text=True, **kw))
+    assert "".join(chunks) == text
+    assert all(len(c) == 1 or all(ch == "\ufffd" for ch in c[:-1]) for c in chunks)
+    whole = [c for c in chunks if any(0x80 <= ord(ch) and ch != "\ufffd" for ch in c)]
+    assert len(whole) == len(multi)
+
+
+def test_str_prompt(tiny):
+    assert gen(tiny, "ROMEO:", max_new_tokens=20, seed=2) == gen(tiny, b"ROMEO:", max_new_tokens=20, seed=2)
+    assert gen(tiny, "é", max_new_tokens=10, seed=2) == gen(tiny, "é".encode(), max_new_tokens=10, seed=2)
+    assert gen(tiny, [82, 79], max_new_tokens=10, seed=2) == gen(tiny, b"RO", max_new_tokens=10, seed=2)
+
+
+def test_continue_a_state(tiny):
+    s = tiny.new_state()
+    a = gen(tiny, b"Hello", max_new_tokens=25, seed=1, state=s)
+    assert s.position == 5 + 25
+    b = gen(tiny, b" again", max_new_tokens=25, seed=2, state=s)
+    assert s.position == 5 + 25 + 6 + 25
+    # the same as a state that saw everything, then generated
+    t = tiny.new_state()
+    t.prefill(b"Hello" + a)
+    assert gen(tiny, b" again", max_new_tokens=25, seed=2, state=t) == b
+
+
+def test_break_stops_early(tiny):
+    s = tiny.new_state()
+    before = threading.active_count()
+    for i, _ in enumerate(tiny.generate(PROMPT, max_new_tokens=1000, seed=4, state=s)):
+        if i == 9:
+            break
+    gc.collect()
+    # exactly the yielded tokens were fed (the 10th by the stopping call)
+    assert s.position == len(PROMPT) + 10
+    assert threading.active_count() == before
+    s.step(1)  # the state is free again
+
+
+def test_close_and_stats(tiny):
+    s = tiny.new_state()
+    with tiny.generate(PROMPT, max_new_tokens=1000, seed=4, state=s) as g:
+        got = [next(g) for _ in range(5)]
+        with pytest.raises(RuntimeError):
+            s.step(1)  # busy: the generation holds it
+        assert s.position == len(PROMPT) + 4
+    assert g.stats["stop_reason"] == "callback" and g.stats["n_generated"] == 5
+    assert s.position == len(PROMPT) + 5
+    assert list(g) == []
+    g.close()
+    want = gen(tiny, max_new_tokens=5, seed=4)
+    assert b"".join(got) == want
+
+
+def test_dropped_generation_is_collected(tiny):
+    before = threading.active_count()
+    n_states = tiny._h.n_states
+    g = tiny.generate(PROMPT, max_new_tokens=1000, seed=4)
+    next(g)
+    assert threading.active_count() == before + 1
+    del g
+    gc.collect()
+    assert threading.active_count() == before
+    assert tiny._h.n_states == n_states  # its own state was freed
+
+
+def test_unstarted_generation_does_nothing(tiny):
+    s = tiny.new_state()
+    g = tiny.generate(PROMPT, max_new_tokens=10, state=s)
+    assert "not started" in repr(g)
+    s.step(1)
+    del g
+    assert s.position == 1
+
+
+def test_zero_tokens(tiny):
+    s = tiny.new_state()
+    g = tiny.generate(PROMPT, max_new_tokens=0, state=s)
+    assert list(g) == []
+    assert g.stats["n_generated"] == 0 and s.position == len(PROMPT)
+
+
+def test_tokens_mode_any_vocab():
+    with bdh.Model(ODD) as m:
+        with pytest.raises(ValueError, match="vocab_size"):
+            m.generate([1, 2, 3])
+        ids = list(m.generate([1, 2, 3], max_new_tokens=20, temperature=0, tokens=True))
+        assert len(ids) == 20 and all(isinstance(t, int) and 0 <= t < 97 for t in ids)
+        s = m.new_state()
+        logits = s.prefill([1, 2, 3])
+        assert ids[0] == int(np.argmax(logits))
+        with pytest.raises(ValueError):
+            m.generate([1], tokens=True, stop=b"x")
+
+
+def test_generate_errors(tiny):
+    with pytest.raises(ValueError):
+        tiny.generate(b"")
+    with pytest.raises(ValueError):
+        tiny.generate([])
+    with pytest.raises(TypeError):
+        tiny.generate(5)
+    with pytest.raises(TypeError):
+        tiny.generate(["a"])
+    with pytest.raises(bdh.BDHError) as ei:
+        tiny.generate([1, 300])
+    assert ei.value.status == "BDH_ERR_TOKEN"
+    for kw in (dict(temperature=-1), dict(top_p=1.5), dict(top_k=-3), dict(min_p=2.0), dict(repeat_penalty=0)):
+        with pytest.raises(bdh.BDHError) as ei:
+            tiny.generate(PROMPT, **kw)
+        assert ei.value.status == "BDH_ERR_INVALID_ARGUMENT", kw
+    with pytest.raises(ValueError):
+        tiny.generate(PROMPT, max_new_tokens=-1)
+    with pytest.raises(TypeError):
+        tiny.generate(PROMPT, max_new_tokens=1.5)
+    with pytest.raises(TypeError):
+        tiny.generate(PROMPT, temperature="hot")
+    with pytest.raises(ValueError):
+        tiny.generate(PROMPT, seed=-1)
+    with pytest.raises(ValueError):
+        tiny.generate(PROMPT, seed=2**64)
+    with pytest.raises(TypeError):
+        tiny.generate(PROMPT, seed=1.0)
+    with pytest.raises(ValueError):
+        tiny.generate(PROMPT, stop=[""])
+    with pytest.raises(TypeError):
+        tiny.generate(PROMPT, stop=[1])
+    with pytest.raises(ValueError):
+        tiny.generate(PROMPT, text=True, tokens=True)
+    with pytest.raises(TypeError):
+        tiny.generate(PROMPT, state="s")
+    with bdh.Model(TINY) as other:
+        with pytest.raises(ValueError):
+            tiny.generate(PROMPT, state=other.new_state())
+    m = bdh.Model(TINY)
+    m.close()
+    with pytest.raises(ValueError):
+        m.generate(PROMPT)
+
+
+def test_generation_on_closed_model_state(tiny):
+    m = bdh.Model(TINY)
+    s = m.new_state()
+    m.close()
+    # a state of a closed model can still generate
+    assert len(gen(m, max_new_tokens=5, seed=1, state=s)) == 5

@@ -1,0 +1,65 @@
+"""`pip install ./bindings/python` into a fresh virtual environment works
+there, away from the checkout. Set BDH_SKIP_INSTALL_TEST=1 to skip (it
+builds a wheel; offline when the system has setuptools, else it fetches the
+build backend from PyPI)."""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+import bdh
+from conftest import PY_ROOT, TINY
+
+pytestmark = pytest.mark.skipif(os.environ.get("BDH_SKIP_INSTALL_TEST", "") not in ("", "0"),
+                                reason="BDH_SKIP_INSTALL_TEST is set")
+
+
+def _run(cmd, **kw):
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=600, **kw)
+
+
+def test_pip_install_into_fresh_venv(tmp_path):
+    # a copy of the source, so the build leaves nothing in the checkout
+    src = tmp_path / "src"
+    shutil.copytree(PY_ROOT, src, ignore=shutil.ignore_patterns("build", "dist", "*.egg-info", "__pycache__",
+                                                                 "tests", "libbdh.so*"))
+    venv = tmp_path / "venv"
+    # system site packages: numpy and setuptools without a download where the
+    # system has them; the package itself goes into the venv
+    r = _run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)])
+    if r.returncode != 0:
+        pytest.skip(f"cannot create a virtual environment: {r.stderr.strip()[-300:]}")
+    py = venv / "bin" / "python"
+    env = dict(os.environ, BDH_LIBRARY=os.path.realpath(bdh.library_path), PIP_DISABLE_PIP_VERSION_CHECK="1")
+    env.pop("PYTHONPATH", None)
+    logs = []
+    for extra in (["--no-build-isolation"], []):
+        r = _run([str(py), "-m", "pip", "install", "-q", *extra, str(src)], env=env, cwd=tmp_path)
+        logs.append(f"pip install {' '.join(extra)}: rc={r.returncode}\n{r.stdout[-2000:]}\n{r.stderr[-3000:]}")
+        if r.returncode == 0:
+            break
+    else:
+        pytest.fail("pip install failed:\n" + "\n".join(logs))
+
+    code = textwrap.dedent(f"""
+        import os, sys
+        import bdh
+        site = os.path.realpath({str(venv)!r})
+        assert os.path.realpath(bdh.__file__).startswith(site), bdh.__file__
+        assert os.path.realpath(bdh.library_path).startswith(site), bdh.library_path
+        assert os.path.exists(os.path.join(os.path.dirname(bdh.__file__), "py.typed"))
+        with bdh.Model({str(TINY)!r}) as m:
+            s = m.new_state()
+            print(s.step(1).shape)
+            out = b"".join(m.generate(b"ROMEO:", max_new_tokens=16, seed=1))
+            print(len(out))
+    """)
+    run_env = {k: v for k, v in env.items() if k != "BDH_LIBRARY"}
+    r = _run([str(py), "-c", code], env=run_env, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == ["(256,)", "16"]
