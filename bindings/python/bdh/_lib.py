@@ -205,7 +205,7 @@ PROTOTYPES: Dict[str, Tuple[object, List[object]]] = {
 #: Newer functions the binding uses when the library has them (older
 #: libraries and headers may lack them; the features that need them then
 #: raise BDHError BDH_ERR_UNSUPPORTED).
-OPTIONAL = {"bdh_state_activity"}
+OPTIONAL: "set[str]" = set()
 
 # --------------------------------------------------------------------------
 # finding the shared library

@@ -1143,8 +1143,9 @@ class Generation(Iterator[Chunk], Generic[Chunk]):
 
     @property
     def state(self) -> Optional[State]:
-        """The state being advanced (the given one, or the fresh one made at
-        the start)."""
+        """The state being advanced: the one given, or the fresh one made at
+        the start (that one is closed when the generation ends: pass
+        ``state=`` to keep the stream)."""
         return self._state
 
     def _finish(self) -> None:
