@@ -135,6 +135,12 @@ check-cuda:
 	  $(MAKE) BUILD=build-cuda CUDA=1 all test-c; \
 	else echo "check-cuda: skipped: no nvcc"; fi
 
+# The library's main job: stream Shakespeare-like text from the shipped model.
+RUN_PROMPT ?= ROMEO:
+run: all
+	@$(BUILD)/bdh generate -m models/shakespeare.safetensors -p "$(RUN_PROMPT)" -n 600 --temperature 0.8 --seed 7
+	@echo
+
 install: lib
 	install -d $(DESTDIR)$(PREFIX)/include $(DESTDIR)$(PREFIX)/lib/pkgconfig $(DESTDIR)$(PREFIX)/bin
 	install -m 644 include/bdh.h $(DESTDIR)$(PREFIX)/include/
