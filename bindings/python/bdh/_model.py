@@ -980,9 +980,10 @@ class Generation(Iterator[Chunk], Generic[Chunk]):
 
     Yields bytes (one token's byte each), or str with ``text=True``, or int
     token ids with ``tokens=True``. Generation starts at the first ``next()``
-    and advances one token per ``next()``. :meth:`close` (also called by
-    ``with``, by ``break`` in a for loop over a generator expression, and on
-    garbage collection) stops the C loop and joins its thread.
+    and advances one token per ``next()`` (the C loop waits for the consumer).
+    :meth:`close` stops the C loop and joins its thread; ``with`` calls it,
+    and so does dropping the iterator, e.g. on ``break`` out of
+    ``for chunk in model.generate(...)``.
     """
 
     def __init__(
