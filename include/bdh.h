@@ -176,6 +176,52 @@ BDH_API bdh_status bdh_state_new(const bdh_model *model, bdh_state **out);
 BDH_API void bdh_state_free(bdh_state *state);
 BDH_API bdh_status bdh_step(bdh_state *state, int32_t token, float *logits);
 
+/* ---------------------------------------------------------- observability */
+/* CPU path only (BDH_ERR_UNSUPPORTED on CUDA states). */
+
+/* What one layer did for one token. Indices are neuron numbers within the
+ * head (0..N-1), ascending; arrays are owned by the library and valid only
+ * during the callback. */
+typedef struct bdh_layer_activation {
+    int64_t position;               /* of the token (0-based) */
+    int32_t token;
+    int32_t layer;
+    int32_t n_head, n_neurons;
+    const int32_t *x_count;         /* [n_head]: neurons with xs > 0 */
+    const int32_t *const *x_index;  /* [n_head][x_count[h]] */
+    const float *const *x_value;    /* xs at those neurons */
+    const int32_t *y_count;         /* [n_head]: neurons with xs * ys > 0 */
+    const int32_t *const *y_index;
+    const float *const *y_value;    /* xs * ys at those neurons */
+    float x_density, y_density;     /* fractions of the layer's H*N neurons */
+} bdh_layer_activation;
+
+typedef void (*bdh_observer)(const bdh_layer_activation *act, void *user);
+
+/* Call fn for every layer of every token this state consumes (fn NULL
+ * removes it). While an observer is set, bdh_prefill steps token by token
+ * so that no token goes unseen. Buffers are allocated here, never per token;
+ * without an observer the step does no extra work. */
+BDH_API bdh_status bdh_state_set_observer(bdh_state *state, bdh_observer fn, void *user);
+
+/* Hebbian co-activation monitors: for synapse (layer, i, j), with
+ * 1 <= layer < n_layer and i, j in [0, H*N) head-major (h*N + neuron),
+ *   sigma += xy_{layer-1}[i] * xs_layer[j]
+ * for every token consumed (xy of the layer below, xs of this layer, same
+ * token). BDH-GPU keeps this only implicitly (its state also carries the RoPE
+ * rotation, which sigma leaves out). Monitors belong to the state: reset
+ * zeroes them, copy/save/load carry them. *index gets the monitor's number. */
+BDH_API bdh_status bdh_state_add_monitor(bdh_state *state, int32_t layer, int32_t i, int32_t j, size_t *index);
+BDH_API size_t bdh_state_n_monitors(const bdh_state *state);
+BDH_API bdh_status bdh_state_monitor(const bdh_state *state, size_t index, int32_t *layer, int32_t *i, int32_t *j,
+                                     double *sigma);
+BDH_API bdh_status bdh_state_clear_monitors(bdh_state *state);
+
+/* The memory each neuron holds: norms[n] = |S[layer][head][n][:]| (N floats),
+ * and one row of the state (D floats). */
+BDH_API bdh_status bdh_state_row_norms(const bdh_state *state, int32_t layer, int32_t head, float *norms);
+BDH_API bdh_status bdh_state_row(const bdh_state *state, int32_t layer, int32_t head, int32_t neuron, float *row);
+
 /* ------------------------------------------------ sampling and generation */
 
 /* Sampling, in this order (the reference's order for the first three):

@@ -41,6 +41,7 @@ typedef struct cpu_work {
     float *a_part;   /* [H*S][D] state read per slice */
     float *a;        /* [H][D] LN(S^T q) */
     float *y_part;   /* [H*S][D] decoder sum per slice */
+    float *xy;       /* [H*N] xs * ys, written only while observed */
 } cpu_work;
 
 int bdh_cpu_slices(const bdh_config *c)
@@ -61,7 +62,7 @@ bdh_status bdh_cpu_work_new(const bdh_model *m, void **out)
     const size_t D = (size_t)m->cfg.n_embd, N = (size_t)m->cfg.n_neurons, H = (size_t)m->cfg.n_head;
     const size_t HS = H * (size_t)bdh_cpu_slices(&m->cfg);
     cpu_work *w = calloc(1, sizeof *w);
-    const size_t floats = 2 * D + 2 * N + 2 * H * N + HS * D + H * D + HS * D;
+    const size_t floats = 2 * D + 2 * N + 3 * H * N + HS * D + H * D + HS * D;
     float *buf = w ? calloc(floats, sizeof(float)) : NULL;
     int32_t *ints = buf ? calloc(H * N / 2 + 3 * HS, sizeof(int32_t)) : NULL;
     if (!ints) {
@@ -78,6 +79,7 @@ bdh_status bdh_cpu_work_new(const bdh_model *m, void **out)
     w->a_part = w->q + H * N;
     w->a = w->a_part + HS * D;
     w->y_part = w->a + H * D;
+    w->xy = w->y_part + HS * D;
     w->pairs = ints;
     w->npairs = ints + H * N / 2;
     w->nxs = w->npairs + HS;
@@ -99,8 +101,10 @@ void bdh_cpu_work_free(void *work)
 typedef struct job {
     const bdh_model *m;
     bdh_state *const *states;
+    const int32_t *tokens;
     size_t n;
     int layer;
+    bool observed;   /* some state has an observer or monitors */
 } job;
 
 static cpu_work *work_of(const job *jb, size_t b) { return jb->states[b]->work; }
@@ -169,6 +173,7 @@ static void phase_decode(void *ctx, int tid, int n_threads)
         for (size_t b = 0; b < jb->n; b++) {
             memset(work_of(jb, b)->y_part + (size_t)t * D, 0, (size_t)D * sizeof(float));
             work_of(jb, b)->nxy[t] = 0;
+            if (jb->observed) memset(work_of(jb, b)->xy + (size_t)h * N + j0, 0, (size_t)(j1 - j0) * sizeof(float));
         }
         for (int j = j0; j < j1; j++) {
             const int64_t row = (int64_t)h * N + j;
@@ -180,6 +185,7 @@ static void phase_decode(void *ctx, int tid, int n_threads)
                 if (xy == 0.0f) continue;
                 bdh_row_axpy(&m->cpu.decoder, row, xy, w->y_part + (size_t)t * D);
                 w->nxy[t]++;
+                if (jb->observed) w->xy[row] = xy;
             }
         }
     }
@@ -241,13 +247,19 @@ bdh_status bdh_cpu_step_batch(bdh_state *const *states, const int32_t *tokens, s
         }
         return BDH_OK;
     }
-    job jb = {m, states, n, 0};
-    for (size_t b = 0; b < n; b++) begin_token(m, states[b], tokens[b]);
+    job jb = {m, states, tokens, n, 0, false};
+    for (size_t b = 0; b < n; b++) {
+        begin_token(m, states[b], tokens[b]);
+        jb.observed |= bdh_observing(states[b]);
+    }
     for (jb.layer = 0; jb.layer < m->cfg.n_layer; jb.layer++) {
         bdh_pool_run(m->pool, phase_encode, &jb);
         for (size_t b = 0; b < n; b++) finish_state_read(m, work_of(&jb, b));
         bdh_pool_run(m->pool, phase_decode, &jb);
-        for (size_t b = 0; b < n; b++) finish_layer(m, states[b], jb.layer);
+        for (size_t b = 0; b < n; b++) {
+            finish_layer(m, states[b], jb.layer);
+            if (bdh_observing(states[b])) bdh_observe_layer(states[b], jb.layer, tokens[b], work_of(&jb, b)->xs, work_of(&jb, b)->xy);
+        }
     }
     const int V = m->cfg.vocab_size;
     for (size_t b = 0; b < n; b++) {

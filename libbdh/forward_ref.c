@@ -20,8 +20,8 @@
 
 typedef struct ref_work {
     float *x, *a, *y;      /* [D] */
-    float *xs, *q, *ys;    /* [N] */
-    float *xy;             /* [H*N] */
+    float *q, *ys;         /* [N] */
+    float *xs, *xy;        /* [H*N] */
     float *cos, *sin;      /* [N] */
 } ref_work;
 
@@ -32,9 +32,10 @@ static void head(const bdh_model *m, ref_work *w, int h, float *S)
     const bdh_cpu_weights *W = &m->cpu;
     const int D = m->cfg.n_embd, N = m->cfg.n_neurons;
     const int64_t row0 = (int64_t)h * N;
+    float *xs = w->xs + row0;
 
-    for (int j = 0; j < N; j++) w->xs[j] = relu(bdh_row_dot(&W->encoder, row0 + j, w->x));
-    bdh_rope_apply(w->xs, w->cos, w->sin, N, w->q);
+    for (int j = 0; j < N; j++) xs[j] = relu(bdh_row_dot(&W->encoder, row0 + j, w->x));
+    bdh_rope_apply(xs, w->cos, w->sin, N, w->q);
 
     memset(w->a, 0, (size_t)D * sizeof(float));
     for (int j = 0; j < N; j++) {
@@ -44,10 +45,10 @@ static void head(const bdh_model *m, ref_work *w, int h, float *S)
     }
     bdh_layernorm(w->a, D);
     for (int j = 0; j < N; j++) w->ys[j] = relu(bdh_row_dot(&W->encoder_v, row0 + j, w->a));
-    for (int j = 0; j < N; j++) w->xy[row0 + j] = w->xs[j] * w->ys[j];
+    for (int j = 0; j < N; j++) w->xy[row0 + j] = xs[j] * w->ys[j];
 }
 
-static void layer(const bdh_model *m, ref_work *w, float *S_layer)
+static void layer(const bdh_model *m, ref_work *w, float *S_layer, bdh_state *s, int l, int32_t token)
 {
     const int D = m->cfg.n_embd, N = m->cfg.n_neurons, H = m->cfg.n_head;
     for (int h = 0; h < H; h++) head(m, w, h, S_layer + (size_t)h * N * D);
@@ -57,21 +58,31 @@ static void layer(const bdh_model *m, ref_work *w, float *S_layer)
     bdh_layernorm(w->y, D);
     for (int d = 0; d < D; d++) w->x[d] += w->y[d];
     bdh_layernorm(w->x, D);
+    if (bdh_observing(s)) bdh_observe_layer(s, l, token, w->xs, w->xy);
 }
 
 bdh_status bdh_ref_step(bdh_state *s, int32_t token, float *logits)
 {
     const bdh_model *m = s->model;
     const int D = m->cfg.n_embd, N = m->cfg.n_neurons, H = m->cfg.n_head, V = m->cfg.vocab_size;
-    float *buf = malloc(((size_t)3 * D + 5 * (size_t)N + (size_t)H * N) * sizeof(float));
+    const size_t HN = (size_t)H * N;
+    float *buf = malloc((3 * (size_t)D + 4 * (size_t)N + 2 * HN) * sizeof(float));
     if (!buf) return bdh_fail(BDH_ERR_OUT_OF_MEMORY, "out of memory in the reference step");
-    ref_work w = {buf, buf + D, buf + 2 * D, buf + 3 * D, buf + 3 * D + N, buf + 3 * D + 2 * N,
-                  buf + 3 * D + 3 * N, buf + 3 * D + 3 * N + (size_t)H * N, buf + 3 * D + 4 * N + (size_t)H * N};
+    ref_work w;
+    w.x = buf;
+    w.a = w.x + D;
+    w.y = w.a + D;
+    w.q = w.y + D;
+    w.ys = w.q + N;
+    w.cos = w.ys + N;
+    w.sin = w.cos + N;
+    w.xs = w.sin + N;
+    w.xy = w.xs + HN;
 
     bdh_row_f32(&m->cpu.embed, token, w.x);
     bdh_layernorm(w.x, D);
     bdh_rope_tables(m->cpu.freqs, N, s->position, w.cos, w.sin);
-    for (int l = 0; l < m->cfg.n_layer; l++) layer(m, &w, s->S + (size_t)l * H * N * D);
+    for (int l = 0; l < m->cfg.n_layer; l++) layer(m, &w, s->S + (size_t)l * H * N * D, s, l, token);
     if (logits)
         for (int v = 0; v < V; v++) logits[v] = bdh_row_dot(&m->cpu.lm_head, v, w.x);
     s->position++;

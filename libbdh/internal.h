@@ -137,6 +137,22 @@ static inline size_t bdh_state_floats(const bdh_config *c)
     return (size_t)c->n_layer * (size_t)c->n_head * (size_t)c->n_neurons * (size_t)c->n_embd;
 }
 
+/* ------------------------------------------------------------ observe.c */
+
+typedef struct bdh_observe bdh_observe;
+BDH_INTERNAL void bdh_observe_free(bdh_observe *o);
+/* An observer or a monitor is set: the forward paths report each layer. */
+BDH_INTERNAL bool bdh_observing(const bdh_state *s);
+/* After a layer: xs and xy dense [H*N] (head-major), s->position = the token's. */
+BDH_INTERNAL void bdh_observe_layer(bdh_state *s, int layer, int32_t token, const float *xs, const float *xy);
+BDH_INTERNAL void bdh_observe_reset(bdh_state *s);
+BDH_INTERNAL bdh_status bdh_observe_copy_monitors(bdh_state *dst, const bdh_state *src);
+/* Room for n monitors (no visible change): after it, set_monitors(n) cannot fail. */
+BDH_INTERNAL bdh_status bdh_observe_reserve(bdh_state *s, size_t n);
+BDH_INTERNAL bdh_status bdh_observe_set_monitors(bdh_state *s, size_t n, const int32_t *mon, const double *sigma);
+/* [n][3] (layer, i, j) and the sigmas; NULL when there are none. */
+BDH_INTERNAL const int32_t *bdh_observe_monitor_list(const bdh_state *s, const double **sigma);
+
 /* --------------------------------------------------------------- state.c */
 
 struct bdh_state {
@@ -146,6 +162,7 @@ struct bdh_state {
     void *work;      /* scratch of the CPU forward (forward_cpu.c) */
     int64_t counted; /* tokens in the activity counters below */
     int64_t *active; /* [L][3]: xs > 0, pairs touched, xy > 0 (fast path) */
+    bdh_observe *obs;/* observer and monitors, NULL until one is set */
     void *cuda;      /* device-side state, kernels/ (NULL on CPU) */
 };
 

@@ -38,6 +38,7 @@ void bdh_state_free(bdh_state *s)
     if (!s) return;
     if (s->cuda) bdh_cuda_state_release(s);
     bdh_cpu_work_free(s->work);
+    bdh_observe_free(s->obs);
     free(s->S);
     free(s->active);
     free(s);
@@ -53,6 +54,7 @@ bdh_status bdh_state_reset(bdh_state *s)
         memset(s->S, 0, bdh_state_floats(&s->model->cfg) * sizeof(float));
         memset(s->active, 0, 3 * (size_t)s->model->cfg.n_layer * sizeof(int64_t));
     }
+    bdh_observe_reset(s);
     s->position = 0;
     s->counted = 0;
     return BDH_OK;
@@ -75,6 +77,10 @@ bdh_status bdh_state_copy(const bdh_state *src, bdh_state **out)
     } else {
         memcpy(s->S, src->S, bdh_state_floats(&src->model->cfg) * sizeof(float));
         memcpy(s->active, src->active, 3 * (size_t)src->model->cfg.n_layer * sizeof(int64_t));
+    }
+    if ((rc = bdh_observe_copy_monitors(s, src)) != BDH_OK) {
+        bdh_state_free(s);
+        return rc;
     }
     s->position = src->position;
     s->counted = src->counted;
@@ -157,9 +163,30 @@ static uint64_t blob_checksum(const uint8_t *blob, const void *payload, size_t p
     return v;
 }
 
+/* After the header: the state (L*H*N*D floats), then the monitors: u64
+ * count, and per monitor i32 layer, i32 i, i32 j, i32 0, f64 sigma. */
+#define MONITOR_BYTES 24u
+
+static size_t state_bytes(const bdh_state *s) { return bdh_state_floats(&s->model->cfg) * sizeof(float); }
+
 size_t bdh_state_save_size(const bdh_state *s)
 {
-    return s ? BLOB_HEADER + bdh_state_floats(&s->model->cfg) * sizeof(float) : 0;
+    return s ? BLOB_HEADER + state_bytes(s) + 8 + MONITOR_BYTES * bdh_state_n_monitors(s) : 0;
+}
+
+static void write_monitors(const bdh_state *s, uint8_t *p)
+{
+    const double *sigma;
+    const int32_t *mon = bdh_observe_monitor_list(s, &sigma);
+    const uint64_t n = bdh_state_n_monitors(s);
+    const int32_t zero = 0;
+    put(p, 0, &n, 8);
+    for (uint64_t k = 0; k < n; k++) {
+        uint8_t *e = p + 8 + k * MONITOR_BYTES;
+        put(e, 0, &mon[3 * k], 12);
+        put(e, 12, &zero, 4);
+        put(e, 16, &sigma[k], 8);
+    }
 }
 
 bdh_status bdh_state_save(const bdh_state *s, void *buf, size_t cap, size_t *written)
@@ -170,13 +197,14 @@ bdh_status bdh_state_save(const bdh_state *s, void *buf, size_t cap, size_t *wri
         return bdh_fail(BDH_ERR_BUFFER_TOO_SMALL, "bdh_state_save: buffer holds %zu bytes, the state needs %zu", cap, need);
     const bdh_config *c = &s->model->cfg;
     uint8_t *p = buf;
-    float *payload = (float *)(p + BLOB_HEADER);
+    uint8_t *payload = p + BLOB_HEADER;
     if (on_cuda(s->model)) {
-        bdh_status rc = bdh_cuda_state_download(s, payload);
+        bdh_status rc = bdh_cuda_state_download(s, (float *)(void *)payload);
         if (rc != BDH_OK) return rc;
     } else {
-        memcpy(payload, s->S, need - BLOB_HEADER);
+        memcpy(payload, s->S, state_bytes(s));
     }
+    write_monitors(s, payload + state_bytes(s));
     blob_header h = {BLOB_VERSION, BLOB_HEADER, s->model->fingerprint, s->position,
                      c->n_layer, c->n_head, c->n_neurons, c->n_embd, need - BLOB_HEADER, 0};
     write_header(p, &h);
@@ -206,6 +234,27 @@ static bdh_status check_blob(const bdh_state *s, const uint8_t *p, size_t len, b
                         (unsigned long long)h->fingerprint, (unsigned long long)s->model->fingerprint);
     if (h->position < 0)
         return bdh_fail(BDH_ERR_FORMAT, "bdh_state_load: negative position %lld", (long long)h->position);
+    uint64_t n_mon = 0;
+    if (h->payload_bytes >= state_bytes(s) + 8) get(p + BLOB_HEADER + state_bytes(s), 0, &n_mon, 8);
+    if (h->payload_bytes < state_bytes(s) + 8 || n_mon > (h->payload_bytes - state_bytes(s) - 8) / MONITOR_BYTES ||
+        h->payload_bytes != state_bytes(s) + 8 + n_mon * MONITOR_BYTES)
+        return bdh_fail(BDH_ERR_FORMAT, "bdh_state_load: the monitor section does not match the blob's length");
+    return BDH_OK;
+}
+
+/* The blob's monitors, unpacked and checked against the model. */
+static bdh_status read_monitors(const bdh_state *s, const uint8_t *sec, size_t n, int32_t *mon, double *sigma)
+{
+    const bdh_config *c = &s->model->cfg;
+    const int32_t HN = c->n_head * c->n_neurons;
+    for (size_t k = 0; k < n; k++) {
+        const uint8_t *e = sec + 8 + k * MONITOR_BYTES;
+        get(e, 0, &mon[3 * k], 12);
+        get(e, 16, &sigma[k], 8);
+        const int32_t *t = &mon[3 * k];
+        if (t[0] < 1 || t[0] >= c->n_layer || t[1] < 0 || t[1] >= HN || t[2] < 0 || t[2] >= HN)
+            return bdh_fail(BDH_ERR_FORMAT, "bdh_state_load: monitor %zu (%d, %d, %d) does not fit this model", k, t[0], t[1], t[2]);
+    }
     return BDH_OK;
 }
 
@@ -215,14 +264,26 @@ bdh_status bdh_state_load(bdh_state *s, const void *buf, size_t len)
     blob_header h = {0};
     bdh_status rc = check_blob(s, buf, len, &h);
     if (rc != BDH_OK) return rc;
-    const uint8_t *payload = (const uint8_t *)buf + BLOB_HEADER;
-    if (on_cuda(s->model)) {
-        /* the payload may be unaligned; the upload reads it as bytes */
-        rc = bdh_cuda_state_upload(s, (const float *)(const void *)payload);
-        if (rc != BDH_OK) return rc;
-    } else {
-        memcpy(s->S, payload, (size_t)h.payload_bytes);
+    const uint8_t *payload = (const uint8_t *)buf + BLOB_HEADER, *sec = payload + state_bytes(s);
+    uint64_t n_mon;
+    get(sec, 0, &n_mon, 8);
+    int32_t *mon = malloc(3 * sizeof(int32_t) * n_mon + 1);
+    double *sigma = malloc(sizeof(double) * n_mon + 1);
+    if (!mon || !sigma) rc = bdh_fail(BDH_ERR_OUT_OF_MEMORY, "bdh_state_load: out of memory");
+    if (rc == BDH_OK) rc = read_monitors(s, sec, (size_t)n_mon, mon, sigma);
+    if (rc == BDH_OK) rc = bdh_observe_reserve(s, (size_t)n_mon); /* nothing visible changes before this */
+    if (rc == BDH_OK) {
+        if (on_cuda(s->model))
+            /* the payload may be unaligned; the upload reads it as bytes */
+            rc = bdh_cuda_state_upload(s, (const float *)(const void *)payload);
+        else
+            memcpy(s->S, payload, state_bytes(s));
     }
-    s->position = h.position;
-    return BDH_OK;
+    if (rc == BDH_OK) {
+        bdh_observe_set_monitors(s, (size_t)n_mon, mon, sigma); /* reserved: cannot fail */
+        s->position = h.position;
+    }
+    free(mon);
+    free(sigma);
+    return rc;
 }

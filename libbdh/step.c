@@ -29,9 +29,23 @@ static bdh_status check_tokens(const char *fn, const bdh_state *state, const int
     return BDH_OK;
 }
 
+/* An observed state sees every token through the step path. */
+static bdh_status prefill_by_steps(bdh_state *state, const int32_t *tokens, size_t n, float *logits, bool all_rows)
+{
+    const size_t V = (size_t)state->model->cfg.vocab_size;
+    for (size_t i = 0; i < n; i++) {
+        float *row = !logits ? NULL : all_rows ? logits + i * V : i + 1 == n ? logits : NULL;
+        bdh_status rc = bdh_cpu_step_batch(&state, &tokens[i], 1, row);
+        if (rc != BDH_OK) return rc;
+    }
+    return BDH_OK;
+}
+
 static bdh_status prefill(bdh_state *state, const int32_t *tokens, size_t n, float *logits, bool all_rows)
 {
     if (state->model->params.device == BDH_DEVICE_CUDA) return bdh_cuda_prefill(state, tokens, n, logits, all_rows);
+    if (bdh_observing(state) || state->model->params.kernels == BDH_KERNELS_REFERENCE)
+        return prefill_by_steps(state, tokens, n, logits, all_rows);
     return bdh_cpu_prefill(state, tokens, n, logits, all_rows);
 }
 
