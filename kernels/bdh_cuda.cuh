@@ -1,0 +1,328 @@
+/* The CUDA backend's private definitions: device-side model and state, the
+ * error helpers, small device functions shared by the kernel files, and the
+ * launch wrappers each kernel file exports (kernels are not visible across
+ * translation units without -rdc, so every kernel is launched from the file
+ * that defines it, through a wrapper declared here).
+ *
+ * docs/gpu.md describes the design; this header is the map:
+ *   cuda_model.cu    model upload/release, state lifecycle, save/load, stats
+ *   cuda_forward.cu  bdh_cuda_step (CUDA graph), bdh_cuda_prefill, bdh_cuda_step_batch
+ *   kernels_step.cu  the decode kernels (embedding, encoder GEMV, compaction,
+ *                    state read/update, LN of a, encoder_v gate, decoder, LNs)
+ *   kernels_gemm.cu  tiled GEMM with F32/BF16 weights, and the prefill-only
+ *                    kernels (RoPE of a chunk, masked intra-chunk term, row LN)
+ */
+#ifndef BDH_CUDA_CUH
+#define BDH_CUDA_CUH
+
+#include <cublas_v2.h>
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "internal.h"
+
+/* ------------------------------------------------------------ constants */
+
+enum { BDH_WT_F32 = 0, BDH_WT_BF16 = 1 }; /* device weight types */
+
+/* Decode-step grid shapes (blocks per head). They only split work; any
+ * value gives the same result up to float summation order. */
+#define BDH_GX_STEP 128  /* state kernel: partial sums of a per head */
+#define BDH_GY_STEP 64   /* encoder_v gate kernel */
+#define BDH_RG_STEP 8    /* decoder: row groups per head (partials of y) */
+#define BDH_PREFILL_CHUNK 128
+#define BDH_BATCH_MAX 128 /* states per launch group in bdh_cuda_step_batch */
+#define BDH_MAX_SPLITK 64
+#define BDH_MAX_D 4096    /* shared-memory rows of D floats */
+
+/* ------------------------------------------------------------ structures */
+
+typedef struct cuda_model {
+    int device;
+    int wtype;          /* BDH_WT_F32 or BDH_WT_BF16 */
+    int L, D, H, N, V;
+    int n_sm;
+    int dense;          /* BDH_CUDA_DENSE=1: no compaction (every pair listed) */
+    int use_graph;      /* BDH_CUDA_GRAPH=0 turns graph capture off */
+    void *embed;        /* [V][D] */
+    void *enc;          /* [H][D][N]  as in the file: x @ encoder reads rows d, coalesced in j */
+    void *evT;          /* [H][N][D]  encoder_v transposed: row j is neuron j's weights */
+    void *dec;          /* [H*N][D]   as in the file: row j is neuron j's output */
+    void *lm;           /* [D][V] */
+    float *freqs;       /* [N], float32 always */
+    size_t weight_bytes; /* device bytes of the five weight tensors */
+} cuda_model;
+
+/* Host block shared with the device (pinned, mapped): the step's inputs and
+ * its logits. The graph reads token and position from here and writes the
+ * logits here, so nothing else crosses the bus per token. */
+typedef struct step_io {
+    long long pos;
+    int token;
+    int pad;
+    float logits[1];    /* [V] (allocated with the struct) */
+} step_io;
+
+/* Per-state scratch of the single-token step (one device arena). */
+typedef struct step_buf {
+    float *x;           /* [D] residual stream */
+    float *xs;          /* [H][N] relu(x @ encoder) */
+    float *xy;          /* [H][N] xs * ys (written for listed pairs only) */
+    int *list;          /* [H][N/2] active pair indices, ascending */
+    float2 *qlist;      /* [H][N/2] rope(xs) of the listed pairs */
+    int *count;         /* [H] listed pairs */
+    float *a_part;      /* [H][GX][D] partial sums of a = S^T q */
+    float *ln_a;        /* [H][D] */
+    float *y_part;      /* [H*RG][D] partial sums of xy @ decoder */
+    long long *pos;     /* device copy of the position (read by every layer) */
+    float **sptr;       /* [1] = the state's S (the state kernel takes a pointer array) */
+    unsigned long long *stats; /* [4] visits, active pairs, active neurons, gated neurons */
+} step_buf;
+
+/* Prefill scratch (lazily allocated, per state). */
+typedef struct prefill_buf {
+    int C;              /* chunk capacity */
+    int splitk;         /* decoder split-K factor */
+    float *X;           /* [C][D] */
+    float *XS;          /* [C][H*N] */
+    float *Q;           /* [C][H*N] */
+    float *XY;          /* [C][H*N] */
+    float *A;           /* [H][C][D] */
+    float *scores;      /* [H][C][C] */
+    float *Ypart;       /* [splitk][C][D] */
+    float *logits_d;    /* [C][V] */
+    int *tok_d;         /* [C] */
+    void *arena;
+    int *tok_h;         /* pinned [C] */
+    float *logits_h;    /* pinned [C][V] */
+} prefill_buf;
+
+/* Batched-step scratch (lazily allocated on the first state of a batch). */
+typedef struct batch_host {
+    int tok[BDH_BATCH_MAX];
+    long long pos[BDH_BATCH_MAX];
+    float *sptr[BDH_BATCH_MAX];
+} batch_host;
+
+typedef struct batch_buf {
+    int splitk;
+    float *X;           /* [B][D] */
+    float *XS;          /* [B][H*N] */
+    float *XY;          /* [B][H*N] */
+    int *list;          /* [B][H][N/2] */
+    float2 *qlist;      /* [B][H][N/2] */
+    int *count;         /* [B][H] */
+    float *a_part;      /* [B][H][GX][D] */
+    float *ln_a;        /* [B][H][D] */
+    float *Ypart;       /* [splitk][B][D] */
+    float *logits_d;    /* [B][V] */
+    batch_host *in_d;   /* device copy of the host block */
+    void *arena;
+    batch_host *in_h;   /* pinned */
+    float *logits_h;    /* pinned [B][V] */
+} batch_buf;
+
+typedef struct cuda_state {
+    cudaStream_t stream;
+    float *S;           /* [L][H][N][D] */
+    void *arena;        /* step_buf allocations */
+    step_buf st;
+    step_io *io;        /* pinned, mapped (host pointer) */
+    step_io *io_d;      /* the same block as the device sees it */
+    cudaGraph_t graph;
+    cudaGraphExec_t exec;
+    int graph_failed;
+    cublasHandle_t cublas;
+    prefill_buf *pf;
+    batch_buf *bt;
+} cuda_state;
+
+/* ------------------------------------------------------------ errors */
+
+/* BDH_ERR_OUT_OF_MEMORY for allocation failures, BDH_ERR_DEVICE otherwise. */
+static inline bdh_status cuda_fail(cudaError_t e, const char *what)
+{
+    return bdh_fail(e == cudaErrorMemoryAllocation ? BDH_ERR_OUT_OF_MEMORY : BDH_ERR_DEVICE, "CUDA error in %s: %s (%s)",
+                    what, cudaGetErrorString(e), cudaGetErrorName(e));
+}
+
+static inline const char *cublas_status_text(cublasStatus_t s)
+{
+    switch (s) {
+    case CUBLAS_STATUS_SUCCESS: return "success";
+    case CUBLAS_STATUS_NOT_INITIALIZED: return "CUBLAS_STATUS_NOT_INITIALIZED";
+    case CUBLAS_STATUS_ALLOC_FAILED: return "CUBLAS_STATUS_ALLOC_FAILED";
+    case CUBLAS_STATUS_INVALID_VALUE: return "CUBLAS_STATUS_INVALID_VALUE";
+    case CUBLAS_STATUS_ARCH_MISMATCH: return "CUBLAS_STATUS_ARCH_MISMATCH";
+    case CUBLAS_STATUS_MAPPING_ERROR: return "CUBLAS_STATUS_MAPPING_ERROR";
+    case CUBLAS_STATUS_EXECUTION_FAILED: return "CUBLAS_STATUS_EXECUTION_FAILED";
+    case CUBLAS_STATUS_INTERNAL_ERROR: return "CUBLAS_STATUS_INTERNAL_ERROR";
+    case CUBLAS_STATUS_NOT_SUPPORTED: return "CUBLAS_STATUS_NOT_SUPPORTED";
+    default: return "cuBLAS error";
+    }
+}
+
+static inline bdh_status cublas_fail(cublasStatus_t s, const char *what)
+{
+    return bdh_fail(s == CUBLAS_STATUS_ALLOC_FAILED ? BDH_ERR_OUT_OF_MEMORY : BDH_ERR_DEVICE, "cuBLAS error in %s: %s (%d)",
+                    what, cublas_status_text(s), (int)s);
+}
+
+/* Return from the enclosing bdh_status function on a CUDA error. */
+#define CU_TRY(call, what)                                   \
+    do {                                                     \
+        cudaError_t cu_e_ = (call);                          \
+        if (cu_e_ != cudaSuccess) return cuda_fail(cu_e_, what); \
+    } while (0)
+
+#define CUBLAS_TRY(call, what)                                          \
+    do {                                                                \
+        cublasStatus_t cb_s_ = (call);                                  \
+        if (cb_s_ != CUBLAS_STATUS_SUCCESS) return cublas_fail(cb_s_, what); \
+    } while (0)
+
+/* ------------------------------------------------------------ device helpers */
+
+#ifdef __CUDACC__
+
+#define BDH_FULL_MASK 0xffffffffu
+
+/* float32(2*pi), as the reference multiplies turns by it */
+#define BDH_TWO_PI_F 6.28318548202514648f
+
+__device__ __forceinline__ float ldw(const float *p) { return __ldg(p); }
+__device__ __forceinline__ float ldw(const __nv_bfloat16 *p) { return __bfloat162float(*p); }
+
+/* sin and cos of (float32(t) * f mod 1) * float32(2*pi), rounded step by step
+ * exactly as the reference does in float32: the _rn intrinsics stop the
+ * compiler from contracting the product into the subtraction (an FMA would
+ * keep the unrounded product and change the phase at long positions).
+ * sincosf is the accurate libdevice version (no fast-math). */
+__device__ __forceinline__ void rope_sincos(float tf, float f, float *s, float *c)
+{
+    float turns = __fmul_rn(tf, f);
+    turns = __fsub_rn(turns, floorf(turns));
+    sincosf(__fmul_rn(turns, BDH_TWO_PI_F), s, c);
+}
+
+/* One interleaved pair (v0, v1) = (xs[2i], xs[2i+1]) rotated at position tf:
+ * out0 = v0 cos(p0) - v1 sin(p0), out1 = v1 cos(p1) + v0 sin(p1). */
+__device__ __forceinline__ float2 rope_pair(float v0, float v1, float f0, float f1, float tf)
+{
+    float s0, c0, s1, c1;
+    rope_sincos(tf, f0, &s0, &c0);
+    if (f1 == f0) {
+        s1 = s0;
+        c1 = c0;
+    } else {
+        rope_sincos(tf, f1, &s1, &c1);
+    }
+    return make_float2(__fsub_rn(__fmul_rn(v0, c0), __fmul_rn(v1, s0)), __fadd_rn(__fmul_rn(v1, c1), __fmul_rn(v0, s1)));
+}
+
+__device__ __forceinline__ float warp_sum(float v)
+{
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(BDH_FULL_MASK, v, o);
+    return v;
+}
+
+__device__ __forceinline__ double warp_sum_d(double v)
+{
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(BDH_FULL_MASK, v, o);
+    return v;
+}
+
+/* Sum over the block (blockDim a multiple of 32); every thread gets it.
+ * scratch: 33 doubles of shared memory. */
+__device__ __forceinline__ double block_sum_d(double v, double *scratch)
+{
+    const int lane = threadIdx.x & 31, w = threadIdx.x >> 5, nw = blockDim.x >> 5;
+    v = warp_sum_d(v);
+    if (lane == 0) scratch[w] = v;
+    __syncthreads();
+    if (w == 0) {
+        double t = lane < nw ? scratch[lane] : 0.0;
+        t = warp_sum_d(t);
+        if (lane == 0) scratch[32] = t;
+    }
+    __syncthreads();
+    const double r = scratch[32];
+    __syncthreads();
+    return r;
+}
+
+/* LayerNorm of v[0..D) in shared memory, in place: no affine, eps 1e-5,
+ * biased variance, sums in double like the CPU path (libbdh/math.c).
+ * The caller has synchronised after writing v. */
+__device__ __forceinline__ void block_layernorm(float *v, int D, double *scratch)
+{
+    double s = 0.0;
+    for (int d = threadIdx.x; d < D; d += blockDim.x) s += v[d];
+    const double mean = block_sum_d(s, scratch) / D;
+    double q = 0.0;
+    for (int d = threadIdx.x; d < D; d += blockDim.x) {
+        const double e = (double)v[d] - mean;
+        q += e * e;
+    }
+    const double rstd = 1.0 / sqrt(block_sum_d(q, scratch) / D + 1e-5);
+    for (int d = threadIdx.x; d < D; d += blockDim.x) v[d] = (float)(((double)v[d] - mean) * rstd);
+    __syncthreads();
+}
+
+#endif /* __CUDACC__ */
+
+/* ------------------------------------------------------------ launch wrappers */
+
+/* kernels_step.cu. Each returns the launch's cudaGetLastError(). */
+cudaError_t bdh_k_embed_ln(int wt, const void *embed, int D, const int *tokens, const long long *pos_src,
+                           long long *pos_dst, float *X, int rows, cudaStream_t st);
+cudaError_t bdh_k_gemv(int wt, int relu, const float *x, int K, const void *W, int Nc, long long wstride, float *out,
+                       long long ostride, int nz, cudaStream_t st);
+cudaError_t bdh_k_compact(const float *xs, int N, int H, int B, const float *freqs, const long long *pos, int dense,
+                          int *list, float2 *qlist, int *count, unsigned long long *stats, cudaStream_t st);
+cudaError_t bdh_k_state(float *const *sptr, long long layer_off, int N, int D, int H, int B, int GX, const float *X,
+                        const int *list, const float2 *qlist, const int *count, float *a_part, cudaStream_t st);
+cudaError_t bdh_k_ln_a(const float *a_part, int GX, int D, int H, int B, float *ln_a, cudaStream_t st);
+cudaError_t bdh_k_ev_gate(int wt, const float *ln_a, const void *evT, const float *xs, const int *list, const int *count,
+                          int N, int D, int H, int GY, float *xy, unsigned long long *stats, cudaStream_t st);
+cudaError_t bdh_k_dec(int wt, const float *xy, const void *dec, const int *list, const int *count, int N, int D, int H,
+                      int RG, float *y_part, cudaStream_t st);
+cudaError_t bdh_k_final_ln(const float *y_part, int P, long long pstride, int D, float *X, int rows, cudaStream_t st);
+
+/* kernels_gemm.cu: C = epi(A @ B), batched over heads and split along K.
+ * Row-major everywhere. A[M][K] float (lda); B(k, n) = W[k*ldb + n], or
+ * W[n*ldb + k] when b_nk (W float or bf16). epi 0: none, 1: relu,
+ * 2: G * relu (the gate xs * ys). Head z adds z*sA, z*sB, z*sC, z*sG;
+ * split s of K writes C + s*sCsplit (partial sums, reduced by the caller). */
+typedef struct gemm_params {
+    int M, Nc, K;
+    const float *A;
+    long long lda, sA;
+    const void *B;
+    long long ldb, sB;
+    int b_nk;
+    float *C;
+    long long ldc, sC;
+    const float *G;
+    long long ldg, sG;
+    int epi;
+    int batch;
+    int splits;
+    long long sCsplit;
+} gemm_params;
+
+cudaError_t bdh_k_gemm(int wt, const gemm_params *p, cudaStream_t st);
+cudaError_t bdh_k_rope_rows(const float *XS, float *Q, int T, int HN, int N, const float *freqs, long long t0,
+                            cudaStream_t st);
+cudaError_t bdh_k_masked(float *A, const float *scores, const float *X, int T, int D, int H, cudaStream_t st);
+cudaError_t bdh_k_ln_rows(float *A, int D, int rows, cudaStream_t st);
+
+/* cuda_model.cu */
+int bdh_cuda_gx_batch(const cuda_model *cm, int B);
+void bdh_cuda_free_prefill(prefill_buf *pf); /* NULL, or built in part: fine */
+void bdh_cuda_free_batch(batch_buf *bt);
+
+#endif /* BDH_CUDA_CUH */
