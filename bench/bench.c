@@ -7,7 +7,6 @@
  *
  * Tokens: bytes of --text when given (realistic activity for a trained
  * model), else a fixed pseudo-random sequence. */
-#define _GNU_SOURCE
 #include "bdh.h"
 
 #include <getopt.h>
@@ -289,6 +288,13 @@ int main(int argc, char **argv)
         }
     }
     if (random_out) return make_random(random_out);
+    /* OpenBLAS chose its kernels at load: retry once with better ones if it
+     * fell back to generic code on a CPU it does not know. */
+    const char *core = bdh_blas_suggested_core();
+    if (core && !getenv("OPENBLAS_CORETYPE")) {
+        setenv("OPENBLAS_CORETYPE", core, 1);
+        execv("/proc/self/exe", argv);
+    }
     if (!o.model) {
         fprintf(stderr, "bench: --model is required\n");
         return 2;
@@ -297,7 +303,7 @@ int main(int argc, char **argv)
     bdh_model *m = load(&o, BDH_WEIGHTS_F32);
     bdh_config cfg;
     bdh_model_config(m, &cfg);
-    printf("{\n  \"model\": \"%s\", \"threads\": %d,\n", o.model, threads);
+    printf("{\n  \"model\": \"%s\", \"threads\": %d, \"blas_core\": \"%s\",\n", o.model, threads, bdh_blas_core());
     printf("  \"config\": [%d, %d, %d, %d, %d], \"n_params\": %lld,\n", cfg.n_layer, cfg.n_embd, cfg.n_head,
            cfg.n_neurons, cfg.vocab_size, (long long)bdh_model_n_params(m));
     printf("  \"weight_bytes_f32\": %zu, \"state_bytes\": %zu,\n", bdh_model_weight_bytes(m), bdh_model_state_bytes(m));

@@ -57,6 +57,14 @@ BDH_API const char *bdh_last_error(void);
 /* "MAJOR.MINOR.PATCH" of the library actually linked. */
 BDH_API const char *bdh_version(void);
 
+/* OpenBLAS (used for the prefill GEMMs) picks its kernels when it loads.
+ * bdh_blas_core() names the set in use; bdh_blas_suggested_core() returns
+ * a better OPENBLAS_CORETYPE value when OpenBLAS fell back to generic
+ * kernels on a CPU it does not know (NULL when all is well). Set it in the
+ * environment before the library loads (the bdh tool re-executes itself). */
+BDH_API const char *bdh_blas_core(void);
+BDH_API const char *bdh_blas_suggested_core(void);
+
 /* ---------------------------------------------------------------- model */
 
 typedef struct bdh_model bdh_model;
