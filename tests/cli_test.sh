@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The bdh command-line tool end to end: exit codes and messages for bad
-# input, byte-exact and reproducible output, info and perplexity.
+# input, byte-exact and reproducible output, info, perplexity and trace.
 #   bash tests/cli_test.sh [path/to/bdh]     (run from the repository root)
 # Ends with "cli: N passed, M failed"; exits non-zero if anything failed.
 set -u
@@ -82,7 +82,7 @@ expect_error 1 "at least 2" "$BDH" perplexity -m "$TINY" -f "$TMP/one.txt"
 BDH_MODEL="$TMP/missing.safetensors" expect_error 1 "cannot load model" "$BDH" generate -p hi
 
 # --- help and version: exit 0 on stdout
-for cmd in "" generate info perplexity; do
+for cmd in "" generate info perplexity trace; do
     expect_ok "$BDH" $cmd --help
     check "bdh $cmd --help prints usage" grep -q "^Usage: bdh" "$TMP/out"
 done
@@ -168,6 +168,67 @@ tail -c +101 "$text" | head -c 700 >"$TMP/cut.txt"
 cp "$TMP/out" "$TMP/ppl_range"
 expect_ok "$BDH" perplexity -m "$TINY" -f "$TMP/cut.txt"
 check "--offset/--length equals scoring the cut-out bytes" cmp -s "$TMP/out" "$TMP/ppl_range"
+
+# --- trace
+LONG=tests/data/golden/long.model.safetensors
+expect_error 2 "needs an output file" "$BDH" trace -m "$TINY" -p hello
+expect_error 2 "needs a text" "$BDH" trace -m "$TINY" -o "$TMP/t.st"
+expect_error 2 "not both" "$BDH" trace -m "$TINY" -p hi -f "$TINY" -o "$TMP/t.st"
+expect_error 2 "the text is empty" "$BDH" trace -m "$TINY" -p "" -o "$TMP/t.st"
+expect_error 2 "--length needs bytes >= 1" "$BDH" trace -m "$TINY" -p hi -o "$TMP/t.st" --length 0
+for bad in 1,2 1,2,3,4 a,b,c 1,-2,3 1,,2,3 1,2,3, ""; do
+    expect_error 2 "--synapse needs three integers >= 0, LAYER,I,J" "$BDH" trace -m "$TINY" -p hi -o "$TMP/t.st" --synapse "$bad"
+done
+expect_error 2 "--synapse 0,1,2: layer 0 has no layer below" "$BDH" trace -m "$TINY" -p hi -o "$TMP/t.st" --synapse 0,1,2
+expect_error 2 "--synapse 2,1,2: .*layer 2 is outside \[1, 2)" "$BDH" trace -m "$TINY" -p hi -o "$TMP/t.st" --synapse 2,1,2
+expect_error 2 "--synapse 1,256,2: .*outside \[0, 256)" "$BDH" trace -m "$TINY" -p hi -o "$TMP/t.st" --synapse 1,256,2
+expect_error 1 "needs a byte-level model" "$BDH" trace -m "$ODD" -p hi -o "$TMP/t.st"
+expect_error 1 "cannot open '$TMP/nope.txt'" "$BDH" trace -m "$TINY" -f "$TMP/nope.txt" -o "$TMP/t.st"
+expect_error 1 "cannot create '$TMP/no/such/dir/t.st'" "$BDH" trace -m "$TINY" -p hi -o "$TMP/no/such/dir/t.st"
+check "a failed trace writes no file" test ! -e "$TMP/t.st"
+
+head -c 200 tests/data/golden/README.md >"$TMP/text.txt"
+expect_ok "$BDH" trace -m "$LONG" -f "$TMP/text.txt" -o "$TMP/trace.st" --synapse 1,5,700 --synapse 3,1023,2 --threads 1
+check "trace reports what it wrote" grep -Eq "^wrote $TMP/trace.st: 200 tokens, 6 layers x 1024 neurons, mean density x [0-9.]+% y [0-9.]+%, 2 synapses$" "$TMP/out"
+check "the trace file is safetensors with the trace format" grep -aq '"format":"bdh-trace-1"' "$TMP/trace.st"
+for t in tokens x_offsets x_index x_value y_offsets y_index y_value density synapses sigma; do
+    check "the trace holds $t" grep -aq "\"$t\":{\"dtype\"" "$TMP/trace.st"
+done
+check "the header length is a multiple of 8" test $(( $(head -c 8 "$TMP/trace.st" | od -An -t u8 | tr -d ' ') % 8 )) -eq 0
+expect_ok "$BDH" trace -m "$LONG" -f "$TMP/text.txt" -o "$TMP/again.st" --synapse 1,5,700 --synapse 3,1023,2 --threads 1
+check "the same trace twice gives the same bytes" cmp -s "$TMP/trace.st" "$TMP/again.st"
+expect_ok "$BDH" trace -m "$LONG" -f "$TMP/text.txt" -o "$TMP/plain.st" --threads 1
+check "without --synapse there are no synapse tensors" test -z "$(grep -a '"sigma"' "$TMP/plain.st")"
+head -c 60 "$TMP/text.txt" | tail -c 40 >"$TMP/cut.txt"
+expect_ok "$BDH" trace -m "$LONG" -f "$TMP/text.txt" --offset 20 --length 40 -o "$TMP/range.st" --threads 1
+expect_ok "$BDH" trace -m "$LONG" -f "$TMP/cut.txt" -o "$TMP/cut.st" --threads 1
+check "--offset/--length equal tracing the cut-out bytes" cmp -s "$TMP/range.st" "$TMP/cut.st"
+expect_ok "$BDH" trace -m "$LONG" -p "$(cat "$TMP/cut.txt")" -o "$TMP/prompt.st" --threads 1
+check "-p TEXT equals -f FILE" cmp -s "$TMP/prompt.st" "$TMP/cut.st"
+
+# --png: Python missing, matplotlib missing (a stand-in interpreter), and,
+# where Python has matplotlib, the pictures themselves
+BDH_PYTHON="$TMP/no-python" "$BDH" trace -m "$TINY" -p hello -o "$TMP/png.st" --png "$TMP/png" >"$TMP/out" 2>"$TMP/err"
+check "--png without Python exits 1" test $? -eq 1
+check "--png without Python says so" grep -q "^bdh: --png: cannot run '$TMP/no-python'" "$TMP/err"
+check "--png without Python still writes the trace" test -s "$TMP/png.st"
+if command -v python3 >/dev/null; then
+    mkdir -p "$TMP/nompl/matplotlib"
+    echo 'raise ModuleNotFoundError("No module named matplotlib (hidden by the test)")' >"$TMP/nompl/matplotlib/__init__.py"
+    printf '#!/bin/sh\nPYTHONPATH=%s/nompl:$PYTHONPATH exec python3 "$@"\n' "$TMP" >"$TMP/python-nompl"
+    chmod +x "$TMP/python-nompl"
+    BDH_PYTHON="$TMP/python-nompl" "$BDH" trace -m "$TINY" -p hello -o "$TMP/png.st" --png "$TMP/png" >"$TMP/out" 2>"$TMP/err"
+    check "--png without matplotlib exits 1" test $? -eq 1
+    check "--png without matplotlib says so" grep -q "^bdh: --png: matplotlib is missing (pip install matplotlib)" "$TMP/err"
+    if python3 -c "import matplotlib, numpy" 2>/dev/null; then
+        expect_ok "$BDH" trace -m "$LONG" -f "$TMP/text.txt" -o "$TMP/png.st" --synapse 2,3,4 --png "$TMP/png"
+        for f in raster_x raster_y density top_bytes top_classes synapses; do
+            check "--png draws $f.png" test "$(head -c 4 "$TMP/png/$f.png" | tail -c 3)" = PNG
+        done
+    else
+        echo "cli: --png pictures not checked: python3 lacks matplotlib or numpy"
+    fi
+fi
 
 echo "cli: $passed passed, $failed failed"
 [ "$failed" -eq 0 ]

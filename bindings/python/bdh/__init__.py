@@ -16,17 +16,23 @@ from __future__ import annotations
 from ._lib import BDHError, library_path
 from ._lib import version as _library_version
 from ._model import Generation, Model, Sampler, State
+from ._observe import Activation
+from ._trace import Trace, load_trace, trace
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "Activation",
     "BDHError",
     "Generation",
     "Model",
     "Sampler",
     "State",
+    "Trace",
     "library_path",
     "library_version",
+    "load_trace",
+    "trace",
     "__version__",
 ]
 

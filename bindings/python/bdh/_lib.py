@@ -138,6 +138,27 @@ class GenerateStats(Structure):
     ]
 
 
+class LayerActivation(Structure):
+    """struct bdh_layer_activation (what one layer did for one token; its
+    arrays are the library's and valid only during the observer call)"""
+
+    _fields_ = [
+        ("position", c_int64),
+        ("token", c_int32),
+        ("layer", c_int32),
+        ("n_head", c_int32),
+        ("n_neurons", c_int32),
+        ("x_count", POINTER(c_int32)),
+        ("x_index", POINTER(POINTER(c_int32))),
+        ("x_value", POINTER(POINTER(c_float))),
+        ("y_count", POINTER(c_int32)),
+        ("y_index", POINTER(POINTER(c_int32))),
+        ("y_value", POINTER(POINTER(c_float))),
+        ("x_density", c_float),
+        ("y_density", c_float),
+    ]
+
+
 #: C struct name -> its mirror (the tests compare them with include/bdh.h)
 STRUCTS = {
     "bdh_model_params": ModelParams,
@@ -145,10 +166,19 @@ STRUCTS = {
     "bdh_sampler_params": SamplerParams,
     "bdh_generate_params": GenerateParams,
     "bdh_generate_stats": GenerateStats,
+    "bdh_layer_activation": LayerActivation,
 }
 
 # int (*bdh_token_callback)(int32_t token, void *user)
 TokenCallback = CFUNCTYPE(c_int, c_int32, c_void_p)
+# void (*bdh_observer)(const bdh_layer_activation *act, void *user)
+Observer = CFUNCTYPE(None, POINTER(LayerActivation), c_void_p)
+
+#: C callback typedef -> its CFUNCTYPE (the tests compare them with include/bdh.h)
+CALLBACKS = {
+    "bdh_token_callback": TokenCallback,
+    "bdh_observer": Observer,
+}
 
 c_float_p = POINTER(c_float)
 c_int32_p = POINTER(c_int32)
@@ -158,6 +188,8 @@ PROTOTYPES: Dict[str, Tuple[object, List[object]]] = {
     "bdh_status_name": (c_char_p, [c_enum]),
     "bdh_last_error": (c_char_p, []),
     "bdh_version": (c_char_p, []),
+    "bdh_blas_core": (c_char_p, []),
+    "bdh_blas_suggested_core": (c_char_p, []),
     "bdh_model_default_params": (ModelParams, []),
     "bdh_model_load": (c_enum, [c_char_p, POINTER(ModelParams), POINTER(c_void_p)]),
     "bdh_model_free": (None, [c_void_p]),
@@ -200,6 +232,17 @@ PROTOTYPES: Dict[str, Tuple[object, List[object]]] = {
             POINTER(GenerateStats),
         ],
     ),
+    # observability (CPU path only)
+    "bdh_state_set_observer": (c_enum, [c_void_p, Observer, c_void_p]),
+    "bdh_state_add_monitor": (c_enum, [c_void_p, c_int32, c_int32, c_int32, POINTER(c_size_t)]),
+    "bdh_state_n_monitors": (c_size_t, [c_void_p]),
+    "bdh_state_monitor": (
+        c_enum,
+        [c_void_p, c_size_t, c_int32_p, c_int32_p, c_int32_p, POINTER(c_double)],
+    ),
+    "bdh_state_clear_monitors": (c_enum, [c_void_p]),
+    "bdh_state_row_norms": (c_enum, [c_void_p, c_int32, c_int32, c_float_p]),
+    "bdh_state_row": (c_enum, [c_void_p, c_int32, c_int32, c_int32, c_float_p]),
 }
 
 #: Newer functions the binding uses when the library has them (older

@@ -8,7 +8,7 @@ import os
 import queue
 import threading
 import weakref
-from ctypes import byref, c_char_p, c_int32, c_size_t, c_void_p
+from ctypes import byref, c_char_p, c_double, c_int32, c_size_t, c_void_p
 from typing import (
     Any,
     Callable,
@@ -31,6 +31,7 @@ import numpy as np
 
 from . import _lib
 from ._lib import BDHError, lib
+from ._observe import Activation, ObserverSlot
 
 __all__ = ["Model", "State", "Sampler", "Generation"]
 
@@ -491,6 +492,8 @@ class Model:
         finally:
             for hh in taken:
                 hh.release()
+        for s in states:
+            s._raise_observer_error()
         return logits
 
     # -- generation
@@ -652,11 +655,12 @@ class State:
     may run in parallel: the GIL is released during C calls).
     """
 
-    __slots__ = ("model", "_h", "_finalizer", "__weakref__")
+    __slots__ = ("model", "_h", "_finalizer", "_obs", "__weakref__")
 
     model: Model
     _h: _Handle
     _finalizer: "weakref.finalize[Any, Any]"
+    _obs: Optional[ObserverSlot]
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         raise TypeError("create states with model.new_state()")
@@ -668,25 +672,48 @@ class State:
         mh = model._live()
         self._h = _Handle(ptr, lib.bdh_state_free, mh.unreserve)
         self._finalizer = _finalizer(self, self._h.close)
+        self._obs = None
         return self
 
     # -- forward
 
-    def step(self, token: int, *, out: Optional[np.ndarray] = None) -> np.ndarray:
+    @overload
+    def step(self, token: int, *, out: Optional[np.ndarray] = None,
+             observe: Literal[False] = False) -> np.ndarray: ...
+
+    @overload
+    def step(self, token: int, *, out: Optional[np.ndarray] = None,
+             observe: Literal[True]) -> Tuple[np.ndarray, List[Activation]]: ...
+
+    def step(self, token: int, *, out: Optional[np.ndarray] = None, observe: bool = False) -> Any:
         """Feed one token; returns the next-token logits (float32, shape
         (vocab_size,)). `out`, if given, receives them instead of a new array.
         On error (BDHError BDH_ERR_TOKEN for an id outside [0, vocab_size))
-        the state is unchanged."""
+        the state is unchanged.
+
+        With ``observe=True`` returns ``(logits, activations)``:
+        activations is a list of n_layer :class:`bdh.Activation`, one per
+        layer, with the neurons that were active in x_sparse and in the gated
+        y for this token (head-major indices ``h*N + j``, values, densities).
+        The logits are bit-identical either way. CPU only (BDHError
+        BDH_ERR_UNSUPPORTED on CUDA)."""
         t = _token(token, self.model.vocab_size)
         logits = _out_array(out, (self.model.vocab_size,))
         ptr = self._h.acquire()
         try:
-            st = lib.bdh_step(ptr, t, _fptr(logits))
-            if st != 0:
-                raise _lib.error(st)
+            acts = self._observe_begin(ptr) if observe else None
+            try:
+                st = lib.bdh_step(ptr, t, _fptr(logits))
+                err = _lib.error(st) if st != 0 else None
+            finally:
+                if observe:
+                    self._observe_end(ptr)
+            if err is not None:
+                raise err
         finally:
             self._h.release()
-        return logits
+        self._raise_observer_error()
+        return (logits, acts) if observe else logits
 
     def prefill(self, tokens: Tokens, *, out: Optional[np.ndarray] = None) -> np.ndarray:
         """Feed several tokens at once (chunked, much faster than stepping);
@@ -703,6 +730,7 @@ class State:
                 raise _lib.error(st)
         finally:
             self._h.release()
+        self._raise_observer_error()
         return logits
 
     def prefill_all(self, tokens: Tokens, *, out: Optional[np.ndarray] = None) -> np.ndarray:
@@ -720,6 +748,7 @@ class State:
                 raise _lib.error(st)
         finally:
             self._h.release()
+        self._raise_observer_error()
         return logits
 
     @property
@@ -745,6 +774,152 @@ class State:
         finally:
             self._h.release()
         return {"xs": xs, "pairs": pairs, "xy": xy}
+
+    # -- observability (CPU path only)
+
+    def _observe_begin(self, ptr: int) -> List[Activation]:
+        """Register the C observer (if not yet) and collect into a new list."""
+        slot = self._obs if self._obs is not None else ObserverSlot()
+        if not slot.registered:
+            _lib.require("bdh_state_set_observer")
+            _lib.check(lib.bdh_state_set_observer(ptr, slot.cfunc, None))
+            slot.registered = True
+            self._obs = slot
+        slot.collect = []
+        return slot.collect
+
+    def _observe_end(self, ptr: int) -> None:
+        slot = self._obs
+        if slot is None:
+            return
+        slot.collect = None
+        if slot.registered and not slot.wanted:
+            lib.bdh_state_set_observer(ptr, _lib.Observer(), None)  # NULL: none
+            slot.registered = False
+
+    def _raise_observer_error(self) -> None:
+        if self._obs is not None:
+            self._obs.raise_pending()
+
+    def set_observer(self, fn: Optional[Callable[[Activation], Any]]) -> None:
+        """Call ``fn(activation)`` for every layer of every token this state
+        consumes from now on (:meth:`step`, :meth:`prefill`,
+        :meth:`prefill_all`, ``generate``, ``step_batch``), with a
+        :class:`bdh.Activation` that fn may keep (its arrays are copies).
+        ``None`` removes it. While an observer is set, prefill runs token by
+        token so that no token goes unseen (slower). fn runs on the thread
+        that feeds the tokens; an exception it raises is re-raised when that
+        call returns. CPU only (BDHError BDH_ERR_UNSUPPORTED on CUDA)."""
+        if fn is not None and not callable(fn):
+            raise TypeError(f"the observer must be callable or None, not {type(fn).__name__}")
+        ptr = self._h.acquire()
+        try:
+            if fn is None:
+                if self._obs is not None:
+                    self._obs.user = None
+                    self._observe_end(ptr)
+                return
+            slot = self._obs if self._obs is not None else ObserverSlot()
+            if not slot.registered:
+                _lib.require("bdh_state_set_observer")
+                _lib.check(lib.bdh_state_set_observer(ptr, slot.cfunc, None))
+                slot.registered = True
+                self._obs = slot
+            slot.user = fn
+        finally:
+            self._h.release()
+
+    @property
+    def observer(self) -> Optional[Callable[[Activation], Any]]:
+        """The function set with :meth:`set_observer`, or None."""
+        return self._obs.user if self._obs is not None else None
+
+    def _check_layer_head(self, layer: Any, head: Any) -> Tuple[int, int]:
+        return _int32(layer, "layer"), _int32(head, "head")
+
+    def add_monitor(self, layer: int, i: int, j: int) -> int:
+        """Watch synapse (layer, i, j): from now on every token adds
+        ``xy[layer-1][i] * xs[layer][j]`` to its sigma, the Hebbian
+        co-activation of pre-synaptic neuron i (the gated y of the layer
+        below) and post-synaptic neuron j (x_sparse of this layer), both
+        head-major ``h*N + neuron`` in ``[0, n_head*n_neurons)``; ``1 <=
+        layer < n_layer`` (layer 0 has no layer below: BDHError
+        BDH_ERR_INVALID_ARGUMENT). Returns the monitor's number. Monitors
+        belong to the state: :meth:`reset` zeroes them, :meth:`copy`,
+        :meth:`save` and :meth:`load` carry them. The RoPE rotation that
+        BDH-GPU's own state carries is left out. CPU only."""
+        li, ii, ji = _int32(layer, "layer"), _int32(i, "i"), _int32(j, "j")
+        _lib.require("bdh_state_add_monitor")
+        idx = c_size_t(0)
+        ptr = self._h.acquire()
+        try:
+            st = lib.bdh_state_add_monitor(ptr, li, ii, ji, byref(idx))
+            if st != 0:
+                raise _lib.error(st)
+        finally:
+            self._h.release()
+        return int(idx.value)
+
+    @property
+    def n_monitors(self) -> int:
+        """How many monitors the state has."""
+        return int(self._h.peek(lib.bdh_state_n_monitors))
+
+    def monitors(self) -> List[Tuple[int, int, int, float]]:
+        """Every monitor as ``(layer, i, j, sigma)``, in the order added."""
+        out = []
+        li, ii, ji, sg = c_int32(), c_int32(), c_int32(), c_double()
+        ptr = self._h.acquire()
+        try:
+            for k in range(int(lib.bdh_state_n_monitors(ptr))):
+                _lib.check(lib.bdh_state_monitor(ptr, k, byref(li), byref(ii), byref(ji), byref(sg)))
+                out.append((int(li.value), int(ii.value), int(ji.value), float(sg.value)))
+        finally:
+            self._h.release()
+        return out
+
+    def sigma(self) -> np.ndarray:
+        """The monitors' sigma values, float64 array in the order added."""
+        return np.array([m[3] for m in self.monitors()], dtype=np.float64)
+
+    def clear_monitors(self) -> None:
+        """Remove every monitor."""
+        ptr = self._h.acquire()
+        try:
+            _lib.check(lib.bdh_state_clear_monitors(ptr))
+        finally:
+            self._h.release()
+
+    def row_norms(self, layer: int, head: int) -> np.ndarray:
+        """How much memory each neuron holds: the norm of each of the N rows
+        of the state matrix S[layer][head] (float32 array of n_neurons).
+        CPU only."""
+        li, hi = self._check_layer_head(layer, head)
+        out = np.empty(self.model._config["n_neurons"], np.float32)
+        ptr = self._h.acquire()
+        try:
+            st = lib.bdh_state_row_norms(ptr, li, hi, _fptr(out))
+            if st != 0:
+                raise _lib.error(st)
+        finally:
+            self._h.release()
+        return out
+
+    def row(self, layer: int, head: int, neuron: int) -> np.ndarray:
+        """Row `neuron` of the state matrix S[layer][head] (float32 array of
+        n_embd): what the state holds for that neuron (in the absolute RoPE
+        frame). CPU only."""
+        li, hi = self._check_layer_head(layer, head)
+        ni = _int32(neuron, "neuron")
+        out = np.empty(self.model._config["n_embd"], np.float32)
+        ptr = self._h.acquire()
+        try:
+            st = lib.bdh_state_row(ptr, li, hi, ni, _fptr(out))
+            if st != 0:
+                raise _lib.error(st)
+        finally:
+            self._h.release()
+        return out
 
     def reset(self) -> None:
         """Back to position 0 (all-zero state)."""
@@ -1117,6 +1292,9 @@ class Generation(Iterator[Chunk], Generic[Chunk]):
             if item is _DONE:
                 self._finish()
                 err = self._run.error if self._run is not None else None
+                obs = self._state._obs if self._state is not None else None
+                if err is None and obs is not None and obs.error is not None:
+                    err, obs.error = obs.error, None
                 if err is not None:
                     raise err
                 if self._decoder is not None:

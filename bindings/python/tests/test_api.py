@@ -92,7 +92,7 @@ class Header:
             if base in self.structs:
                 return _lib.STRUCTS[base]
             if base in self.callbacks:
-                return _lib.TokenCallback
+                return _lib.CALLBACKS[base]
             raise AssertionError(f"no ctypes rule for C type {ctype!r}")
         if stars == 1:
             if base == "char":
@@ -118,6 +118,20 @@ def test_header_parsed(header):
     assert header.functions["bdh_step"] == ("bdh_status", ["bdh_state *", "int32_t", "float *"])
     assert {"bdh_model", "bdh_state", "bdh_sampler"} <= header.opaque
     assert "bdh_token_callback" in header.callbacks
+    assert header.callbacks == set(_lib.CALLBACKS), "add the callback typedefs to CALLBACKS in _lib.py"
+
+
+def test_callbacks_match_header():
+    """Each CFUNCTYPE against its typedef: return type and parameters."""
+    text = _header_text()
+    h = Header()
+    for name, proto in _lib.CALLBACKS.items():
+        m = re.search(r"typedef\s+([\w\s\*]+?)\s*\(\s*\*\s*" + name + r"\s*\)\s*\(([^)]*)\)", text)
+        assert m, name
+        ret, args = m.group(1).strip(), [re.match(r"(.*?)(\w+)$", a.strip()).group(1).strip()
+                                          for a in m.group(2).split(",")]
+        assert proto._restype_ is h.ctype(ret), name
+        assert list(proto._argtypes_) == [h.ctype(a) for a in args], name
 
 
 def test_every_header_function_is_declared(header):
