@@ -253,6 +253,24 @@ static void bench_decode(const opts *o, bdh_model *m, const char *tag, const int
     emit(KEY("bytes_encoder_v"), "%.0f", b_ev);
     emit(KEY("bytes_decoder"), "%.0f", b_dec);
     emit(KEY("GBps"), "%.1f", bytes / sec / 1e9);
+
+    /* per-kernel times of eager steps (events between the kernels) */
+    double ms[BDH_CUDA_PROFILE_KINDS] = {0};
+    const int np = 50;
+    int ok = 1;
+    for (int i = 0; i < np && ok; i++) ok = bdh_cuda_debug_profile(s, tokens[(done + i) % n_tok], ms) == 0;
+    if (ok) {
+        char prof[512];
+        int len = 0;
+        double sum = 0.0;
+        for (int i = 0; i < BDH_CUDA_PROFILE_KINDS; i++) {
+            len += snprintf(prof + len, sizeof prof - (size_t)len, "%s%s %.1f", i ? ", " : "", bdh_cuda_profile_names[i],
+                            ms[i] / np * 1e3);
+            sum += ms[i] / np;
+        }
+        emit(KEY("profile_us"), "%s", prof);
+        emit(KEY("profile_sum_ms"), "%.4f", sum);
+    }
     bdh_state_free(s);
     free(logits);
 }
@@ -414,6 +432,12 @@ int main(int argc, char **argv)
         bench_prefill(&o, m, kinds[k].tag, tokens, n_tok);
         bdh_model_free(m);
     }
+    /* batch-1 decode without programmatic dependent launch, for comparison */
+    setenv("BDH_CUDA_PDL", "0", 1);
+    m = load(o.model, BDH_DEVICE_CUDA, BDH_WEIGHTS_F32);
+    unsetenv("BDH_CUDA_PDL");
+    bench_decode(&o, m, "f32_nopdl", tokens, n_tok);
+    bdh_model_free(m);
     free(tokens);
     if (g_out) fclose(g_out);
     return 0;

@@ -21,6 +21,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <string.h>
 
 #include "internal.h"
 
@@ -32,7 +33,7 @@ enum { BDH_WT_F32 = 0, BDH_WT_BF16 = 1 }; /* device weight types */
  * value gives the same result up to float summation order. */
 #define BDH_GX_STEP 128  /* state kernel: partial sums of a per head */
 #define BDH_GY_STEP 64   /* encoder_v gate kernel */
-#define BDH_RG_STEP 8    /* decoder: row groups per head (partials of y) */
+#define BDH_RG_STEP 16   /* decoder: row groups per head (partials of y) */
 #define BDH_PREFILL_CHUNK 128
 #define BDH_BATCH_MAX 128 /* states per launch group in bdh_cuda_step_batch */
 #define BDH_MAX_SPLITK 64
@@ -193,6 +194,23 @@ static inline bdh_status cublas_fail(cublasStatus_t s, const char *what)
 /* float32(2*pi), as the reference multiplies turns by it */
 #define BDH_TWO_PI_F 6.28318548202514648f
 
+/* Programmatic dependent launch (Hopper): every kernel starts with
+ * pdl_begin(). The wait returns once the previous kernel in the stream has
+ * completed and its writes are visible (at once when launched without the
+ * attribute), so no kernel reads anything before its inputs exist; the
+ * launch_dependents then lets the next kernel be launched (its blocks
+ * scheduled, waiting in their own pdl_begin) while this one runs, which hides
+ * most of the launch latency between the step's 44 small kernels. All
+ * blocks of this grid have started by the time its dependents launch, so the
+ * waiting blocks cannot starve it. */
+__device__ __forceinline__ void pdl_begin()
+{
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.wait;" ::: "memory");
+    asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+
 __device__ __forceinline__ float ldw(const float *p) { return __ldg(p); }
 __device__ __forceinline__ float ldw(const __nv_bfloat16 *p) { return __bfloat162float(*p); }
 
@@ -273,6 +291,40 @@ __device__ __forceinline__ void block_layernorm(float *v, int D, double *scratch
 }
 
 #endif /* __CUDACC__ */
+
+/* ------------------------------------------------------------ launching */
+
+/* BDH_CUDA_PDL=0 at model load turns programmatic dependent launch off
+ * (process-wide; cuda_model.cu). It is used only while the calling thread
+ * enqueues a single-token step (bdh_cuda_pdl_scope), where 44 small kernels
+ * run back to back; prefill and the batched step launch plainly. */
+int bdh_cuda_pdl_enabled(void);
+void bdh_cuda_pdl_set(int on);
+void bdh_cuda_pdl_scope(int inside);
+
+#ifdef __CUDACC__
+/* kernel<<<grid, block, smem, st>>>(args...), with the PDL attribute when
+ * enabled; returns the launch's error. */
+template <typename... KArgs, typename... Args>
+static inline cudaError_t bdh_launch(void (*kernel)(KArgs...), dim3 grid, dim3 block, size_t smem, cudaStream_t st,
+                                     Args... args)
+{
+    cudaLaunchConfig_t cfg;
+    memset(&cfg, 0, sizeof cfg);
+    cfg.gridDim = grid;
+    cfg.blockDim = block;
+    cfg.dynamicSmemBytes = smem;
+    cfg.stream = st;
+    cudaLaunchAttribute attr[1];
+    memset(attr, 0, sizeof attr);
+    attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    attr[0].val.programmaticStreamSerializationAllowed = 1;
+    cfg.attrs = attr;
+    cfg.numAttrs = bdh_cuda_pdl_enabled() ? 1 : 0;
+    const cudaError_t e = cudaLaunchKernelEx(&cfg, kernel, static_cast<KArgs>(args)...);
+    return e != cudaSuccess ? e : cudaGetLastError();
+}
+#endif
 
 /* ------------------------------------------------------------ launch wrappers */
 

@@ -23,6 +23,14 @@ __attribute__((visibility("hidden"))) int bdh_cuda_debug_reset_stats(bdh_state *
 __attribute__((visibility("hidden"))) size_t bdh_cuda_debug_weight_bytes(const bdh_model *m);
 __attribute__((visibility("hidden"))) int bdh_cuda_debug_weight_type(const bdh_model *m);
 
+/* One step run eagerly with timing events between the kernels: adds each
+ * kind's milliseconds (summed over the layers) into ms[], in the order of
+ * bdh_cuda_profile_names; advances the state like bdh_step. 0 or -1. */
+#define BDH_CUDA_PROFILE_KINDS 9
+static const char *const bdh_cuda_profile_names[BDH_CUDA_PROFILE_KINDS] = {
+    "embed", "encoder", "compact", "state", "ln_a", "encoder_v", "decoder", "final_ln", "lm_head"};
+__attribute__((visibility("hidden"))) int bdh_cuda_debug_profile(bdh_state *s, int32_t token, double *ms);
+
 #ifdef __cplusplus
 }
 #endif

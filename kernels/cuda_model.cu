@@ -58,6 +58,12 @@ static bdh_status use_device(const cuda_model *cm)
     return BDH_OK;
 }
 
+static int g_pdl = 1;
+static __thread int t_pdl_scope; /* this thread is enqueueing a single-token step */
+int bdh_cuda_pdl_enabled(void) { return t_pdl_scope && __atomic_load_n(&g_pdl, __ATOMIC_RELAXED); }
+void bdh_cuda_pdl_set(int on) { __atomic_store_n(&g_pdl, on, __ATOMIC_RELAXED); }
+void bdh_cuda_pdl_scope(int inside) { t_pdl_scope = inside; }
+
 int bdh_cuda_gx_batch(const cuda_model *cm, int B)
 {
     int gx = 4 * cm->n_sm / (cm->H * B);
@@ -111,6 +117,7 @@ bdh_status bdh_cuda_model_init(bdh_model *m)
     cm->V = c->vocab_size;
     cm->dense = env_flag("BDH_CUDA_DENSE", 0);
     cm->use_graph = env_flag("BDH_CUDA_GRAPH", 1);
+    bdh_cuda_pdl_set(env_flag("BDH_CUDA_PDL", 1));
 
     bdh_status rc = use_device(cm);
     const size_t D = (size_t)cm->D, H = (size_t)cm->H, N = (size_t)cm->N, V = (size_t)cm->V;

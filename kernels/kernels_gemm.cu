@@ -18,6 +18,7 @@ namespace {
 template <typename W, bool BNK, int EPI>
 __global__ void __launch_bounds__(256) gemm_kernel(gemm_params p)
 {
+    pdl_begin();
     __shared__ float As[TK][TM + 1];
     __shared__ float Bs[TK][TN + 1];
     const int z = blockIdx.z, head = z / p.splits, split = z % p.splits;
@@ -88,11 +89,10 @@ template <typename W, bool BNK>
 cudaError_t launch_epi(const gemm_params *p, dim3 grid, cudaStream_t st)
 {
     switch (p->epi) {
-    case 1: gemm_kernel<W, BNK, 1><<<grid, 256, 0, st>>>(*p); break;
-    case 2: gemm_kernel<W, BNK, 2><<<grid, 256, 0, st>>>(*p); break;
-    default: gemm_kernel<W, BNK, 0><<<grid, 256, 0, st>>>(*p); break;
+    case 1: return bdh_launch(gemm_kernel<W, BNK, 1>, grid, 256, 0, st, *p);
+    case 2: return bdh_launch(gemm_kernel<W, BNK, 2>, grid, 256, 0, st, *p);
+    default: return bdh_launch(gemm_kernel<W, BNK, 0>, grid, 256, 0, st, *p);
     }
-    return cudaGetLastError();
 }
 
 template <typename W>
@@ -105,6 +105,7 @@ cudaError_t launch_w(const gemm_params *p, dim3 grid, cudaStream_t st)
 __global__ void rope_rows_kernel(const float *__restrict__ XS, float *__restrict__ Q, int HN, int N,
                                  const float *__restrict__ freqs, long long t0)
 {
+    pdl_begin();
     const int i = blockIdx.y;
     const int pr = blockIdx.x * blockDim.x + threadIdx.x;
     if (2 * pr >= HN) return;
@@ -120,6 +121,7 @@ __global__ void rope_rows_kernel(const float *__restrict__ XS, float *__restrict
 __global__ void masked_kernel(float *__restrict__ A, const float *__restrict__ scores, const float *__restrict__ X,
                               int T, int D)
 {
+    pdl_begin();
     const int i = blockIdx.x, h = blockIdx.y;
     const float *sc = scores + ((size_t)h * T + i) * T;
     float *a = A + ((size_t)h * T + i) * D;
@@ -132,6 +134,7 @@ __global__ void masked_kernel(float *__restrict__ A, const float *__restrict__ s
 
 __global__ void __launch_bounds__(256) ln_rows_kernel(float *A, int D)
 {
+    pdl_begin();
     extern __shared__ float v[];
     __shared__ double scratch[33];
     float *row = A + (size_t)blockIdx.x * D;
@@ -153,20 +156,17 @@ cudaError_t bdh_k_rope_rows(const float *XS, float *Q, int T, int HN, int N, con
                             cudaStream_t st)
 {
     const int pairs = HN / 2;
-    rope_rows_kernel<<<dim3((pairs + 255) / 256, T), 256, 0, st>>>(XS, Q, HN, N, freqs, t0);
-    return cudaGetLastError();
+    return bdh_launch(rope_rows_kernel, dim3((pairs + 255) / 256, T), 256, 0, st, XS, Q, HN, N, freqs, t0);
 }
 
 cudaError_t bdh_k_masked(float *A, const float *scores, const float *X, int T, int D, int H, cudaStream_t st)
 {
     const int t = D >= 256 ? 256 : (D + 31) / 32 * 32;
-    masked_kernel<<<dim3(T, H), t, 0, st>>>(A, scores, X, T, D);
-    return cudaGetLastError();
+    return bdh_launch(masked_kernel, dim3(T, H), t, 0, st, A, scores, X, T, D);
 }
 
 cudaError_t bdh_k_ln_rows(float *A, int D, int rows, cudaStream_t st)
 {
     const int t = D >= 256 ? 256 : (D + 31) / 32 * 32;
-    ln_rows_kernel<<<rows, t, (size_t)D * sizeof(float), st>>>(A, D);
-    return cudaGetLastError();
+    return bdh_launch(ln_rows_kernel, rows, t, (size_t)D * sizeof(float), st, A, D);
 }

@@ -23,6 +23,7 @@ template <typename W>
 __global__ void __launch_bounds__(256) embed_ln_kernel(const W *__restrict__ embed, int D, const int *tokens,
                                                        const long long *pos_src, long long *pos_dst, float *X)
 {
+    pdl_begin();
     extern __shared__ float v[];
     __shared__ double scratch[33];
     __shared__ int tok;
@@ -54,6 +55,7 @@ template <typename W, bool RELU>
 __global__ void __launch_bounds__(256) gemv_kernel(const float *__restrict__ x, int K, const W *__restrict__ Wm, int Nc,
                                                    long long wstride, float *out, long long ostride)
 {
+    pdl_begin();
     extern __shared__ float xsm[];
     __shared__ float red[GEMV_WARPS][GEMV_COLS];
     Wm += (size_t)blockIdx.y * wstride;
@@ -109,6 +111,7 @@ __global__ void __launch_bounds__(1024) compact_kernel(const float *__restrict__
                                                        int *__restrict__ list, float2 *__restrict__ qlist,
                                                        int *__restrict__ count, unsigned long long *stats)
 {
+    pdl_begin();
     __shared__ int warp_off[32];
     __shared__ int tile_total;
     const int H = gridDim.x, h = blockIdx.x, b = blockIdx.y;
@@ -181,6 +184,7 @@ __global__ void __launch_bounds__(256) state_kernel(float *const *__restrict__ s
                                                     const float2 *__restrict__ qlist, const int *__restrict__ count,
                                                     float *__restrict__ a_part)
 {
+    pdl_begin();
     __shared__ int si[STATE_STAGE];
     __shared__ float2 sq[STATE_STAGE];
     const int GX = gridDim.x, g = blockIdx.x, H = gridDim.y, h = blockIdx.y, b = blockIdx.z;
@@ -244,32 +248,45 @@ __global__ void __launch_bounds__(256) state_kernel(float *const *__restrict__ s
 /* ---------------------------------------------------------------- partial sums */
 
 /* out[d] = sum_p part[p*pstride + d] for d < D, into shared memory, in a
- * fixed order (warp w adds p = w, w+nw, ...; then warps in order). */
-__device__ void reduce_partials(const float *__restrict__ part, long long pstride, int P, int D, float *out,
-                                float (*red)[33])
+ * fixed order. The block's threads form G = blockDim/D groups (thread t:
+ * column t % D, group t / D); group g adds p = g, g+G, ... with several loads
+ * in flight, then the G group sums are added in order. red: blockDim floats.
+ * (D > blockDim: one group, a loop over the columns.) */
+__device__ void reduce_partials(const float *__restrict__ part, long long pstride, int P, int D, float *out, float *red)
 {
-    const int lane = threadIdx.x & 31, w = threadIdx.x >> 5, nw = blockDim.x >> 5;
-    for (int c0 = 0; c0 < D; c0 += 32) {
-        const int col = c0 + lane;
-        float s = 0.f;
-        if (col < D)
-            for (int p = w; p < P; p += nw) s += part[(size_t)p * pstride + col];
-        red[w][lane] = s;
-        __syncthreads();
-        if (w == 0) {
-            float t = 0.f;
-            for (int k = 0; k < nw; k++) t += red[k][lane];
-            if (col < D) out[col] = t;
+    const int G = D <= (int)blockDim.x ? (int)blockDim.x / D : 1;
+    if (G == 1) {
+        for (int d = threadIdx.x; d < D; d += blockDim.x) {
+            float s = 0.f;
+#pragma unroll 8
+            for (int p = 0; p < P; p++) s += part[(size_t)p * pstride + d];
+            out[d] = s;
         }
         __syncthreads();
+        return;
     }
+    const int d = threadIdx.x % D, g = threadIdx.x / D;
+    if (g < G) {
+        float s = 0.f;
+#pragma unroll 8
+        for (int p = g; p < P; p += G) s += part[(size_t)p * pstride + d];
+        red[threadIdx.x] = s;
+    }
+    __syncthreads();
+    if (threadIdx.x < D) {
+        float s = 0.f;
+        for (int k = 0; k < G; k++) s += red[k * D + threadIdx.x];
+        out[threadIdx.x] = s;
+    }
+    __syncthreads();
 }
 
 /* ln_a[b][h] = LN(sum_g a_part[b][h][g]) (block per head and state). */
 __global__ void __launch_bounds__(1024) ln_a_kernel(const float *__restrict__ a_part, int GX, int D, float *ln_a)
 {
+    pdl_begin();
     extern __shared__ float v[];
-    __shared__ float red[32][33];
+    __shared__ float red[1024];
     __shared__ double scratch[33];
     const size_t head = (size_t)blockIdx.y * gridDim.x + blockIdx.x;
     reduce_partials(a_part + head * GX * D, D, GX, D, v, red);
@@ -283,14 +300,17 @@ __global__ void __launch_bounds__(1024) ln_a_kernel(const float *__restrict__ a_
  * neurons of every listed pair; the dot product is computed only where
  * xs > 0 (else xy = 0 without reading the weights). encoder_v is stored
  * transposed, [H][N][D], so neuron j's weights are one contiguous row that a
- * warp reads coalesced. A warp takes 32 consecutive list entries, loads their
- * indices and xs values with one load per lane, then walks them. */
+ * warp reads coalesced. Warp w of the head's tw warps takes list entries
+ * w, w+tw, w+2tw, ...: 32 of them at a time have their index and xs values
+ * loaded by one lane each, then the warp walks them two pairs (four rows) at
+ * a time, so that up to 4*D/32 loads per lane are in flight. */
 template <typename W>
 __global__ void __launch_bounds__(256) ev_gate_kernel(const float *__restrict__ ln_a, const W *__restrict__ evT,
                                                       const float *__restrict__ xs, const int *__restrict__ list,
                                                       const int *__restrict__ count, int N, int D,
                                                       float *__restrict__ xy, unsigned long long *stats)
 {
+    pdl_begin();
     extern __shared__ float la[];
     const int h = blockIdx.y;
     for (int d = threadIdx.x; d < D; d += blockDim.x) la[d] = ln_a[(size_t)h * D + d];
@@ -305,8 +325,8 @@ __global__ void __launch_bounds__(256) ev_gate_kernel(const float *__restrict__ 
     const W *E = evT + (size_t)h * N * D;
     unsigned gated = 0;
 
-    for (int p0 = gw * 32; p0 < cnt; p0 += tw * 32) {
-        const int p = p0 + lane;
+    for (int base = gw; base < cnt; base += 32 * tw) {
+        const int p = base + lane * tw;
         int j = 0;
         float x0 = 0.f, x1 = 0.f;
         if (p < cnt) {
@@ -314,34 +334,50 @@ __global__ void __launch_bounds__(256) ev_gate_kernel(const float *__restrict__ 
             x0 = xh[j];
             x1 = xh[j + 1];
         }
-        float y0 = 0.f, y1 = 0.f; /* lane e keeps the result of entry e */
-        const int n = min(32, cnt - p0);
-        for (int e = 0; e < n; e++) {
-            const int je = __shfl_sync(BDH_FULL_MASK, j, e);
-            const float a0 = __shfl_sync(BDH_FULL_MASK, x0, e);
-            const float a1 = __shfl_sync(BDH_FULL_MASK, x1, e);
-            const W *r0 = E + (size_t)je * D;
-            const W *r1 = r0 + D;
-            float d0 = 0.f, d1 = 0.f;
-            if (a0 > 0.f && a1 > 0.f) {
-#pragma unroll 4
-                for (int d = lane; d < D; d += 32) {
-                    const float l = la[d];
-                    d0 = fmaf(l, ldw(r0 + d), d0);
-                    d1 = fmaf(l, ldw(r1 + d), d1);
+        const int n = min(32, (cnt - base + tw - 1) / tw); /* entries of this batch */
+        float y0 = 0.f, y1 = 0.f;                          /* lane e keeps entry e's results */
+        for (int e = 0; e < n; e += 2) {
+            const int e2 = e + 1 < n ? e + 1 : e;
+            const int ja = __shfl_sync(BDH_FULL_MASK, j, e), jb = __shfl_sync(BDH_FULL_MASK, j, e2);
+            const float a0 = __shfl_sync(BDH_FULL_MASK, x0, e), a1 = __shfl_sync(BDH_FULL_MASK, x1, e);
+            float b0 = __shfl_sync(BDH_FULL_MASK, x0, e2), b1 = __shfl_sync(BDH_FULL_MASK, x1, e2);
+            if (e2 == e) b0 = b1 = 0.f;
+            const bool fa0 = a0 > 0.f, fa1 = a1 > 0.f, fb0 = b0 > 0.f, fb1 = b1 > 0.f; /* warp-uniform */
+            const W *ra0 = E + (size_t)ja * D, *ra1 = ra0 + D, *rb0 = E + (size_t)jb * D, *rb1 = rb0 + D;
+            float da0 = 0.f, da1 = 0.f, db0 = 0.f, db1 = 0.f;
+            /* all loads of a 4-column step first (predicated, not branched
+             * around their FMAs), so 16 of them are in flight per lane */
+            for (int d0 = lane; d0 < D; d0 += 4 * 32) {
+                float w[4][4], l[4];
+#pragma unroll
+                for (int u = 0; u < 4; u++) {
+                    const int d = d0 + 32 * u;
+                    const bool in = d < D;
+                    l[u] = in ? la[d] : 0.f;
+                    w[0][u] = in && fa0 ? ldw(ra0 + d) : 0.f;
+                    w[1][u] = in && fa1 ? ldw(ra1 + d) : 0.f;
+                    w[2][u] = in && fb0 ? ldw(rb0 + d) : 0.f;
+                    w[3][u] = in && fb1 ? ldw(rb1 + d) : 0.f;
                 }
-            } else if (a0 > 0.f) {
-#pragma unroll 4
-                for (int d = lane; d < D; d += 32) d0 = fmaf(la[d], ldw(r0 + d), d0);
-            } else if (a1 > 0.f) {
-#pragma unroll 4
-                for (int d = lane; d < D; d += 32) d1 = fmaf(la[d], ldw(r1 + d), d1);
+#pragma unroll
+                for (int u = 0; u < 4; u++) {
+                    da0 = fmaf(l[u], w[0][u], da0);
+                    da1 = fmaf(l[u], w[1][u], da1);
+                    db0 = fmaf(l[u], w[2][u], db0);
+                    db1 = fmaf(l[u], w[3][u], db1);
+                }
             }
-            d0 = warp_sum(d0);
-            d1 = warp_sum(d1);
+            da0 = warp_sum(da0);
+            da1 = warp_sum(da1);
+            db0 = warp_sum(db0);
+            db1 = warp_sum(db1);
             if (lane == e) {
-                y0 = a0 > 0.f ? a0 * fmaxf(d0, 0.f) : 0.f;
-                y1 = a1 > 0.f ? a1 * fmaxf(d1, 0.f) : 0.f;
+                y0 = fa0 ? a0 * fmaxf(da0, 0.f) : 0.f;
+                y1 = fa1 ? a1 * fmaxf(da1, 0.f) : 0.f;
+            }
+            if (lane == e + 1 && e2 != e) {
+                y0 = fb0 ? b0 * fmaxf(db0, 0.f) : 0.f;
+                y1 = fb1 ? b1 * fmaxf(db1, 0.f) : 0.f;
             }
         }
         if (p < cnt) {
@@ -359,29 +395,33 @@ __global__ void __launch_bounds__(256) ev_gate_kernel(const float *__restrict__ 
 
 /* ---------------------------------------------------------------- decoder */
 
-/* Block (c, r, h): columns 32c..32c+31 of y, row group r of head h. Each
- * warp walks 32 listed pairs at a time (indices and xy values fetched with
- * one load per lane, then broadcast), lane = column, and adds xy[j] *
- * decoder[h*N + j][col] for the rows with xy != 0. The 8 warps' sums are
+/* Block (c, r, h): columns 32c..32c+31 of y, row group r of head h. Warp w
+ * of the head's RG*8 warps takes list entries w, w+tw, ...; 32 at a time have
+ * their index and xy values loaded by one lane each, then the warp walks them
+ * eight pairs (16 rows) at a time: lane = column, the 16 row loads issued
+ * together (a row with xy == 0 is not read; it adds 0). The 8 warps' sums are
  * added in shared memory; y_part[h*RG + r] holds the block's partial. */
+#define DEC_GROUP 8
 template <typename W>
 __global__ void __launch_bounds__(256) dec_kernel(const float *__restrict__ xy, const W *__restrict__ dec,
                                                   const int *__restrict__ list, const int *__restrict__ count, int N,
                                                   int D, float *__restrict__ y_part)
 {
+    pdl_begin();
     __shared__ float red[8][32];
     const int h = blockIdx.z, RG = gridDim.y;
     const int lane = threadIdx.x & 31, w = threadIdx.x >> 5;
     const int col = blockIdx.x * 32 + lane;
+    const bool has_col = col < D;
     const int gw = blockIdx.y * 8 + w, tw = RG * 8;
     const int cnt = count[h];
     const int *L = list + (size_t)h * (N / 2);
     const float *xyh = xy + (size_t)h * N;
-    const W *Dh = dec + (size_t)h * N * D + (col < D ? col : 0);
+    const W *Dh = dec + (size_t)h * N * D + (has_col ? col : 0);
     float acc = 0.f;
 
-    for (int p0 = gw * 32; p0 < cnt; p0 += tw * 32) {
-        const int p = p0 + lane;
+    for (int base = gw; base < cnt; base += 32 * tw) {
+        const int p = base + lane * tw;
         int j = 0;
         float v0 = 0.f, v1 = 0.f;
         if (p < cnt) {
@@ -389,21 +429,27 @@ __global__ void __launch_bounds__(256) dec_kernel(const float *__restrict__ xy, 
             v0 = xyh[j];
             v1 = xyh[j + 1];
         }
-        const int n = min(32, cnt - p0);
-#pragma unroll 4
-        for (int e = 0; e < n; e++) {
-            const int je = __shfl_sync(BDH_FULL_MASK, j, e);
-            const float a0 = __shfl_sync(BDH_FULL_MASK, v0, e);
-            const float a1 = __shfl_sync(BDH_FULL_MASK, v1, e);
-            if (col < D) {
-                if (a0 != 0.f) acc = fmaf(a0, ldw(Dh + (size_t)je * D), acc);
-                if (a1 != 0.f) acc = fmaf(a1, ldw(Dh + (size_t)(je + 1) * D), acc);
+        const int n = min(32, (cnt - base + tw - 1) / tw);
+        for (int e = 0; e < n; e += DEC_GROUP) {
+            float a[2 * DEC_GROUP], wv[2 * DEC_GROUP];
+#pragma unroll
+            for (int u = 0; u < DEC_GROUP; u++) {
+                const int src = (e + u) & 31;
+                const int ju = __shfl_sync(BDH_FULL_MASK, j, src);
+                a[2 * u] = __shfl_sync(BDH_FULL_MASK, v0, src);
+                a[2 * u + 1] = __shfl_sync(BDH_FULL_MASK, v1, src);
+                if (e + u >= n) a[2 * u] = a[2 * u + 1] = 0.f;
+                const W *r = Dh + (size_t)ju * D;
+                wv[2 * u] = has_col && a[2 * u] != 0.f ? ldw(r) : 0.f;
+                wv[2 * u + 1] = has_col && a[2 * u + 1] != 0.f ? ldw(r + D) : 0.f;
             }
+#pragma unroll
+            for (int u = 0; u < 2 * DEC_GROUP; u++) acc = fmaf(a[u], wv[u], acc);
         }
     }
     red[w][lane] = acc;
     __syncthreads();
-    if (w == 0 && col < D) {
+    if (w == 0 && has_col) {
         float s = 0.f;
 #pragma unroll
         for (int k = 0; k < 8; k++) s += red[k][lane];
@@ -417,8 +463,9 @@ __global__ void __launch_bounds__(256) dec_kernel(const float *__restrict__ xy, 
 __global__ void __launch_bounds__(1024) final_ln_kernel(const float *__restrict__ y_part, int P, long long pstride, int D,
                                                         float *X)
 {
+    pdl_begin();
     extern __shared__ float sm[];
-    __shared__ float red[32][33];
+    __shared__ float red[1024];
     __shared__ double scratch[33];
     float *y = sm, *x = sm + D;
     const int b = blockIdx.x;
@@ -447,10 +494,8 @@ cudaError_t bdh_k_embed_ln(int wt, const void *embed, int D, const int *tokens, 
     const size_t smem = (size_t)D * sizeof(float);
     const int t = round_threads(D, 256);
     if (wt == BDH_WT_BF16)
-        embed_ln_kernel<<<rows, t, smem, st>>>((const __nv_bfloat16 *)embed, D, tokens, pos_src, pos_dst, X);
-    else
-        embed_ln_kernel<<<rows, t, smem, st>>>((const float *)embed, D, tokens, pos_src, pos_dst, X);
-    return cudaGetLastError();
+        return bdh_launch(embed_ln_kernel<__nv_bfloat16>, rows, t, smem, st, (const __nv_bfloat16 *)embed, D, tokens, pos_src, pos_dst, X);
+    return bdh_launch(embed_ln_kernel<float>, rows, t, smem, st, (const float *)embed, D, tokens, pos_src, pos_dst, X);
 }
 
 cudaError_t bdh_k_gemv(int wt, int relu, const float *x, int K, const void *W, int Nc, long long wstride, float *out,
@@ -460,14 +505,13 @@ cudaError_t bdh_k_gemv(int wt, int relu, const float *x, int K, const void *W, i
     const size_t smem = (size_t)K * sizeof(float);
     if (wt == BDH_WT_BF16) {
         const __nv_bfloat16 *w = (const __nv_bfloat16 *)W;
-        if (relu) gemv_kernel<__nv_bfloat16, true><<<grid, 256, smem, st>>>(x, K, w, Nc, wstride, out, ostride);
-        else gemv_kernel<__nv_bfloat16, false><<<grid, 256, smem, st>>>(x, K, w, Nc, wstride, out, ostride);
+        if (relu) return bdh_launch(gemv_kernel<__nv_bfloat16, true>, grid, 256, smem, st, x, K, w, Nc, wstride, out, ostride);
+        return bdh_launch(gemv_kernel<__nv_bfloat16, false>, grid, 256, smem, st, x, K, w, Nc, wstride, out, ostride);
     } else {
         const float *w = (const float *)W;
-        if (relu) gemv_kernel<float, true><<<grid, 256, smem, st>>>(x, K, w, Nc, wstride, out, ostride);
-        else gemv_kernel<float, false><<<grid, 256, smem, st>>>(x, K, w, Nc, wstride, out, ostride);
+        if (relu) return bdh_launch(gemv_kernel<float, true>, grid, 256, smem, st, x, K, w, Nc, wstride, out, ostride);
+        return bdh_launch(gemv_kernel<float, false>, grid, 256, smem, st, x, K, w, Nc, wstride, out, ostride);
     }
-    return cudaGetLastError();
 }
 
 cudaError_t bdh_k_compact(const float *xs, int N, int H, int B, const float *freqs, const long long *pos, int dense,
@@ -475,21 +519,18 @@ cudaError_t bdh_k_compact(const float *xs, int N, int H, int B, const float *fre
 {
     const int P = N / 2;
     const int t = P >= 1024 ? 1024 : (P + 31) / 32 * 32;
-    compact_kernel<<<dim3(H, B), t, 0, st>>>(xs, N, freqs, pos, dense, list, qlist, count, stats);
-    return cudaGetLastError();
+    return bdh_launch(compact_kernel, dim3(H, B), t, 0, st, xs, N, freqs, pos, dense, list, qlist, count, stats);
 }
 
 cudaError_t bdh_k_state(float *const *sptr, long long layer_off, int N, int D, int H, int B, int GX, const float *X,
                         const int *list, const float2 *qlist, const int *count, float *a_part, cudaStream_t st)
 {
-    state_kernel<<<dim3(GX, H, B), round_threads(D, 256), 0, st>>>(sptr, layer_off, N, D, X, list, qlist, count, a_part);
-    return cudaGetLastError();
+    return bdh_launch(state_kernel, dim3(GX, H, B), round_threads(D, 256), 0, st, sptr, layer_off, N, D, X, list, qlist, count, a_part);
 }
 
 cudaError_t bdh_k_ln_a(const float *a_part, int GX, int D, int H, int B, float *ln_a, cudaStream_t st)
 {
-    ln_a_kernel<<<dim3(H, B), 1024, (size_t)D * sizeof(float), st>>>(a_part, GX, D, ln_a);
-    return cudaGetLastError();
+    return bdh_launch(ln_a_kernel, dim3(H, B), 1024, (size_t)D * sizeof(float), st, a_part, GX, D, ln_a);
 }
 
 cudaError_t bdh_k_ev_gate(int wt, const float *ln_a, const void *evT, const float *xs, const int *list, const int *count,
@@ -498,10 +539,8 @@ cudaError_t bdh_k_ev_gate(int wt, const float *ln_a, const void *evT, const floa
     const dim3 grid(GY, H);
     const size_t smem = (size_t)D * sizeof(float);
     if (wt == BDH_WT_BF16)
-        ev_gate_kernel<<<grid, 256, smem, st>>>(ln_a, (const __nv_bfloat16 *)evT, xs, list, count, N, D, xy, stats);
-    else
-        ev_gate_kernel<<<grid, 256, smem, st>>>(ln_a, (const float *)evT, xs, list, count, N, D, xy, stats);
-    return cudaGetLastError();
+        return bdh_launch(ev_gate_kernel<__nv_bfloat16>, grid, 256, smem, st, ln_a, (const __nv_bfloat16 *)evT, xs, list, count, N, D, xy, stats);
+    return bdh_launch(ev_gate_kernel<float>, grid, 256, smem, st, ln_a, (const float *)evT, xs, list, count, N, D, xy, stats);
 }
 
 cudaError_t bdh_k_dec(int wt, const float *xy, const void *dec, const int *list, const int *count, int N, int D, int H,
@@ -509,14 +548,11 @@ cudaError_t bdh_k_dec(int wt, const float *xy, const void *dec, const int *list,
 {
     const dim3 grid((D + 31) / 32, RG, H);
     if (wt == BDH_WT_BF16)
-        dec_kernel<<<grid, 256, 0, st>>>(xy, (const __nv_bfloat16 *)dec, list, count, N, D, y_part);
-    else
-        dec_kernel<<<grid, 256, 0, st>>>(xy, (const float *)dec, list, count, N, D, y_part);
-    return cudaGetLastError();
+        return bdh_launch(dec_kernel<__nv_bfloat16>, grid, 256, 0, st, xy, (const __nv_bfloat16 *)dec, list, count, N, D, y_part);
+    return bdh_launch(dec_kernel<float>, grid, 256, 0, st, xy, (const float *)dec, list, count, N, D, y_part);
 }
 
 cudaError_t bdh_k_final_ln(const float *y_part, int P, long long pstride, int D, float *X, int rows, cudaStream_t st)
 {
-    final_ln_kernel<<<rows, 1024, 2 * (size_t)D * sizeof(float), st>>>(y_part, P, pstride, D, X);
-    return cudaGetLastError();
+    return bdh_launch(final_ln_kernel, rows, 1024, 2 * (size_t)D * sizeof(float), st, y_part, P, pstride, D, X);
 }

@@ -176,9 +176,9 @@ static void test_step_parity(void **unused)
     }
 }
 
-/* The debugging switches read at load: BDH_CUDA_GRAPH=0 (no graph) must give
- * the same bits as the graph; BDH_CUDA_DENSE=1 (no compaction) the same
- * logits up to summation order. */
+/* The switches read at load: BDH_CUDA_GRAPH=0 (no graph) and BDH_CUDA_PDL=0
+ * (no programmatic dependent launch) must give the same bits as the default;
+ * BDH_CUDA_DENSE=1 (no compaction) the same logits up to summation order. */
 static void test_switches(void **unused)
 {
     (void)unused;
@@ -198,13 +198,21 @@ static void test_switches(void **unused)
     bdh_model_free(gpu);
     assert_memory_equal(base, nograph, e.T * e.V * sizeof(float));
 
+    setenv("BDH_CUDA_PDL", "0", 1);
+    gpu = load_gpu(c->model, BDH_WEIGHTS_F32);
+    unsetenv("BDH_CUDA_PDL");
+    float *nopdl = step_logits(gpu, &e);
+    bdh_model_free(gpu);
+    assert_memory_equal(base, nopdl, e.T * e.V * sizeof(float));
+    free(nopdl);
+
     setenv("BDH_CUDA_DENSE", "1", 1);
     gpu = load_gpu(c->model, BDH_WEIGHTS_F32);
     unsetenv("BDH_CUDA_DENSE");
     float *dense = step_logits(gpu, &e);
     bdh_model_free(gpu);
     const double err = compare_rows("dense vs sparse", c->name, dense, base, 0, e.T, e.V, 1e-5);
-    printf("  %-12s graph == eager (bitwise); dense vs sparse %.2e\n", c->name, err);
+    printf("  %-12s graph == eager == no PDL (bitwise); dense vs sparse %.2e\n", c->name, err);
     free(base);
     free(nograph);
     free(dense);
