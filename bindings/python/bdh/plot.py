@@ -61,12 +61,12 @@ def _mpl() -> Any:
 
 
 def byte_label(b: int) -> str:
-    """A printable label for byte b: the character, "↵" for a newline, "␣"
+    """A printable label for byte b: the character, "↵" for a newline, "·"
     for a space, "\\xNN" for the rest."""
     if b == 10:
         return "↵"
     if b == 32:
-        return "␣"
+        return "·"
     if 33 <= b <= 126:
         return chr(b)
     return f"\\x{b:02x}"
@@ -84,7 +84,13 @@ def _finish(fig: Any, path: Optional[Union[str, "os.PathLike[str]"]]) -> Any:
     return fig
 
 
-def _token_axis(ax: Any, trace: Trace, max_labels: int = 160) -> None:
+def _width(T: int) -> float:
+    """Figure width in inches for T tokens: room for a character per token
+    up to 240 tokens."""
+    return min(max(6.0, 0.09 * T + 1.5), 23.5)
+
+
+def _token_axis(ax: Any, trace: Trace, max_labels: int = 240) -> None:
     """Label the x axis with the text's characters (or positions if long or
     not bytes)."""
     T = trace.n_tokens
@@ -125,7 +131,7 @@ def raster(trace: Trace, which: str = "x", layers: Optional[Sequence[int]] = Non
     _, Figure = _mpl()
     layers = list(range(trace.n_layer)) if layers is None else list(layers)
     T = trace.n_tokens
-    width = min(max(6.0, 0.075 * T + 1.5), 16.0)
+    width = _width(T)
     fig = Figure(figsize=(width, 1.0 + 2.1 * len(layers)), layout="constrained")
     axes = fig.subplots(len(layers), 1, sharex=True, squeeze=False)[:, 0]
     name = "x_sparse" if which == "x" else "gated y = x_sparse * y_sparse"
@@ -146,7 +152,7 @@ def density(trace: Trace, *, path: Optional[Union[str, "os.PathLike[str]"]] = No
     (top) and the gated y (bottom), one line per layer."""
     _, Figure = _mpl()
     T = trace.n_tokens
-    width = min(max(6.0, 0.075 * T + 1.5), 16.0)
+    width = _width(T)
     fig = Figure(figsize=(width, 4.6), layout="constrained")
     axes = fig.subplots(2, 1, sharex=True)
     for k, (ax, name) in enumerate(zip(axes, ("x_sparse", "gated y"))):
@@ -239,7 +245,7 @@ def synapses(trace: Trace, *, path: Optional[Union[str, "os.PathLike[str]"]] = N
         raise ValueError("the trace monitored no synapses (bdh.trace(..., synapses=[(l, i, j)]) or "
                          "bdh trace --synapse L,I,J)")
     T = trace.n_tokens
-    fig = Figure(figsize=(min(max(6.0, 0.075 * T + 1.5), 16.0), 3.2), layout="constrained")
+    fig = Figure(figsize=(_width(T), 3.2), layout="constrained")
     ax = fig.subplots()
     for s, (l, i, j) in enumerate(trace.synapses):
         ax.plot(np.arange(T), trace.sigma[:, s], lw=1.2, label=f"layer {l}: {i} -> {j}")
@@ -262,7 +268,7 @@ def neurons(trace: Trace, layer: int, ids: Sequence[int], which: str = "x", *,
     sel = np.asarray(list(ids), np.int64)
     img = trace.dense(layer, which, sel).T
     T = trace.n_tokens
-    fig = Figure(figsize=(min(max(6.0, 0.075 * T + 1.5), 16.0), 1.2 + 0.28 * len(sel)), layout="constrained")
+    fig = Figure(figsize=(_width(T), 1.2 + 0.28 * len(sel)), layout="constrained")
     ax = fig.subplots()
     vmax = float(img.max()) if img.size and img.max() > 0 else 1.0
     ax.imshow(np.ma.masked_equal(img, 0), aspect="auto", interpolation="nearest", cmap=_cmap(), vmin=0, vmax=vmax,

@@ -53,6 +53,8 @@ def test_pip_install_into_fresh_venv(tmp_path):
         assert os.path.realpath(bdh.__file__).startswith(site), bdh.__file__
         assert os.path.realpath(bdh.library_path).startswith(site), bdh.library_path
         assert os.path.exists(os.path.join(os.path.dirname(bdh.__file__), "py.typed"))
+        import bdh.plot, bdh._safetensors  # the optional-matplotlib module imports without it
+        assert callable(bdh.trace) and callable(bdh.load_trace)
         with bdh.Model({str(TINY)!r}) as m:
             s = m.new_state()
             print(s.step(1).shape)
