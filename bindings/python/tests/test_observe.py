@@ -384,6 +384,16 @@ def test_trace_selective_neurons(long_trace):
         tr.selective_neurons(np.zeros(tr.n_tokens, bool), 0)
 
 
+def test_trace_of_token_ids(tmp_path):
+    """A model with another vocabulary: token ids in, no text."""
+    tr = bdh.trace(bdh.Model(ODD), list(range(0, 97, 3)), synapses=[(2, 3, 4)])
+    assert tr.text is None and tr.meta["vocab_size"] == 97 and tr.width == 3 * 128
+    tr.save(tmp_path / "odd.safetensors")
+    assert bdh.load_trace(tmp_path / "odd.safetensors") == tr
+    with pytest.raises(bdh.BDHError):
+        bdh.trace(bdh.Model(ODD), [97])
+
+
 def test_trace_refusals(tmp_path, tiny):
     with pytest.raises(ValueError):
         bdh.trace(tiny, b"")
@@ -502,6 +512,11 @@ def test_plot_pictures(tmp_path, long_trace):
     assert bplot.byte_label(10) == "↵" and bplot.byte_label(65) == "A" and bplot.byte_label(0) == "\\x00"
     with pytest.raises(ValueError):
         bplot.synapses(bdh.trace(bdh.Model(TINY), b"ab"))
+    odd = bdh.trace(bdh.Model(ODD), [5, 6, 7, 8])  # token ids: no per-byte pictures
+    assert sorted(os.path.basename(p) for p in bplot.save_all(odd, tmp_path / "odd")) == [
+        "density.png", "raster_x.png", "raster_y.png"]
+    with pytest.raises(ValueError):
+        bplot.top_bytes(odd)
 
 
 def test_plot_module_entry_point(tmp_path, long_trace):
