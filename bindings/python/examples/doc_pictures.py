@@ -56,30 +56,39 @@ def main() -> int:
     for n, p_on, p_off in caps:
         print(f"  {n:5d}: {p_on:.2f} vs {p_off:.3f}")
 
-    # synapses between newline neurons of consecutive layers
-    pre = train.selective_neurons(lambda b: b == ord("\n"), layer=layer - 1, which="y", k=1)[0][0]
-    syn = [(layer, pre, picks[0][0]), (layer, pre, picks[1][0])]
-    rng = np.random.default_rng(0)
-    width = model.config["n_head"] * model.config["n_neurons"]
-    syn.append((layer, int(pre), int(rng.integers(width))))
+    # synapses: from the layer below's most newline-selective gated-y neuron
+    # to this layer's two most newline-selective x neurons, and the same for
+    # a space
+    def best(layer_: int, which: str, byte: int) -> int:
+        return train.selective_neurons(lambda b: b == byte, layer=layer_, which=which, k=1)[0][0]
 
-    # -- the passage
+    nl_pre = best(layer - 1, "y", ord("\n"))
+    sp_pre, sp_post = best(layer - 1, "y", ord(" ")), best(layer, "x", ord(" "))
+    syn = [(layer, nl_pre, picks[0][0]), (layer, nl_pre, picks[1][0]), (layer, sp_pre, sp_post)]
+    print("synapses:", syn)
+
+    # -- the passage (validation split: never trained on)
     start = data.index(b"GREMIO:", VALID)
+    print(f"passage: --offset {start} --length {args.length}")
     passage = data[start : start + args.length]
     tr = bdh.trace(model, passage, synapses=syn)
     print(tr)
-    print("mean density per layer (x, y):", np.round(100 * tr.density.mean(axis=0), 2).tolist())
+    print("mean density per layer (x, y) %:", [[round(float(v), 1) for v in row] for row in 100 * tr.density.mean(axis=0)])
+    print("mean density over the 5000 training bytes (x, y) %:",
+          [round(float(v), 1) for v in 100 * train.density.mean(axis=(0, 1))])
+    print("sigma at the end:", tr.sigma[-1].tolist())
 
-    bplot.raster(tr, "x", max_rows=240, path=out("obs_raster_x.png"))
+    bplot.raster(tr, "y", path=out("obs_raster_y.png"))
+    bplot.raster(tr, "x", max_rows=200, select="rare", order="peak", path=out("obs_raster_x_rare.png"))
     bplot.density(tr, path=out("obs_density.png"))
-    bplot.top_bytes(tr, layer, n_bytes=24, path=out("obs_top_bytes.png"))
-    bplot.top_classes(tr, layer, path=out("obs_top_classes.png"))
+    bplot.top_bytes(train, layer, n_bytes=30, path=out("obs_top_bytes.png"))
+    bplot.top_classes(train, layer, path=out("obs_top_classes.png"))
     ids = [n for n, _, _ in picks] + [n for n, _, _ in caps[:4]]
     fig = bplot.neurons(tr, layer, ids, highlight=lambda b: b == ord("\n"),
                         title=f"layer {layer}: the 8 most newline-selective neurons (top) and 4 capital-after-newline "
                               f"neurons (bottom), picked on other text; newlines shaded")
     fig.axes[0].axhline(len(picks) - 0.5, color="black", lw=1)
-    fig.savefig(out("obs_newline_neurons.png"), dpi=100)
+    bplot.save(fig, out("obs_newline_neurons.png"))
     bplot.synapses(tr, path=out("obs_synapses.png"))
     for name in sorted(os.listdir(args.out)):
         if name.startswith("obs_"):

@@ -500,6 +500,7 @@ def test_plot_pictures(tmp_path, long_trace):
 
     tr = long_trace
     for fig in (bplot.raster(tr), bplot.raster(tr, "y", layers=[0, 5], max_rows=50, order="peak"),
+                bplot.raster(tr, max_rows=40, select="rare"), bplot.raster(tr, layers=[1], select="variance"),
                 bplot.density(tr), bplot.top_bytes(tr, 2), bplot.top_classes(tr), bplot.synapses(tr),
                 bplot.neurons(tr, 3, [1, 2, 3], highlight=lambda b: b == 10, title="t")):
         assert isinstance(fig, Figure)
@@ -509,6 +510,10 @@ def test_plot_pictures(tmp_path, long_trace):
                      "top_classes.png"]
     for p in paths:
         assert Path(p).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with pytest.raises(ValueError):
+        bplot.raster(tr, select="best")
+    with pytest.raises(ValueError):
+        bplot.raster(tr, order="random")
     assert bplot.byte_label(10) == "↵" and bplot.byte_label(65) == "A" and bplot.byte_label(0) == "\\x00"
     with pytest.raises(ValueError):
         bplot.synapses(bdh.trace(bdh.Model(TINY), b"ab"))
