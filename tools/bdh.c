@@ -1129,11 +1129,23 @@ static void main_help(FILE *out)
           out);
 }
 
+/* OpenBLAS chose its kernels when it loaded; if it fell back to generic
+ * code on a CPU it does not know, run again once with better ones (the
+ * prefill GEMMs are several times faster: see libbdh/blas.c). */
+static void retry_with_better_blas(char **argv)
+{
+    const char *core = bdh_blas_suggested_core();
+    if (!core || getenv("OPENBLAS_CORETYPE")) return;
+    setenv("OPENBLAS_CORETYPE", core, 1);
+    execv("/proc/self/exe", argv); /* returns only on failure: carry on as we are */
+}
+
 int main(int argc, char **argv)
 {
     static const struct option longopts[] = {
         {"help", no_argument, NULL, 'h'}, {"version", no_argument, NULL, 'V'}, {NULL, 0, NULL, 0}};
     int c;
+    retry_with_better_blas(argv);
     opterr = 0; /* we word getopt's errors ourselves, prefixed "bdh: " */
     /* "+": stop at the command, whose own options are parsed afterwards. */
     while ((c = getopt_long(argc, argv, "+:hV", longopts, NULL)) != -1) {
