@@ -42,6 +42,8 @@ typedef struct cpu_work {
     float *a;        /* [H][D] LN(S^T q) */
     float *y_part;   /* [H*S][D] decoder sum per slice */
     float *xy;       /* [H*N] xs * ys, written only while observed */
+    int32_t *rows;   /* [H*N] per slice: rows of the neurons with xs > 0 */
+    float *ys;       /* [H*N] per slice: ys, then xy, of those neurons */
 } cpu_work;
 
 int bdh_cpu_slices(const bdh_config *c)
@@ -62,9 +64,9 @@ bdh_status bdh_cpu_work_new(const bdh_model *m, void **out)
     const size_t D = (size_t)m->cfg.n_embd, N = (size_t)m->cfg.n_neurons, H = (size_t)m->cfg.n_head;
     const size_t HS = H * (size_t)bdh_cpu_slices(&m->cfg);
     cpu_work *w = calloc(1, sizeof *w);
-    const size_t floats = 2 * D + 2 * N + 3 * H * N + HS * D + H * D + HS * D;
+    const size_t floats = 2 * D + 2 * N + 4 * H * N + HS * D + H * D + HS * D;
     float *buf = w ? calloc(floats, sizeof(float)) : NULL;
-    int32_t *ints = buf ? calloc(H * N / 2 + 3 * HS, sizeof(int32_t)) : NULL;
+    int32_t *ints = buf ? calloc(H * N / 2 + 3 * HS + H * N, sizeof(int32_t)) : NULL;
     if (!ints) {
         free(buf);
         free(w);
@@ -80,10 +82,12 @@ bdh_status bdh_cpu_work_new(const bdh_model *m, void **out)
     w->a = w->a_part + HS * D;
     w->y_part = w->a + H * D;
     w->xy = w->y_part + HS * D;
+    w->ys = w->xy + H * N;
     w->pairs = ints;
     w->npairs = ints + H * N / 2;
     w->nxs = w->npairs + HS;
     w->nxy = w->nxs + HS;
+    w->rows = w->nxy + HS;
     *out = w;
     return BDH_OK;
 }
@@ -109,7 +113,15 @@ typedef struct job {
 
 static cpu_work *work_of(const job *jb, size_t b) { return jb->states[b]->work; }
 
-/* xs, q and the state rows of one slice of head h, for state b. */
+/* Hint rows of a gather into cache ahead of use (the hardware prefetcher
+ * does not follow jumps between rows). */
+static void prefetch_rows(const void *p, size_t bytes)
+{
+    for (size_t off = 0; off < bytes; off += 64) __builtin_prefetch((const char *)p + off, 0, 3);
+}
+
+/* xs, q and the state rows of one slice of head h, for state b: list the
+ * active pairs, then read and update their rows, fetching the next ahead. */
 static void slice_state(const job *jb, size_t b, int h, int k, int j0, int j1)
 {
     const bdh_model *m = jb->m;
@@ -122,12 +134,17 @@ static void slice_state(const job *jb, size_t b, int h, int k, int j0, int j1)
     float *acc = w->a_part + ((size_t)h * S + k) * D;
     int np = 0, nxs = 0;
 
-    memset(acc, 0, (size_t)D * sizeof(float));
     for (int j = j0; j < j1; j += 2) {
         if (xs[j] == 0.0f && xs[j + 1] == 0.0f) continue;
         nxs += (xs[j] != 0.0f) + (xs[j + 1] != 0.0f);
         pairs[np++] = j / 2;
         bdh_rope_apply(xs + j, w->cos + j, w->sin + j, 2, q + j);
+    }
+    memset(acc, 0, (size_t)D * sizeof(float));
+    const size_t pair_bytes = 2 * (size_t)D * sizeof(float);
+    for (int p = 0; p < np; p++) {
+        if (p + 1 < np) prefetch_rows(S_head + (size_t)pairs[p + 1] * 2 * D, pair_bytes);
+        const int j = 2 * pairs[p];
         bdh_state_row_update(S_head + (size_t)j * D, q[j], w->x, acc, D);
         bdh_state_row_update(S_head + (size_t)(j + 1) * D, q[j + 1], w->x, acc, D);
     }
@@ -135,8 +152,8 @@ static void slice_state(const job *jb, size_t b, int h, int k, int j0, int j1)
     w->nxs[h * S + k] = nxs;
 }
 
-/* Phase 1 task: encoder rows of the slice (read once for all states), then
- * each state's rows of the slice. */
+/* Phase 1 task: encoder rows of the slice for every state (the rows stay in
+ * cache from one state to the next), then each state's rows of the slice. */
 static void phase_encode(void *ctx, int tid, int n_threads)
 {
     const job *jb = ctx;
@@ -146,48 +163,59 @@ static void phase_encode(void *ctx, int tid, int n_threads)
         const int h = t / S, k = t % S;
         int j0, j1;
         slice_range(N, S, k, &j0, &j1);
-        for (int j = j0; j < j1; j++) {
-            const int64_t row = (int64_t)h * N + j;
-            for (size_t b = 0; b < jb->n; b++) {
-                cpu_work *w = work_of(jb, b);
-                const float v = bdh_row_dot(&m->cpu.encoder, row, w->x);
-                w->xs[row] = v > 0.0f ? v : 0.0f;
-            }
+        const int64_t row0 = (int64_t)h * N + j0;
+        for (size_t b = 0; b < jb->n; b++) {
+            float *xs = work_of(jb, b)->xs + row0;
+            bdh_rows_dot(&m->cpu.encoder, NULL, row0, j1 - j0, work_of(jb, b)->x, xs);
+            for (int j = 0; j < j1 - j0; j++) xs[j] = xs[j] > 0.0f ? xs[j] : 0.0f;
         }
         for (size_t b = 0; b < jb->n; b++) slice_state(jb, b, h, k, j0, j1);
     }
 }
 
-/* Phase 2 task: for the slice's neurons active in any state, read the
- * encoder_v row (once), gate, and add xy * decoder row to the state's
- * partial y. */
+/* The slice's decoder rows for one state: ys for the neurons with xs > 0
+ * (encoder_v rows, four at a time), gate, then add xy * decoder row to the
+ * slice's partial y, fetching the next row ahead. */
+static void slice_decode(const job *jb, size_t b, int h, int t, int j0, int j1)
+{
+    const bdh_model *m = jb->m;
+    const int D = m->cfg.n_embd, N = m->cfg.n_neurons;
+    cpu_work *w = work_of(jb, b);
+    const int64_t row0 = (int64_t)h * N + j0;
+    int32_t *rows = w->rows + row0;
+    float *val = w->ys + row0, *acc = w->y_part + (size_t)t * D;
+    int n = 0;
+    for (int j = 0; j < j1 - j0; j++)
+        if (w->xs[row0 + j] != 0.0f) rows[n++] = (int32_t)(row0 + j);
+    bdh_rows_dot(&m->cpu.encoder_v, rows, 0, n, w->a + (size_t)h * D, val);
+    int nxy = 0;
+    for (int k = 0; k < n; k++) { /* keep the rows with xy > 0, with xy */
+        const float xy = val[k] > 0.0f ? w->xs[rows[k]] * val[k] : 0.0f;
+        if (xy == 0.0f) continue;
+        rows[nxy] = rows[k];
+        val[nxy++] = xy;
+    }
+    memset(acc, 0, (size_t)D * sizeof(float));
+    if (jb->observed) memset(w->xy + row0, 0, (size_t)(j1 - j0) * sizeof(float));
+    const size_t row_bytes = (size_t)D * bdh_wtype_size(m->cpu.decoder.type);
+    for (int k = 0; k < nxy; k++) {
+        if (k + 1 < nxy) prefetch_rows((const uint8_t *)m->cpu.decoder.data + (size_t)rows[k + 1] * row_bytes, row_bytes);
+        bdh_row_axpy(&m->cpu.decoder, rows[k], val[k], acc);
+        if (jb->observed) w->xy[rows[k]] = val[k];
+    }
+    w->nxy[t] = nxy;
+}
+
+/* Phase 2 task: a slice, for every state. */
 static void phase_decode(void *ctx, int tid, int n_threads)
 {
     const job *jb = ctx;
     const bdh_model *m = jb->m;
-    const int D = m->cfg.n_embd, N = m->cfg.n_neurons, S = bdh_cpu_slices(&m->cfg), tasks = m->cfg.n_head * S;
+    const int N = m->cfg.n_neurons, S = bdh_cpu_slices(&m->cfg), tasks = m->cfg.n_head * S;
     for (int t = tid; t < tasks; t += n_threads) {
-        const int h = t / S, k = t % S;
         int j0, j1;
-        slice_range(N, S, k, &j0, &j1);
-        for (size_t b = 0; b < jb->n; b++) {
-            memset(work_of(jb, b)->y_part + (size_t)t * D, 0, (size_t)D * sizeof(float));
-            work_of(jb, b)->nxy[t] = 0;
-            if (jb->observed) memset(work_of(jb, b)->xy + (size_t)h * N + j0, 0, (size_t)(j1 - j0) * sizeof(float));
-        }
-        for (int j = j0; j < j1; j++) {
-            const int64_t row = (int64_t)h * N + j;
-            for (size_t b = 0; b < jb->n; b++) {
-                cpu_work *w = work_of(jb, b);
-                if (w->xs[row] == 0.0f) continue;
-                const float ys = bdh_row_dot(&m->cpu.encoder_v, row, w->a + (size_t)h * D);
-                const float xy = ys > 0.0f ? w->xs[row] * ys : 0.0f;
-                if (xy == 0.0f) continue;
-                bdh_row_axpy(&m->cpu.decoder, row, xy, w->y_part + (size_t)t * D);
-                w->nxy[t]++;
-                if (jb->observed) w->xy[row] = xy;
-            }
-        }
+        slice_range(N, S, t % S, &j0, &j1);
+        for (size_t b = 0; b < jb->n; b++) slice_decode(jb, b, t / S, t, j0, j1);
     }
 }
 
