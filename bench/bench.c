@@ -10,6 +10,7 @@
 #include "bdh.h"
 
 #include <getopt.h>
+#include <stdbool.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -238,30 +239,45 @@ static double copy_bandwidth(int threads)
     return best;
 }
 
-/* Peak RSS of a process that loads the model (float32) and decodes with one
- * stream, against weights as held + one state. */
+/* Peak RSS of a fresh process (this program again, --rss-probe) that loads
+ * the model (float32) and decodes with one stream, against weights as held
+ * + one state. A fresh exec, not a fork, so nothing of this process counts. */
+static int rss_probe(const opts *o)
+{
+    bdh_model *m = load(o, BDH_WEIGHTS_F32);
+    bdh_state *s;
+    if (bdh_state_new(m, &s) != BDH_OK) die("state");
+    int32_t *tok = tokens_for(o, 64);
+    for (int i = 0; i < 64; i++) bdh_step(s, tok[i], NULL);
+    printf("%.0f\n", (double)bdh_model_weight_bytes(m) + (double)bdh_model_state_bytes(m));
+    return 0;
+}
+
 static void peak_rss_one_stream(const opts *o, double *peak, double *held)
 {
     int fds[2];
     if (pipe(fds) != 0) die("pipe");
+    fflush(stdout);
     pid_t pid = fork();
     if (pid == 0) {
-        bdh_model *m = load(o, BDH_WEIGHTS_F32);
-        bdh_state *s;
-        bdh_state_new(m, &s);
-        int32_t *tok = tokens_for(o, 64);
-        for (int i = 0; i < 64; i++) bdh_step(s, tok[i], NULL);
-        double h = (double)bdh_model_weight_bytes(m) + (double)bdh_model_state_bytes(m);
-        if (write(fds[1], &h, sizeof h) != sizeof h) _exit(1);
-        _exit(0);
+        char threads[16];
+        snprintf(threads, sizeof threads, "%d", o->threads);
+        dup2(fds[1], 1);
+        char *args[] = {"bench", "--rss-probe", "--model", (char *)o->model, "--threads", threads,
+                        o->text ? "--text" : NULL, (char *)o->text, NULL};
+        execv("/proc/self/exe", args);
+        _exit(127);
     }
+    close(fds[1]);
+    char buf[64] = {0};
+    ssize_t got = read(fds[0], buf, sizeof buf - 1);
     int status;
     struct rusage ru;
-    if (read(fds[0], held, sizeof *held) != sizeof *held) die("child");
     wait4(pid, &status, 0, &ru);
-    *peak = (double)ru.ru_maxrss * 1024.0;
     close(fds[0]);
-    close(fds[1]);
+    if (got <= 0 || !WIFEXITED(status) || WEXITSTATUS(status) != 0) die("rss probe");
+    *held = atof(buf);
+    *peak = (double)ru.ru_maxrss * 1024.0;
 }
 
 int main(int argc, char **argv)
@@ -271,8 +287,10 @@ int main(int argc, char **argv)
     static const struct option longopts[] = {
         {"model", required_argument, 0, 'm'}, {"text", required_argument, 0, 't'},
         {"threads", required_argument, 0, 'j'}, {"decode-tokens", required_argument, 0, 'n'},
-        {"make-random", required_argument, 0, 'r'}, {"help", no_argument, 0, 'h'}, {0, 0, 0, 0},
+        {"make-random", required_argument, 0, 'r'}, {"rss-probe", no_argument, 0, 'p'},
+        {"help", no_argument, 0, 'h'}, {0, 0, 0, 0},
     };
+    bool probe = false;
     int c;
     while ((c = getopt_long(argc, argv, "m:t:j:n:r:h", longopts, NULL)) != -1) {
         switch (c) {
@@ -281,6 +299,7 @@ int main(int argc, char **argv)
         case 'j': o.threads = atoi(optarg); break;
         case 'n': o.decode_tokens = atoi(optarg); break;
         case 'r': random_out = optarg; break;
+        case 'p': probe = true; break;
         default:
             fprintf(stderr, "usage: bench --model FILE [--threads N] [--text FILE] [--decode-tokens N]\n"
                             "       bench --make-random FILE\n");
@@ -299,6 +318,7 @@ int main(int argc, char **argv)
         fprintf(stderr, "bench: --model is required\n");
         return 2;
     }
+    if (probe) return rss_probe(&o);
     const int threads = o.threads > 0 ? o.threads : (int)sysconf(_SC_NPROCESSORS_ONLN);
     bdh_model *m = load(&o, BDH_WEIGHTS_F32);
     bdh_config cfg;

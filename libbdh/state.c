@@ -19,7 +19,11 @@ bdh_status bdh_state_new(const bdh_model *model, bdh_state **out)
     if (on_cuda(model)) {
         rc = bdh_cuda_state_init(s);
     } else {
-        s->S = calloc(bdh_state_floats(&model->cfg), sizeof(float));
+        const size_t bytes = bdh_state_floats(&model->cfg) * sizeof(float);
+        s->S = malloc(bytes);
+        /* write every page now: faulting them in later, from inside the
+         * steps, made decoding a fresh state erratic (a tenth of the time) */
+        if (s->S) memset(s->S, 0, bytes);
         s->active = calloc(3 * (size_t)model->cfg.n_layer, sizeof(int64_t));
         rc = s->S && s->active ? bdh_cpu_work_new(model, &s->work)
                   : bdh_fail(BDH_ERR_OUT_OF_MEMORY, "out of memory allocating a %zu-byte state",
