@@ -27,7 +27,7 @@ SANFLAGS :=
 endif
 
 WARN     := -Wall -Wextra -Wshadow -Wstrict-prototypes -Wno-unused-parameter
-CFLAGS   ?= -O2 -g
+CFLAGS   ?= -O3 -g
 ALLCFLAGS := -std=c11 -D_DEFAULT_SOURCE $(CFLAGS) -fopenmp-simd $(WARN) $(SANFLAGS) -fPIC -fvisibility=hidden -pthread -Iinclude -Ilibbdh
 LIBS     := -lopenblas -lcjson -lxxhash -lm -pthread
 # Debian's libopenblas-dev puts cblas.h here

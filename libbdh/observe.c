@@ -79,7 +79,7 @@ static bdh_status cpu_only(const bdh_state *s, const char *fn)
 bdh_status bdh_state_set_observer(bdh_state *s, bdh_observer fn, void *user)
 {
     bdh_status rc = cpu_only(s, "bdh_state_set_observer");
-    bdh_observe *o;
+    bdh_observe *o = NULL;
     if (rc == BDH_OK) rc = get_observe(s, &o);
     if (rc != BDH_OK) return rc;
     o->fn = fn;
@@ -160,7 +160,7 @@ bdh_status bdh_state_add_monitor(bdh_state *s, int32_t layer, int32_t i, int32_t
         return bdh_fail(BDH_ERR_INVALID_ARGUMENT, "bdh_state_add_monitor: layer %d is outside [1, %d)", layer, c->n_layer);
     if (i < 0 || i >= HN || j < 0 || j >= HN)
         return bdh_fail(BDH_ERR_INVALID_ARGUMENT, "bdh_state_add_monitor: neuron (%d, %d) is outside [0, %d)", i, j, HN);
-    bdh_observe *o;
+    bdh_observe *o = NULL;
     if ((rc = get_observe(s, &o)) != BDH_OK || (rc = grow_monitors(o, o->n_mon + 1)) != BDH_OK) return rc;
     o->mon[3 * o->n_mon] = layer;
     o->mon[3 * o->n_mon + 1] = i;
@@ -208,7 +208,7 @@ bdh_status bdh_observe_copy_monitors(bdh_state *dst, const bdh_state *src)
 
 bdh_status bdh_observe_reserve(bdh_state *s, size_t n)
 {
-    bdh_observe *o;
+    bdh_observe *o = NULL;
     if (n == 0) return BDH_OK;
     bdh_status rc = get_observe(s, &o);
     return rc == BDH_OK ? grow_monitors(o, n) : rc;
