@@ -132,11 +132,24 @@ typedef struct decode_result {
     double ms_per_token, bytes, density[3];
 } decode_result;
 
-static decode_result decode(const opts *o, bdh_weight_type wt, double wsize)
+static void count_layers(const bdh_layer_activation *a, void *user)
+{
+    (void)a;
+    (*(long *)user)++;
+}
+
+/* observed: with an activation observer and four Hebbian monitors set */
+static decode_result decode(const opts *o, bdh_weight_type wt, double wsize, bool observed)
 {
     bdh_model *m = load(o, wt);
     bdh_state *s;
+    long calls = 0;
     if (bdh_state_new(m, &s) != BDH_OK) die("state");
+    if (observed) {
+        if (bdh_state_set_observer(s, count_layers, &calls) != BDH_OK) die("observer");
+        for (int k = 0; k < 4; k++)
+            if (bdh_state_add_monitor(s, 1 + k % 2, 17 * k, 31 * k + 1, NULL) != BDH_OK) die("monitor");
+    }
     const int warm = 16, n = o->decode_tokens;
     int32_t *tok = tokens_for(o, (size_t)(warm + n));
     for (int i = 0; i < warm; i++) bdh_step(s, tok[i], NULL);
@@ -155,9 +168,11 @@ static decode_result decode(const opts *o, bdh_weight_type wt, double wsize)
         r.density[1] += pairs[l] / c.n_layer;
         r.density[2] += xy[l] / c.n_layer;
     }
-    printf("  \"density_per_layer\": [");
-    for (int l = 0; l < c.n_layer; l++) printf("%s%.4f", l ? ", " : "", xs[l]);
-    printf("],\n");
+    if (!observed) {
+        printf("  \"density_per_layer\": [");
+        for (int l = 0; l < c.n_layer; l++) printf("%s%.4f", l ? ", " : "", xs[l]);
+        printf("],\n");
+    }
     free(tok);
     bdh_state_free(s);
     bdh_model_free(m);
@@ -331,11 +346,12 @@ int main(int argc, char **argv)
 
     double copy_bw = copy_bandwidth(threads);
     printf("  \"copy_bytes_per_s\": %.4g,\n", copy_bw);
-    decode_result f32 = decode(&o, BDH_WEIGHTS_F32, 4.0);
+    decode_result f32 = decode(&o, BDH_WEIGHTS_F32, 4.0, false);
     printf("  \"decode_f32_ms\": %.4f, \"bytes_per_token_f32\": %.4g,\n", f32.ms_per_token, f32.bytes);
     printf("  \"density_xs\": %.4f, \"density_pairs\": %.4f, \"density_xy\": %.4f,\n", f32.density[0], f32.density[1],
            f32.density[2]);
-    decode_result bf16 = decode(&o, BDH_WEIGHTS_BF16, 2.0);
+    decode_result bf16 = decode(&o, BDH_WEIGHTS_BF16, 2.0, false);
+    printf("  \"decode_observed_ms\": %.4f,\n", decode(&o, BDH_WEIGHTS_F32, 4.0, true).ms_per_token);
     printf("  \"decode_bf16_ms\": %.4f, \"bytes_per_token_bf16\": %.4g,\n", bf16.ms_per_token, bf16.bytes);
     printf("  \"batch1_tokens_per_s\": %.2f,\n", 1e3 / f32.ms_per_token);
     printf("  \"batch8_tokens_per_s\": %.2f,\n", batch_tokens_per_s(&o, 8));

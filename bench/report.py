@@ -53,6 +53,8 @@ def model_rows(name: str, c: dict, t: dict | None) -> list[str]:
     rows = [
         f"| decode batch 1, float32 weights | {c['decode_f32_ms']:.2f} ms/token ({c['batch1_tokens_per_s']:.1f} tok/s) |"
         + (f" PyTorch recurrent step {t['step_ms']:.2f} ms/token: **{t['step_ms'] / c['decode_f32_ms']:.1f}x** |" if t else " |"),
+        f"| decode batch 1, with an observer and 4 monitors | {c['decode_observed_ms']:.2f} ms/token | "
+        f"**{c['decode_observed_ms'] / c['decode_f32_ms']:.2f}x** without (observers off cost nothing: see below) |",
         f"| decode batch 1, bfloat16 weights | {c['decode_bf16_ms']:.2f} ms/token | **{c['decode_f32_ms'] / c['decode_bf16_ms']:.2f}x** float32 |",
         f"| bytes touched per token (f32 / bf16) | {c['bytes_per_token_f32'] / 1e6:.1f} / {c['bytes_per_token_bf16'] / 1e6:.1f} MB | from the measured activity |",
         f"| achieved bandwidth (f32 / bf16) | {gb(f32_gbs)} / {gb(bf_gbs)} GB/s | copy bandwidth {gb(copy)} GB/s (read+write, same run) |",
