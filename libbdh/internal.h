@@ -68,6 +68,8 @@ typedef struct bdh_matrix {
     void *data;
 } bdh_matrix;
 
+/* aligned, huge-page backed where the system allows; free() releases it */
+BDH_INTERNAL void *bdh_alloc_large(size_t bytes);
 BDH_INTERNAL size_t bdh_wtype_size(bdh_wtype t);
 BDH_INTERNAL const char *bdh_wtype_name(bdh_wtype t);
 /* Write n floats into storage of type t (rounding to nearest even). */

@@ -9,6 +9,7 @@
 #include "internal.h"
 
 #include <cblas.h>
+#include <sys/mman.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -17,6 +18,20 @@
 #else
 #define HOT
 #endif
+
+/* Large arrays (weights, states) on 2 MiB boundaries, with transparent huge
+ * pages asked for: the step gathers rows all over them, and with 4 KiB pages
+ * nearly every row costs a TLB miss. */
+void *bdh_alloc_large(size_t bytes)
+{
+    const size_t huge = (size_t)2 << 20;
+    if (bytes < huge) return aligned_alloc(64, (bytes + 63) / 64 * 64);
+    void *p = aligned_alloc(huge, (bytes + huge - 1) / huge * huge);
+#ifdef MADV_HUGEPAGE
+    if (p) madvise(p, (bytes + huge - 1) / huge * huge, MADV_HUGEPAGE);
+#endif
+    return p;
+}
 
 size_t bdh_wtype_size(bdh_wtype t) { return t == BDH_W_F32 ? 4 : 2; }
 

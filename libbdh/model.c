@@ -215,8 +215,8 @@ static bdh_wtype storage_type(const bdh_model *m, const bdh_tensor_view *encoder
 
 static bdh_status alloc_matrix(bdh_matrix *mat, bdh_wtype type, int64_t rows, int64_t cols, int which)
 {
-    size_t bytes = ((size_t)rows * (size_t)cols * bdh_wtype_size(type) + 63) / 64 * 64;
-    *mat = (bdh_matrix){type, rows, cols, aligned_alloc(64, bytes)};
+    size_t bytes = (size_t)rows * (size_t)cols * bdh_wtype_size(type);
+    *mat = (bdh_matrix){type, rows, cols, bdh_alloc_large(bytes)};
     if (!mat->data) return bdh_fail(BDH_ERR_OUT_OF_MEMORY, "out of memory allocating %zu bytes for %s", bytes, tensor_names[which]);
     return BDH_OK;
 }

@@ -20,7 +20,7 @@ bdh_status bdh_state_new(const bdh_model *model, bdh_state **out)
         rc = bdh_cuda_state_init(s);
     } else {
         const size_t bytes = bdh_state_floats(&model->cfg) * sizeof(float);
-        s->S = malloc(bytes);
+        s->S = bdh_alloc_large(bytes);
         /* write every page now: faulting them in later, from inside the
          * steps, made decoding a fresh state erratic (a tenth of the time) */
         if (s->S) memset(s->S, 0, bytes);
