@@ -9,6 +9,7 @@
 #include "internal.h"
 
 #include <cblas.h>
+#include <pthread.h>
 #include <sys/mman.h>
 #include <stdlib.h>
 #include <string.h>
@@ -241,21 +242,24 @@ __attribute__((target("avx2,fma,f16c"))) static void dot4_avx2(bdh_wtype t, cons
 
 typedef void (*dot4_impl)(bdh_wtype, const void *const[4], const float *, int, float[4]);
 
-static dot4_impl pick_dot4(void)
+static dot4_impl dot4 = dot4_c;
+static pthread_once_t dot4_once = PTHREAD_ONCE_INIT;
+
+static void pick_dot4(void)
 {
 #if defined(__x86_64__) && !defined(BDH_NO_CLONES)
     __builtin_cpu_init();
-    if (__builtin_cpu_supports("avx512f")) return dot4_avx512;
-    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c")) return dot4_avx2;
+    if (__builtin_cpu_supports("avx512f"))
+        dot4 = dot4_avx512;
+    else if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c"))
+        dot4 = dot4_avx2;
 #endif
-    return dot4_c;
 }
 
 /* out[k] = dot(row rows[k] (or row0 + k when rows is NULL), x), k < n */
 void bdh_rows_dot(const bdh_matrix *m, const int32_t *rows, int64_t row0, int n, const float *x, float *out)
 {
-    static dot4_impl dot4;
-    if (!dot4) dot4 = pick_dot4(); /* idempotent: a race only repeats the same choice */
+    pthread_once(&dot4_once, pick_dot4);
     const size_t stride = (size_t)m->cols * bdh_wtype_size(m->type);
     const uint8_t *base = m->data;
     for (int k = 0; k < n; k += 4) {
