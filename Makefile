@@ -114,7 +114,7 @@ test-python: all
 	@if [ -d bindings/python/tests ]; then BDH_LIBRARY=$(CURDIR)/$(BUILD)/libbdh.so $(PYTHON) -m pytest -q bindings/python/tests; fi
 
 # Debian packages and Python modules the build and tests need.
-DEB_DEPS := build-essential pkg-config libopenblas-dev libcmocka-dev libcjson-dev libxxhash-dev python3 python3-pip python3-venv
+DEB_DEPS := build-essential pkg-config libopenblas-dev libcmocka-dev libcjson-dev libxxhash-dev python3 python3-pip python3-venv python3-numpy python3-pytest
 deps:
 	@missing=$$(for p in $(DEB_DEPS); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
 	if [ -n "$$missing" ]; then \
