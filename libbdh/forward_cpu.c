@@ -292,7 +292,7 @@ bdh_status bdh_cpu_step_batch(bdh_state *const *states, const int32_t *tokens, s
     const int V = m->cfg.vocab_size;
     for (size_t b = 0; b < n; b++) {
         if (logits)
-            for (int v = 0; v < V; v++) logits[b * V + v] = bdh_row_dot(&m->cpu.lm_head, v, work_of(&jb, b)->x);
+            bdh_rows_dot(&m->cpu.lm_head, NULL, 0, V, work_of(&jb, b)->x, logits + b * V);
         states[b]->position++;
         states[b]->counted++;
     }

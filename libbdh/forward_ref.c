@@ -34,7 +34,8 @@ static void head(const bdh_model *m, ref_work *w, int h, float *S)
     const int64_t row0 = (int64_t)h * N;
     float *xs = w->xs + row0;
 
-    for (int j = 0; j < N; j++) xs[j] = relu(bdh_row_dot(&W->encoder, row0 + j, w->x));
+    bdh_rows_dot(&W->encoder, NULL, row0, N, w->x, xs); /* x @ encoder[h] */
+    for (int j = 0; j < N; j++) xs[j] = relu(xs[j]);
     bdh_rope_apply(xs, w->cos, w->sin, N, w->q);
 
     memset(w->a, 0, (size_t)D * sizeof(float));
@@ -44,7 +45,8 @@ static void head(const bdh_model *m, ref_work *w, int h, float *S)
         for (int d = 0; d < D; d++) row[d] += w->q[j] * w->x[d];      /* S += q x^T */
     }
     bdh_layernorm(w->a, D);
-    for (int j = 0; j < N; j++) w->ys[j] = relu(bdh_row_dot(&W->encoder_v, row0 + j, w->a));
+    bdh_rows_dot(&W->encoder_v, NULL, row0, N, w->a, w->ys); /* LN(a) @ encoder_v[h] */
+    for (int j = 0; j < N; j++) w->ys[j] = relu(w->ys[j]);
     for (int j = 0; j < N; j++) w->xy[row0 + j] = xs[j] * w->ys[j];
 }
 
@@ -84,7 +86,7 @@ bdh_status bdh_ref_step(bdh_state *s, int32_t token, float *logits)
     bdh_rope_tables(m->cpu.freqs, N, s->position, w.cos, w.sin);
     for (int l = 0; l < m->cfg.n_layer; l++) layer(m, &w, s->S + (size_t)l * H * N * D, s, l, token);
     if (logits)
-        for (int v = 0; v < V; v++) logits[v] = bdh_row_dot(&m->cpu.lm_head, v, w.x);
+        bdh_rows_dot(&m->cpu.lm_head, NULL, 0, V, w.x, logits);
     s->position++;
     free(buf);
     return BDH_OK;

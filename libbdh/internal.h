@@ -74,7 +74,6 @@ BDH_INTERNAL size_t bdh_wtype_size(bdh_wtype t);
 BDH_INTERNAL const char *bdh_wtype_name(bdh_wtype t);
 /* Write n floats into storage of type t (rounding to nearest even). */
 BDH_INTERNAL void bdh_store_f32(bdh_wtype t, const float *src, void *dst, size_t n);
-BDH_INTERNAL float bdh_row_dot(const bdh_matrix *m, int64_t row, const float *x);
 /* out[k] = dot(row (rows ? rows[k] : row0 + k), x) for k < n: the fast kernel */
 BDH_INTERNAL void bdh_rows_dot(const bdh_matrix *m, const int32_t *rows, int64_t row0, int n, const float *x, float *out);
 BDH_INTERNAL void bdh_row_axpy(const bdh_matrix *m, int64_t row, float a, float *acc);

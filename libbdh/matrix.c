@@ -72,41 +72,8 @@ static inline float bf16_value(uint16_t v)
     return f;
 }
 
-/* ---- row kernels: the only place the hot loops live */
-
-HOT static float dot_f32(const float *restrict w, const float *restrict x, int n)
-{
-    float s = 0.0f;
-#pragma omp simd reduction(+ : s)
-    for (int i = 0; i < n; i++) s += w[i] * x[i];
-    return s;
-}
-
-HOT static float dot_bf16(const uint16_t *restrict w, const float *restrict x, int n)
-{
-    float s = 0.0f;
-#pragma omp simd reduction(+ : s)
-    for (int i = 0; i < n; i++) s += bf16_value(w[i]) * x[i];
-    return s;
-}
-
-HOT static float dot_f16(const _Float16 *restrict w, const float *restrict x, int n)
-{
-    float s = 0.0f;
-#pragma omp simd reduction(+ : s)
-    for (int i = 0; i < n; i++) s += (float)w[i] * x[i];
-    return s;
-}
-
-float bdh_row_dot(const bdh_matrix *m, int64_t row, const float *x)
-{
-    const int n = (int)m->cols;
-    switch (m->type) {
-    case BDH_W_F32: return dot_f32((const float *)m->data + row * n, x, n);
-    case BDH_W_BF16: return dot_bf16((const uint16_t *)m->data + row * n, x, n);
-    default: return dot_f16((const _Float16 *)m->data + row * n, x, n);
-    }
-}
+/* ---- row kernels: the only place the hot loops live (dot products: see
+ * bdh_rows_dot below) */
 
 HOT static void axpy_f32(float *restrict acc, float a, const float *restrict w, int n)
 {
