@@ -474,6 +474,22 @@ static int cmd_info(int argc, char **argv)
     return 0;
 }
 
+/* --offset, --length, --threads: shared by perplexity and trace. */
+typedef struct text_span {
+    long threads, offset, length; /* length 0: to the end of the file */
+} text_span;
+
+static int parse_text_option(const char *U, int c, text_span *t)
+{
+    if (c == OPT_OFFSET && parse_long(optarg, 0, LONG_MAX, &t->offset))
+        return usage_fail(U, "--offset needs bytes >= 0, not '%s'", optarg);
+    if (c == OPT_LENGTH && parse_long(optarg, 1, LONG_MAX, &t->length))
+        return usage_fail(U, "--length needs bytes >= 1, not '%s'", optarg);
+    if (c == OPT_THREADS && parse_long(optarg, 0, 4096, &t->threads))
+        return usage_fail(U, "--threads needs a count >= 0, not '%s'", optarg);
+    return 0;
+}
+
 /* ----------------------------------------------------------- perplexity */
 
 static void perplexity_help(FILE *out)
@@ -503,8 +519,8 @@ static void perplexity_help(FILE *out)
 
 typedef struct ppl_opts {
     const char *model, *file;
-    long threads, offset, length; /* length 0: to the end of the file */
-    long window;                  /* 0: one stream */
+    text_span span;
+    long window; /* 0: one stream */
 } ppl_opts;
 
 static int perplexity_parse(int argc, char **argv, ppl_opts *o)
@@ -515,20 +531,16 @@ static int perplexity_parse(int argc, char **argv, ppl_opts *o)
         {"threads", required_argument, NULL, OPT_THREADS}, {"window", required_argument, NULL, OPT_WINDOW},
         {"help", no_argument, NULL, 'h'}, {NULL, 0, NULL, 0}};
     const char *U = "perplexity ";
-    int c;
+    int c, rc;
     while ((c = getopt_long(argc, argv, ":m:f:h", longopts, NULL)) != -1) {
         switch (c) {
         case 'h': perplexity_help(stdout); return -1;
         case 'm': o->model = optarg; break;
         case 'f': o->file = optarg; break;
         case OPT_OFFSET:
-            if (parse_long(optarg, 0, LONG_MAX, &o->offset)) return usage_fail(U, "--offset needs bytes >= 0, not '%s'", optarg);
-            break;
         case OPT_LENGTH:
-            if (parse_long(optarg, 1, LONG_MAX, &o->length)) return usage_fail(U, "--length needs bytes >= 1, not '%s'", optarg);
-            break;
         case OPT_THREADS:
-            if (parse_long(optarg, 0, 4096, &o->threads)) return usage_fail(U, "--threads needs a count >= 0, not '%s'", optarg);
+            if ((rc = parse_text_option(U, c, &o->span))) return rc;
             break;
         case OPT_WINDOW:
             if (parse_long(optarg, 2, LONG_MAX, &o->window)) return usage_fail(U, "--window needs bytes >= 2, not '%s'", optarg);
@@ -601,9 +613,9 @@ static int cmd_perplexity(int argc, char **argv)
     size_t len;
     unsigned char *data = (unsigned char *)read_all(o.file, &len);
     if (!data) return EXIT_RUNTIME;
-    const size_t off = (size_t)o.offset < len ? (size_t)o.offset : len;
+    const size_t off = (size_t)o.span.offset < len ? (size_t)o.span.offset : len;
     size_t n = len - off;
-    if (o.length && (size_t)o.length < n) n = (size_t)o.length;
+    if (o.span.length && (size_t)o.span.length < n) n = (size_t)o.span.length;
     bdh_model *m = NULL;
     bdh_state *s = NULL;
     bdh_status st = BDH_OK;
@@ -611,7 +623,7 @@ static int cmd_perplexity(int argc, char **argv)
         err("'%s' has %zu bytes to score from offset %zu; at least 2 are needed", o.file, n, off);
         rc = EXIT_RUNTIME;
     }
-    if (!rc) rc = load_model(model_path, (int)o.threads, &m);
+    if (!rc) rc = load_model(model_path, (int)o.span.threads, &m);
     if (!rc) rc = need_byte_model("perplexity", m);
     if (!rc && (st = bdh_state_new(m, &s)) != BDH_OK) rc = lib_fail("cannot create a state", st);
     /* one stream, or windows each from a zero state (the last may be shorter) */
@@ -671,7 +683,7 @@ static void trace_help(FILE *out)
 
 typedef struct trace_opts {
     const char *model, *file, *text, *output, *png;
-    long threads, offset, length;
+    text_span span;
     int32_t (*syn)[3];
     int n_syn;
 } trace_opts;
@@ -735,13 +747,9 @@ static int trace_parse(int argc, char **argv, trace_opts *o)
             if ((rc = parse_synapse(o, optarg))) return rc;
             break;
         case OPT_OFFSET:
-            if (parse_long(optarg, 0, LONG_MAX, &o->offset)) return usage_fail(U, "--offset needs bytes >= 0, not '%s'", optarg);
-            break;
         case OPT_LENGTH:
-            if (parse_long(optarg, 1, LONG_MAX, &o->length)) return usage_fail(U, "--length needs bytes >= 1, not '%s'", optarg);
-            break;
         case OPT_THREADS:
-            if (parse_long(optarg, 0, 4096, &o->threads)) return usage_fail(U, "--threads needs a count >= 0, not '%s'", optarg);
+            if ((rc = parse_text_option(U, c, &o->span))) return rc;
             break;
         default: return bad_option(U, c, argv);
         }
@@ -1019,7 +1027,7 @@ static int trace_run(const trace_opts *o, const char *model_path, const unsigned
     int32_t *tokens = malloc(n * sizeof *tokens);
     double *sigma = NULL;
     int rc = tokens ? 0 : (err("out of memory"), EXIT_RUNTIME);
-    if (!rc) rc = load_model(model_path, (int)o->threads, &m);
+    if (!rc) rc = load_model(model_path, (int)o->span.threads, &m);
     if (!rc) rc = need_byte_model("trace", m);
     bdh_status st = BDH_OK;
     if (!rc && (st = bdh_state_new(m, &s)) != BDH_OK) rc = lib_fail("cannot create a state", st);
@@ -1099,11 +1107,11 @@ static int cmd_trace(int argc, char **argv)
     else if (o.text) len = strlen(o.text);
     else if (!(text = owned = (unsigned char *)read_all(o.file, &len))) rc = EXIT_RUNTIME;
     if (!rc) {
-        const size_t off = (size_t)o.offset < len ? (size_t)o.offset : len;
+        const size_t off = (size_t)o.span.offset < len ? (size_t)o.span.offset : len;
         text += off;
         len -= off;
-        if (o.length && (size_t)o.length < len) len = (size_t)o.length;
-        if (len == 0) rc = usage_fail("trace ", "the text is empty%s", o.offset ? " from that --offset" : "");
+        if (o.span.length && (size_t)o.span.length < len) len = (size_t)o.span.length;
+        if (len == 0) rc = usage_fail("trace ", "the text is empty%s", o.span.offset ? " from that --offset" : "");
     }
     if (!rc) rc = trace_run(&o, model_path, text, len);
     free(owned);
