@@ -167,7 +167,7 @@ static void phase_encode(void *ctx, int tid, int n_threads)
         for (size_t b = 0; b < jb->n; b++) {
             float *xs = work_of(jb, b)->xs + row0;
             bdh_rows_dot(&m->cpu.encoder, NULL, row0, j1 - j0, work_of(jb, b)->x, xs);
-            for (int j = 0; j < j1 - j0; j++) xs[j] = xs[j] > 0.0f ? xs[j] : 0.0f;
+            bdh_relu(xs, (size_t)(j1 - j0));
         }
         for (size_t b = 0; b < jb->n; b++) slice_state(jb, b, h, k, j0, j1);
     }

@@ -25,8 +25,6 @@ typedef struct ref_work {
     float *cos, *sin;      /* [N] */
 } ref_work;
 
-static float relu(float v) { return v > 0.0f ? v : 0.0f; }
-
 static void head(const bdh_model *m, ref_work *w, int h, float *S)
 {
     const bdh_cpu_weights *W = &m->cpu;
@@ -35,7 +33,7 @@ static void head(const bdh_model *m, ref_work *w, int h, float *S)
     float *xs = w->xs + row0;
 
     bdh_rows_dot(&W->encoder, NULL, row0, N, w->x, xs); /* x @ encoder[h] */
-    for (int j = 0; j < N; j++) xs[j] = relu(xs[j]);
+    bdh_relu(xs, (size_t)N);
     bdh_rope_apply(xs, w->cos, w->sin, N, w->q);
 
     memset(w->a, 0, (size_t)D * sizeof(float));
@@ -46,7 +44,7 @@ static void head(const bdh_model *m, ref_work *w, int h, float *S)
     }
     bdh_layernorm(w->a, D);
     bdh_rows_dot(&W->encoder_v, NULL, row0, N, w->a, w->ys); /* LN(a) @ encoder_v[h] */
-    for (int j = 0; j < N; j++) w->ys[j] = relu(w->ys[j]);
+    bdh_relu(w->ys, (size_t)N);
     for (int j = 0; j < N; j++) w->xy[row0 + j] = xs[j] * w->ys[j];
 }
 

@@ -194,6 +194,7 @@ BDH_INTERNAL bdh_status bdh_cpu_prefill(bdh_state *s, const int32_t *tokens, siz
 
 /* ----------------------------------------------------------- math helpers */
 
+BDH_INTERNAL void bdh_relu(float *v, size_t n);
 /* LayerNorm without affine, eps 1e-5, biased variance, in place. */
 BDH_INTERNAL void bdh_layernorm(float *v, int n);
 /* RoPE phases for position t: cos/sin of (float32(t)*freq mod 1)*2pi, as

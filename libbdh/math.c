@@ -3,6 +3,12 @@
 
 #include <math.h>
 
+/* v = max(v, 0), in place. */
+void bdh_relu(float *v, size_t n)
+{
+    for (size_t i = 0; i < n; i++) v[i] = v[i] > 0.0f ? v[i] : 0.0f;
+}
+
 /* LayerNorm over n values, no weight or bias, eps 1e-5, biased variance.
  * Sums in double: the result is then the float32 rounding of the exact
  * normalisation, whatever n is. */

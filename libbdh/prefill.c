@@ -57,16 +57,11 @@ static bdh_status work_alloc(const bdh_config *c, int C, prefill_work *w)
     return BDH_OK;
 }
 
-static void relu(float *v, size_t n)
-{
-    for (size_t i = 0; i < n; i++) v[i] = v[i] > 0.0f ? v[i] : 0.0f;
-}
-
 /* out[T][N] = relu(in[T][D] @ head h's rows of mat ([H*N][D]) transposed) */
 static void project_relu(const bdh_matrix *mat, int h, int N, const float *in, int T, float *out, float *scratch)
 {
     bdh_gemm_rows_t(mat, (int64_t)h * N, N, in, T, out, N, scratch);
-    relu(out, (size_t)T * N);
+    bdh_relu(out, (size_t)T * N);
 }
 
 /* A = Q S + strict_lower(Q Q^T) X, then S += Q^T X. A state still at
