@@ -15,8 +15,10 @@ PREFIX  ?= /usr/local
 CUDA_HOME ?= /usr/local/cuda
 NVCC    ?= $(if $(shell command -v nvcc),nvcc,$(CUDA_HOME)/bin/nvcc)
 
-SOVERSION := 0
-VERSION   := 0.1.0
+# the version lives in include/bdh.h alone
+version_part = $(shell sed -n 's/^\#define BDH_VERSION_$(1) \([0-9]*\)$$/\1/p' include/bdh.h)
+VERSION   := $(call version_part,MAJOR).$(call version_part,MINOR).$(call version_part,PATCH)
+SOVERSION := $(call version_part,MAJOR)
 
 ifeq ($(SANITIZE),1)
 BUILD   ?= build-san

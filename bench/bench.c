@@ -343,7 +343,7 @@ int main(int argc, char **argv)
     bdh_model *m = load(&o, BDH_WEIGHTS_F32);
     bdh_config cfg;
     bdh_model_config(m, &cfg);
-    printf("{\n  \"model\": \"%s\", \"threads\": %d, \"blas_core\": \"%s\",\n", o.model, threads, bdh_blas_core());
+    printf("{\n  \"model\": \"%s\", \"threads\": %d, \"system\": \"%s\",\n", o.model, threads, bdh_system_info());
     printf("  \"config\": [%d, %d, %d, %d, %d], \"n_params\": %lld,\n", cfg.n_layer, cfg.n_embd, cfg.n_head,
            cfg.n_neurons, cfg.vocab_size, (long long)bdh_model_n_params(m));
     printf("  \"weight_bytes_f32\": %zu, \"state_bytes\": %zu,\n", bdh_model_weight_bytes(m), bdh_model_state_bytes(m));

@@ -7,9 +7,16 @@
  * feeding a token with bdh_step() advances it by one position and (optionally)
  * writes the next-token logits. Nothing grows with the context.
  *
+ * Lifetime: every state holds a reference to its model. bdh_model_free()
+ * drops the caller's reference; the model's memory is released when the last
+ * of its states is freed too. So a model may be freed before its states, which
+ * go on working (and bdh_state_model() stays valid) until they are freed.
+ *
  * Every call that can fail returns a bdh_status; on failure bdh_last_error()
  * gives a message for the calling thread. The library never aborts or exits on
- * bad input, and a failed call leaves its arguments as they were.
+ * bad input. A call refused for a bad argument leaves its arguments as they
+ * were; where a failure can come later (out of memory, a device error), the
+ * call's comment says what it leaves.
  *
  * See docs/api.md for a walk-through and docs/format.md for the file format.
  */
@@ -29,9 +36,18 @@ extern "C" {
 #define BDH_API __attribute__((visibility("default")))
 #endif
 
+/* The one source of the version: the Makefile and the Python package read
+ * these three lines. */
 #define BDH_VERSION_MAJOR 0
-#define BDH_VERSION_MINOR 1
+#define BDH_VERSION_MINOR 2
 #define BDH_VERSION_PATCH 0
+
+/* Marks a declaration that will go in a later version; msg says what to use. */
+#if defined(__GNUC__) || defined(__clang__)
+#define BDH_DEPRECATED(msg) __attribute__((deprecated(msg)))
+#else
+#define BDH_DEPRECATED(msg)
+#endif
 
 /* ---------------------------------------------------------------- status */
 
@@ -57,15 +73,20 @@ BDH_API const char *bdh_last_error(void);
 /* "MAJOR.MINOR.PATCH" of the library actually linked. */
 BDH_API const char *bdh_version(void);
 
-/* OpenBLAS (used for the prefill GEMMs) picks its kernels when it loads.
- * bdh_blas_core() names the set in use; bdh_blas_suggested_core() returns
- * a better OPENBLAS_CORETYPE value when OpenBLAS fell back to generic
- * kernels on a CPU it does not know (NULL when all is well). Set it in the
- * environment before the library loads (the bdh tool re-executes itself). */
-BDH_API const char *bdh_blas_core(void);
+/* One line about this build and machine: version, build options (CUDA,
+ * sanitizers), the CPU features the kernels use, the BLAS library and the
+ * kernel set it picked, the CUDA devices seen. For bug reports and `bdh info`;
+ * the wording may change between versions. Never NULL. */
+BDH_API const char *bdh_system_info(void);
+
+/* OpenBLAS (used for the prefill GEMMs) picks its kernels when it loads; on
+ * a CPU it does not know it falls back to generic ones, several times
+ * slower. Then this returns a better OPENBLAS_CORETYPE value to set in the
+ * environment before the library loads (the bdh tool re-executes itself);
+ * NULL when all is well. */
 BDH_API const char *bdh_blas_suggested_core(void);
 
-/* ---------------------------------------------------------------- model */
+/* ---------------------------------------------------------------- types */
 
 typedef struct bdh_model bdh_model;
 typedef struct bdh_state bdh_state;
@@ -80,14 +101,15 @@ typedef enum bdh_weight_type {
     BDH_WEIGHTS_F32 = 0,      /* convert every tensor to float32 (default) */
     BDH_WEIGHTS_AS_STORED = 1,/* keep the file's F32/F16/BF16 */
     BDH_WEIGHTS_BF16 = 2,     /* round to bfloat16 at load */
-    BDH_WEIGHTS_F16 = 3       /* round to float16 at load */
+    BDH_WEIGHTS_F16 = 3       /* round to float16 at load (CPU only) */
 } bdh_weight_type;
 
 /* Which CPU code computes a step. */
 typedef enum bdh_kernels {
     BDH_KERNELS_FAST = 0,      /* sparse-aware, threaded (default) */
-    BDH_KERNELS_REFERENCE = 1  /* plain dense single-threaded loops, the
-                                  reference the fast path is tested against */
+    BDH_KERNELS_REFERENCE = 1  /* plain dense single-threaded loops over the
+                                  file's layouts, the reference the fast path
+                                  is tested against */
 } bdh_kernels;
 
 typedef struct bdh_model_params {
@@ -97,6 +119,21 @@ typedef struct bdh_model_params {
     bdh_weight_type weight_type;
     bdh_kernels kernels;        /* CPU only */
 } bdh_model_params;
+
+/* ------------------------------------------------- the five stable calls */
+
+/* Load a model (params NULL = defaults). On failure *out is NULL. */
+BDH_API bdh_status bdh_model_load(const char *path, const bdh_model_params *params, bdh_model **out);
+/* Drop the caller's reference (NULL is fine); see "Lifetime" above. */
+BDH_API void       bdh_model_free(bdh_model *model);
+/* A new all-zero state at position 0; it takes a reference to the model. */
+BDH_API bdh_status bdh_state_new(const bdh_model *model, bdh_state **out);
+BDH_API void       bdh_state_free(bdh_state *state);
+/* Feed one token; logits: vocab_size floats, or NULL to skip. On error the
+ * state is unchanged. */
+BDH_API bdh_status bdh_step(bdh_state *state, int32_t token, float *logits);
+
+/* ---------------------------------------------------------------- model */
 
 BDH_API bdh_model_params bdh_model_default_params(void);
 
@@ -108,9 +145,6 @@ typedef struct bdh_config {
     int32_t vocab_size;  /* V; 256 = raw bytes */
     int32_t mlp_internal_dim_multiplier;
 } bdh_config;
-
-bdh_status bdh_model_load(const char *path, const bdh_model_params *params, bdh_model **out); /* params NULL = defaults */
-void       bdh_model_free(bdh_model *model);
 
 BDH_API bdh_status bdh_model_config(const bdh_model *model, bdh_config *out);
 /* Parameters as the reference counts them (attn.freqs not counted). */
@@ -129,15 +163,13 @@ BDH_API const char *bdh_model_file_dtype(const bdh_model *model, const char *ten
 
 /* ---------------------------------------------------------------- state */
 
-bdh_status bdh_state_new(const bdh_model *model, bdh_state **out);
-void       bdh_state_free(bdh_state *state);
-
 /* Back to position 0, all-zero state. */
 BDH_API bdh_status bdh_state_reset(bdh_state *state);
 /* A new, independent state equal to src (fork a conversation). */
 BDH_API bdh_status bdh_state_copy(const bdh_state *src, bdh_state **out);
 /* Tokens seen since the last reset. */
 BDH_API int64_t bdh_state_position(const bdh_state *state);
+/* The state's model: valid while the state lives, even after bdh_model_free. */
 BDH_API const bdh_model *bdh_state_model(const bdh_state *state);
 
 /* Activity of the CPU fast path since the state's creation or last reset:
@@ -157,13 +189,10 @@ BDH_API bdh_status bdh_state_load(bdh_state *state, const void *buf, size_t len)
 
 /* --------------------------------------------------------------- forward */
 
-/* Feed one token; logits: vocab_size floats, or NULL to skip. On error the
- * state is unchanged. */
-bdh_status bdh_step(bdh_state *state, int32_t token, float *logits); /* logits: vocab_size floats, or NULL to skip */
-
 /* Feed n tokens at once (chunked, GEMM-based); leaves the same state as n
- * bdh_step calls. logits (NULL to skip) receives those after the last token.
- * All tokens are checked before any is fed. */
+ * bdh_step calls, up to float rounding (the sums run in another order).
+ * logits (NULL to skip) receives those after the last token. All tokens are
+ * checked before any is fed. */
 BDH_API bdh_status bdh_prefill(bdh_state *state, const int32_t *tokens, size_t n, float *logits);
 
 /* As bdh_prefill, but logits_all (n * vocab_size floats, not NULL) receives
@@ -175,14 +204,6 @@ BDH_API bdh_status bdh_prefill_all(bdh_state *state, const int32_t *tokens, size
  * logits: n * vocab_size floats (row i for states[i]) or NULL. The states
  * must be distinct. */
 BDH_API bdh_status bdh_step_batch(bdh_state *const *states, const int32_t *tokens, size_t n, float *logits);
-
-/* Declarations above without BDH_API get it here, so they read exactly as
- * documented and are still exported. */
-BDH_API bdh_status bdh_model_load(const char *path, const bdh_model_params *params, bdh_model **out);
-BDH_API void bdh_model_free(bdh_model *model);
-BDH_API bdh_status bdh_state_new(const bdh_model *model, bdh_state **out);
-BDH_API void bdh_state_free(bdh_state *state);
-BDH_API bdh_status bdh_step(bdh_state *state, int32_t token, float *logits);
 
 /* ---------------------------------------------------------- observability */
 /* CPU path only (BDH_ERR_UNSUPPORTED on CUDA states). */
@@ -258,7 +279,8 @@ BDH_API bdh_status bdh_sampler_accept(bdh_sampler *sampler, int32_t token);
  * accept it. Never returns a token of zero probability. */
 BDH_API bdh_status bdh_sampler_sample(bdh_sampler *sampler, const float *logits, int32_t *token);
 
-/* Called with each new token the moment it exists; return non-zero to stop. */
+/* Called with each new token once the state has consumed it (so the state
+ * may be copied or saved from inside); return non-zero to stop. */
 typedef int (*bdh_token_callback)(int32_t token, void *user);
 
 typedef struct bdh_generate_params {
@@ -286,10 +308,36 @@ typedef struct bdh_generate_stats {
     bdh_stop_reason stop_reason;
 } bdh_generate_stats;
 
-/* Prefill the prompt (n_prompt >= 1) on top of whatever the state holds,
- * then sample up to max_new_tokens, handing each to cb. On return the state
- * has consumed the prompt and every generated token, so a later call
- * continues the same stream (bdh_state_copy forks it). stats may be NULL. */
+/* Pull-style generation: a generator owns the sampler and the stop
+ * matching for one run over a state (which it borrows: keep the state alive
+ * and do not step it elsewhere until the generator is freed).
+ *
+ * bdh_generator_new checks everything (prompt tokens, parameters, stop
+ * sequences; n_prompt >= 1) and allocates, but feeds nothing: on failure the
+ * state is untouched and *out is NULL. The first bdh_generator_next feeds
+ * the prompt on top of whatever the state holds; each call then samples one
+ * token, feeds it to the state and returns it, so on return the state has
+ * consumed everything returned so far. *token = -1 (and BDH_OK) once
+ * generation has ended: max_new_tokens reached or a stop sequence completed
+ * (the token that completes it is returned first). A failed call ends the
+ * generation too; the state then holds the tokens returned before it, plus
+ * the prompt once the first call got past it (bdh_generator_stats says how
+ * many of each). Stopping early is just not calling next again. */
+typedef struct bdh_generator bdh_generator;
+BDH_API bdh_status bdh_generator_new(bdh_state *state, const int32_t *prompt, size_t n_prompt,
+                                     const bdh_generate_params *params, bdh_generator **out);
+BDH_API bdh_status bdh_generator_next(bdh_generator *gen, int32_t *token); /* *token = -1 once generation has ended */
+BDH_API void       bdh_generator_free(bdh_generator *gen);
+/* Counts and times so far (n_prompt: prompt tokens fed, 0 before the first
+ * next). stop_reason is BDH_STOP_LENGTH or BDH_STOP_SEQUENCE once next gave
+ * -1; only bdh_generate reports BDH_STOP_CALLBACK. */
+BDH_API bdh_status bdh_generator_stats(const bdh_generator *gen, bdh_generate_stats *stats);
+
+/* The same as a loop over bdh_generator_next, handing each token to cb
+ * (which may stop it: BDH_STOP_CALLBACK). On return the state has consumed
+ * the prompt and every generated token, so a later call continues the same
+ * stream (bdh_state_copy forks it). stats may be NULL; on failure they say
+ * how far the call got (what the state consumed). */
 BDH_API bdh_status bdh_generate(bdh_state *state, const int32_t *prompt, size_t n_prompt,
                                 const bdh_generate_params *params, bdh_token_callback cb, void *user,
                                 bdh_generate_stats *stats);

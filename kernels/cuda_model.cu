@@ -4,6 +4,7 @@
 #include "bdh_cuda.cuh"
 #include "bdh_cuda_debug.h"
 
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -364,4 +365,24 @@ int bdh_cuda_debug_weight_type(const bdh_model *m)
 {
     const cuda_model *cm = m ? (const cuda_model *)m->cuda : NULL;
     return cm ? cm->wtype : -1;
+}
+
+void bdh_cuda_describe(char *buf, size_t cap)
+{
+    int n = 0, rt = 0, drv = 0;
+    cudaError_t e = cudaGetDeviceCount(&n);
+    if (e != cudaSuccess || n == 0) {
+        cudaGetLastError();
+        snprintf(buf, cap, "built, no device (%s)", e != cudaSuccess ? cudaGetErrorString(e) : "none found");
+        return;
+    }
+    cudaRuntimeGetVersion(&rt);
+    cudaDriverGetVersion(&drv);
+    size_t at = (size_t)snprintf(buf, cap, "runtime %d, driver %d, %d device%s", rt, drv, n, n == 1 ? "" : "s");
+    for (int i = 0; i < n && at < cap; i++) {
+        cudaDeviceProp p;
+        if (cudaGetDeviceProperties(&p, i) != cudaSuccess) break;
+        at += (size_t)snprintf(buf + at, cap - at, "%s %d: %s (sm_%d%d, %.0f GiB)", i ? ";" : ":", i, p.name, p.major,
+                               p.minor, (double)p.totalGlobalMem / (1024.0 * 1024.0 * 1024.0));
+    }
 }

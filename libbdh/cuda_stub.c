@@ -2,6 +2,8 @@
  * point answers BDH_ERR_UNSUPPORTED, so BDH_DEVICE_CUDA fails cleanly. */
 #include "internal.h"
 
+#include <stdio.h>
+
 #define NO_CUDA bdh_fail(BDH_ERR_UNSUPPORTED, "this libbdh was built without CUDA (rebuild with make CUDA=1)")
 
 bdh_status bdh_cuda_model_init(bdh_model *m) { (void)m; return NO_CUDA; }
@@ -23,3 +25,4 @@ bdh_status bdh_cuda_step_batch(bdh_state *const *states, const int32_t *tokens, 
     (void)states; (void)tokens; (void)n; (void)logits;
     return NO_CUDA;
 }
+void bdh_cuda_describe(char *buf, size_t cap) { snprintf(buf, cap, "not built (make CUDA=1)"); }

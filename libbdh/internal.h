@@ -78,6 +78,8 @@ BDH_INTERNAL void bdh_store_f32(bdh_wtype t, const float *src, void *dst, size_t
 BDH_INTERNAL void bdh_rows_dot(const bdh_matrix *m, const int32_t *rows, int64_t row0, int n, const float *x, float *out);
 BDH_INTERNAL void bdh_row_axpy(const bdh_matrix *m, int64_t row, float a, float *acc);
 BDH_INTERNAL void bdh_row_f32(const bdh_matrix *m, int64_t row, float *out);
+/* The instruction set the row kernels run with here ("avx512", "avx2", "c"). */
+BDH_INTERNAL const char *bdh_cpu_kernel_name(void);
 BDH_INTERNAL void bdh_state_row_update(float *S_row, float q, const float *x, float *acc, int n);
 /* scratch: GEMM_BLOCK (256) rows of cols floats, for 16-bit storage */
 BDH_INTERNAL void bdh_gemm_rows_t(const bdh_matrix *m, int64_t row0, int nrows, const float *X, int T, float *out, int ldo, float *scratch);
@@ -120,6 +122,7 @@ typedef struct bdh_cpu_weights {
 enum { BDH_T_EMBED, BDH_T_ENCODER, BDH_T_ENCODER_V, BDH_T_DECODER, BDH_T_LM_HEAD, BDH_T_FREQS, BDH_T_COUNT };
 
 struct bdh_model {
+    int refs;                  /* the caller's + one per state (atomic) */
     bdh_config cfg;
     bdh_model_params params;
     int n_threads;             /* resolved (0 -> cores) */
@@ -133,6 +136,11 @@ struct bdh_model {
     bdh_weights w;             /* CUDA only, during bdh_cuda_model_init */
     void *cuda;                /* device-side model, kernels/ (NULL on CPU) */
 };
+
+/* Model references: the caller's (bdh_model_free drops it) and each
+ * state's; the last release frees the model. */
+BDH_INTERNAL void bdh_model_retain(const bdh_model *m);
+BDH_INTERNAL void bdh_model_release(const bdh_model *m);
 
 /* Shape helpers. */
 static inline size_t bdh_state_floats(const bdh_config *c)
@@ -214,6 +222,8 @@ BDH_INTERNAL bdh_status bdh_cuda_state_download(const bdh_state *s, float *host)
 BDH_INTERNAL bdh_status bdh_cuda_state_upload(bdh_state *s, const float *host);
 BDH_INTERNAL bdh_status bdh_cuda_step(bdh_state *s, int32_t token, float *logits);
 BDH_INTERNAL bdh_status bdh_cuda_prefill(bdh_state *s, const int32_t *tokens, size_t n, float *logits, bool all_rows);
+/* One line on the CUDA devices seen (or why there are none). */
+BDH_INTERNAL void bdh_cuda_describe(char *buf, size_t cap);
 BDH_INTERNAL bdh_status bdh_cuda_step_batch(bdh_state *const *states, const int32_t *tokens, size_t n, float *logits);
 
 #ifdef __cplusplus

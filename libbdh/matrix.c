@@ -223,6 +223,12 @@ static void pick_dot4(void)
 #endif
 }
 
+const char *bdh_cpu_kernel_name(void)
+{
+    pthread_once(&dot4_once, pick_dot4);
+    return dot4 == dot4_avx512 ? "avx512" : dot4 == dot4_avx2 ? "avx2+fma" : "plain C";
+}
+
 /* out[k] = dot(row rows[k] (or row0 + k when rows is NULL), x), k < n */
 void bdh_rows_dot(const bdh_matrix *m, const int32_t *rows, int64_t row0, int n, const float *x, float *out)
 {

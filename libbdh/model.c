@@ -355,6 +355,8 @@ static bdh_status load_from_file(bdh_model *m, const char *path)
     return rc;
 }
 
+static void model_destroy(bdh_model *m);
+
 bdh_status bdh_model_load(const char *path, const bdh_model_params *params, bdh_model **out)
 {
     if (!out) return bdh_fail(BDH_ERR_INVALID_ARGUMENT, "bdh_model_load: out is NULL");
@@ -367,11 +369,12 @@ bdh_status bdh_model_load(const char *path, const bdh_model_params *params, bdh_
     bdh_model *m = calloc(1, sizeof *m);
     if (!m) return bdh_fail(BDH_ERR_OUT_OF_MEMORY, "out of memory");
     m->params = p;
+    m->refs = 1;
     long cores = sysconf(_SC_NPROCESSORS_ONLN);
     m->n_threads = p.n_threads > 0 ? p.n_threads : (int)(cores > 0 ? cores : 1);
     rc = load_from_file(m, path);
     if (rc != BDH_OK) {
-        bdh_model_free(m);
+        model_destroy(m);
         return rc;
     }
     bdh_clear_error();
@@ -379,9 +382,20 @@ bdh_status bdh_model_load(const char *path, const bdh_model_params *params, bdh_
     return BDH_OK;
 }
 
+void bdh_model_retain(const bdh_model *m) { __atomic_add_fetch(&((bdh_model *)m)->refs, 1, __ATOMIC_RELAXED); }
+
+void bdh_model_release(const bdh_model *m)
+{
+    if (__atomic_sub_fetch(&((bdh_model *)m)->refs, 1, __ATOMIC_ACQ_REL) == 0) model_destroy((bdh_model *)m);
+}
+
 void bdh_model_free(bdh_model *m)
 {
-    if (!m) return;
+    if (m) bdh_model_release(m);
+}
+
+static void model_destroy(bdh_model *m)
+{
     if (m->cuda) bdh_cuda_model_release(m);
     free_reference_layout(m);
     free_cpu(m);

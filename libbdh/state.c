@@ -15,6 +15,7 @@ bdh_status bdh_state_new(const bdh_model *model, bdh_state **out)
     bdh_state *s = calloc(1, sizeof *s);
     if (!s) return bdh_fail(BDH_ERR_OUT_OF_MEMORY, "out of memory");
     s->model = model;
+    bdh_model_retain(model);
     bdh_status rc;
     if (on_cuda(model)) {
         rc = bdh_cuda_state_init(s);
@@ -45,6 +46,7 @@ void bdh_state_free(bdh_state *s)
     bdh_observe_free(s->obs);
     free(s->S);
     free(s->active);
+    bdh_model_release(s->model);
     free(s);
 }
 

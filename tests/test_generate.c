@@ -17,7 +17,7 @@ typedef struct recorder {
     int32_t tokens[MAXGEN];
     int n;
     int stop_after;          /* return non-zero at this many tokens (0 = never) */
-    const bdh_state *state;  /* checked: the token arrives before it is fed */
+    const bdh_state *state;  /* checked: the token arrives once the state has consumed it */
     int64_t position0;
 } recorder;
 
@@ -25,7 +25,7 @@ static int record(int32_t token, void *user)
 {
     recorder *r = user;
     assert_true(r->n < MAXGEN);
-    if (r->state) assert_int_equal(bdh_state_position(r->state), r->position0 + r->n);
+    if (r->state) assert_int_equal(bdh_state_position(r->state), r->position0 + r->n + 1);
     r->tokens[r->n++] = token;
     return r->stop_after && r->n >= r->stop_after;
 }

@@ -188,7 +188,7 @@ PROTOTYPES: Dict[str, Tuple[object, List[object]]] = {
     "bdh_status_name": (c_char_p, [c_enum]),
     "bdh_last_error": (c_char_p, []),
     "bdh_version": (c_char_p, []),
-    "bdh_blas_core": (c_char_p, []),
+    "bdh_system_info": (c_char_p, []),
     "bdh_blas_suggested_core": (c_char_p, []),
     "bdh_model_default_params": (ModelParams, []),
     "bdh_model_load": (c_enum, [c_char_p, POINTER(ModelParams), POINTER(c_void_p)]),
@@ -232,6 +232,13 @@ PROTOTYPES: Dict[str, Tuple[object, List[object]]] = {
             POINTER(GenerateStats),
         ],
     ),
+    "bdh_generator_new": (
+        c_enum,
+        [c_void_p, c_int32_p, c_size_t, POINTER(GenerateParams), POINTER(c_void_p)],
+    ),
+    "bdh_generator_next": (c_enum, [c_void_p, c_int32_p]),
+    "bdh_generator_free": (None, [c_void_p]),
+    "bdh_generator_stats": (c_enum, [c_void_p, POINTER(GenerateStats)]),
     # observability (CPU path only)
     "bdh_state_set_observer": (c_enum, [c_void_p, Observer, c_void_p]),
     "bdh_state_add_monitor": (c_enum, [c_void_p, c_int32, c_int32, c_int32, POINTER(c_size_t)]),
