@@ -35,12 +35,12 @@ LIBS     := -lopenblas -lcjson -lxxhash -lm -pthread
 # Debian's libopenblas-dev puts cblas.h here
 ALLCFLAGS += $(shell pkg-config --cflags openblas 2>/dev/null)
 
-LIB_SRC  := $(wildcard libbdh/*.c)
+LIB_SRC  := $(wildcard libbdh/*.c libbdh/cpu/*.c)
+LIB_HDR  := include/bdh.h $(wildcard libbdh/*.h libbdh/cpu/*.h)
 CU_SRC   := $(wildcard kernels/*.cu)
 ifeq ($(CUDA),1)
-LIB_SRC  := $(filter-out libbdh/cuda_stub.c,$(LIB_SRC))
 CU_OBJ   := $(CU_SRC:kernels/%.cu=$(BUILD)/kernels/%.o)
-NVFLAGS  := -O2 -std=c++17 -Xcompiler -fPIC,-fvisibility=hidden -Iinclude -Ilibbdh \
+NVFLAGS  := -O2 -std=c++17 -Xcompiler -fPIC,-fvisibility=hidden -Iinclude -Ilibbdh -DBDH_WITH_CUDA=1 \
             -gencode arch=compute_90,code=sm_90 -gencode arch=compute_90,code=compute_90
 LIBS     += -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 -lcublas -lcudart -lstdc++
 ALLCFLAGS += -DBDH_WITH_CUDA=1
@@ -53,15 +53,15 @@ TESTS    := $(TEST_SRC:tests/%.c=$(BUILD)/tests/%)
 # the programs link to the shared library; rpath makes them run from the tree
 RUN_LDFLAGS := -L$(BUILD) -Wl,-rpath,'$$ORIGIN/..' -Wl,-rpath,'$$ORIGIN' -lbdh
 
-.PHONY: bench all lib test test-c test-cxx test-cli test-install test-python install clean deps check check-cuda run
+.PHONY: version bench all lib test test-c test-cxx test-cli test-install test-python install clean deps check check-cuda run
 all: lib $(if $(CLI_SRC),$(BUILD)/bdh)
 lib: $(BUILD)/libbdh.so $(BUILD)/libbdh.a
 
-$(BUILD)/obj/%.o: libbdh/%.c libbdh/internal.h include/bdh.h
+$(BUILD)/obj/%.o: libbdh/%.c $(LIB_HDR)
 	@mkdir -p $(dir $@)
 	$(CC) $(ALLCFLAGS) -c $< -o $@
 
-$(BUILD)/kernels/%.o: kernels/%.cu $(wildcard kernels/*.cuh) libbdh/internal.h include/bdh.h
+$(BUILD)/kernels/%.o: kernels/%.cu $(wildcard kernels/*.cuh kernels/*.h) $(LIB_HDR)
 	@mkdir -p $(dir $@)
 	$(NVCC) $(NVFLAGS) -c $< -o $@
 
@@ -137,6 +137,9 @@ check-cuda:
 	@if [ -x "$$(command -v $(NVCC))" ]; then \
 	  $(MAKE) BUILD=build-cuda CUDA=1 all test-c; \
 	else echo "check-cuda: skipped: no nvcc"; fi
+
+version:
+	@echo $(VERSION)
 
 # The library's main job: stream Shakespeare-like text from the shipped model.
 RUN_PROMPT ?= ROMEO:

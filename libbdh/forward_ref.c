@@ -1,7 +1,11 @@
-/* The reference step: dense, single-threaded, one token, written to be read
- * next to the equations (docs/architecture.md). The fast path
- * (forward_cpu.c) is tested against it; select it with
- * bdh_model_params.kernels = BDH_KERNELS_REFERENCE.
+/* The reference backend: dense, single-threaded, one token at a time,
+ * written to be read next to the equations (docs/architecture.md). The fast
+ * paths are tested against it, so it shares nothing with them but the
+ * LayerNorm and RoPE math (math.c): its weights are float32 copies in the
+ * file's own layouts (rounded to the requested 16-bit type, so a 16-bit fast
+ * path can be checked against the same values), its products are plain
+ * loops with double accumulators, its state is one calloc'd array.
+ * Select it with bdh_model_params.kernels = BDH_KERNELS_REFERENCE.
  *
  *   x = LN(embed[token])
  *   for each layer (shared weights):
@@ -18,58 +22,82 @@
 #include <stdlib.h>
 #include <string.h>
 
+typedef struct ref_model {
+    float *embed;     /* [V][D] */
+    float *encoder;   /* [H][D][N] */
+    float *encoder_v; /* [H][D][N] */
+    float *decoder;   /* [H*N][D] */
+    float *lm_head;   /* [D][V] */
+} ref_model;
+
+/* out[c] = sum_r in[r] * W[r][c] for W [rows][cols] (row-major): x @ W */
+static void matmul(const float *in, const float *W, int rows, int cols, double *acc, float *out)
+{
+    memset(acc, 0, (size_t)cols * sizeof *acc);
+    for (int r = 0; r < rows; r++)
+        for (int c = 0; c < cols; c++) acc[c] += (double)in[r] * W[(size_t)r * cols + c];
+    for (int c = 0; c < cols; c++) out[c] = (float)acc[c];
+}
+
+/* ---------------------------------------------------------------- the step */
+
 typedef struct ref_work {
     float *x, *a, *y;      /* [D] */
     float *q, *ys;         /* [N] */
     float *xs, *xy;        /* [H*N] */
     float *cos, *sin;      /* [N] */
+    float *logits;         /* [V] */
+    double *acc;           /* [max(D, N, V)] */
 } ref_work;
 
-static void head(const bdh_model *m, ref_work *w, int h, float *S)
+static void head(const bdh_model *m, const ref_model *W, ref_work *w, int h, float *S)
 {
-    const bdh_cpu_weights *W = &m->cpu;
     const int D = m->cfg.n_embd, N = m->cfg.n_neurons;
-    const int64_t row0 = (int64_t)h * N;
-    float *xs = w->xs + row0;
+    float *xs = w->xs + (size_t)h * N;
 
-    bdh_rows_dot(&W->encoder, NULL, row0, N, w->x, xs); /* x @ encoder[h] */
+    matmul(w->x, W->encoder + (size_t)h * D * N, D, N, w->acc, xs); /* x @ encoder[h] */
     bdh_relu(xs, (size_t)N);
     bdh_rope_apply(xs, w->cos, w->sin, N, w->q);
 
-    memset(w->a, 0, (size_t)D * sizeof(float));
+    memset(w->acc, 0, (size_t)D * sizeof *w->acc);
     for (int j = 0; j < N; j++) {
         float *row = S + (size_t)j * D;
-        for (int d = 0; d < D; d++) w->a[d] += w->q[j] * row[d];      /* a = S^T q */
-        for (int d = 0; d < D; d++) row[d] += w->q[j] * w->x[d];      /* S += q x^T */
+        for (int d = 0; d < D; d++) w->acc[d] += (double)w->q[j] * row[d]; /* a = S^T q */
+        for (int d = 0; d < D; d++) row[d] += w->q[j] * w->x[d];          /* S += q x^T */
     }
+    for (int d = 0; d < D; d++) w->a[d] = (float)w->acc[d];
     bdh_layernorm(w->a, D);
-    bdh_rows_dot(&W->encoder_v, NULL, row0, N, w->a, w->ys); /* LN(a) @ encoder_v[h] */
+    matmul(w->a, W->encoder_v + (size_t)h * D * N, D, N, w->acc, w->ys); /* LN(a) @ encoder_v[h] */
     bdh_relu(w->ys, (size_t)N);
-    for (int j = 0; j < N; j++) w->xy[row0 + j] = xs[j] * w->ys[j];
+    for (int j = 0; j < N; j++) w->xy[(size_t)h * N + j] = xs[j] * w->ys[j];
 }
 
-static void layer(const bdh_model *m, ref_work *w, float *S_layer, bdh_state *s, int l, int32_t token)
+static void layer(const bdh_model *m, const ref_model *W, ref_work *w, float *S_layer, bdh_state *s, int l, int32_t token)
 {
     const int D = m->cfg.n_embd, N = m->cfg.n_neurons, H = m->cfg.n_head;
-    for (int h = 0; h < H; h++) head(m, w, h, S_layer + (size_t)h * N * D);
+    for (int h = 0; h < H; h++) head(m, W, w, h, S_layer + (size_t)h * N * D);
 
-    memset(w->y, 0, (size_t)D * sizeof(float));
-    for (int64_t j = 0; j < (int64_t)H * N; j++) bdh_row_axpy(&m->cpu.decoder, j, w->xy[j], w->y);
+    matmul(w->xy, W->decoder, H * N, D, w->acc, w->y); /* xy @ decoder */
     bdh_layernorm(w->y, D);
     for (int d = 0; d < D; d++) w->x[d] += w->y[d];
     bdh_layernorm(w->x, D);
     if (bdh_observing(s)) bdh_observe_layer(s, l, token, w->xs, w->xy);
 }
 
-bdh_status bdh_ref_step(bdh_state *s, int32_t token, float *logits)
+static bdh_status ref_step(bdh_state *s, int32_t token, float *logits)
 {
     const bdh_model *m = s->model;
+    const ref_model *W = m->impl;
     const int D = m->cfg.n_embd, N = m->cfg.n_neurons, H = m->cfg.n_head, V = m->cfg.vocab_size;
-    const size_t HN = (size_t)H * N;
-    float *buf = malloc((3 * (size_t)D + 4 * (size_t)N + 2 * HN) * sizeof(float));
-    if (!buf) return bdh_fail(BDH_ERR_OUT_OF_MEMORY, "out of memory in the reference step");
-    ref_work w;
-    w.x = buf;
+    const size_t HN = (size_t)H * N, big = (size_t)(D > N ? (D > V ? D : V) : (N > V ? N : V));
+    float *buf = malloc((3 * (size_t)D + 4 * (size_t)N + 2 * HN + (size_t)V) * sizeof(float));
+    double *acc = malloc(big * sizeof(double));
+    if (!buf || !acc) {
+        free(buf);
+        free(acc);
+        return bdh_fail(BDH_ERR_OUT_OF_MEMORY, "out of memory in the reference step");
+    }
+    ref_work w = {.x = buf, .acc = acc};
     w.a = w.x + D;
     w.y = w.a + D;
     w.q = w.y + D;
@@ -78,14 +106,138 @@ bdh_status bdh_ref_step(bdh_state *s, int32_t token, float *logits)
     w.sin = w.cos + N;
     w.xs = w.sin + N;
     w.xy = w.xs + HN;
+    w.logits = w.xy + HN;
 
-    bdh_row_f32(&m->cpu.embed, token, w.x);
+    memcpy(w.x, W->embed + (size_t)token * D, (size_t)D * sizeof(float));
     bdh_layernorm(w.x, D);
-    bdh_rope_tables(m->cpu.freqs, N, s->position, w.cos, w.sin);
-    for (int l = 0; l < m->cfg.n_layer; l++) layer(m, &w, s->S + (size_t)l * H * N * D, s, l, token);
-    if (logits)
-        bdh_rows_dot(&m->cpu.lm_head, NULL, 0, V, w.x, logits);
+    bdh_rope_tables(m->freqs, N, s->position, w.cos, w.sin);
+    float *S = s->impl;
+    for (int l = 0; l < m->cfg.n_layer; l++) layer(m, W, &w, S + (size_t)l * HN * D, s, l, token);
+    if (logits) matmul(w.x, W->lm_head, D, V, w.acc, logits); /* x @ lm_head */
     s->position++;
     free(buf);
+    free(acc);
     return BDH_OK;
 }
+
+static bdh_status ref_step_batch(bdh_state *const *states, const int32_t *tokens, size_t n, float *logits)
+{
+    const size_t V = (size_t)states[0]->model->cfg.vocab_size;
+    for (size_t b = 0; b < n; b++) {
+        bdh_status rc = ref_step(states[b], tokens[b], logits ? logits + b * V : NULL);
+        if (rc != BDH_OK) return rc;
+    }
+    return BDH_OK;
+}
+
+/* ---------------------------------------------------------------- weights */
+
+static void ref_model_free(bdh_model *m)
+{
+    ref_model *W = m->impl;
+    if (!W) return;
+    free(W->embed);
+    free(W->encoder);
+    free(W->encoder_v);
+    free(W->decoder);
+    free(W->lm_head);
+    free(W);
+    m->impl = NULL;
+}
+
+/* A float32 copy of tensor t as laid out in the file, rounded to `type`. */
+static float *copy_tensor(const bdh_tensor_view *t, bdh_elem type)
+{
+    const size_t n = t->nbytes / bdh_elem_size(t->dtype);
+    float *v = malloc(n * sizeof(float));
+    if (!v) return NULL;
+    bdh_elem_to_f32(t->dtype, t->data, v, n);
+    bdh_elem_round_f32(type, v, n);
+    return v;
+}
+
+static bdh_status ref_model_init(bdh_model *m, const bdh_weight_views *w)
+{
+    ref_model *W = calloc(1, sizeof *W);
+    if (!W) return bdh_fail(BDH_ERR_OUT_OF_MEMORY, "out of memory");
+    m->impl = W;
+    const bdh_elem type = bdh_weight_elem(m->params.weight_type, w->t[BDH_T_ENCODER]->dtype);
+    float **dst[] = {&W->embed, &W->encoder, &W->encoder_v, &W->decoder, &W->lm_head};
+    for (int i = BDH_T_EMBED; i <= BDH_T_LM_HEAD; i++)
+        if (!(*dst[i] = copy_tensor(w->t[i], type))) {
+            ref_model_free(m);
+            return bdh_fail(BDH_ERR_OUT_OF_MEMORY, "out of memory copying %s", bdh_tensor_name(i));
+        }
+    m->weight_bytes = (size_t)m->n_params * sizeof(float) + (size_t)m->cfg.n_neurons * sizeof(float);
+    return BDH_OK;
+}
+
+/* ------------------------------------------------------------------ state */
+
+static size_t state_bytes(const bdh_state *s) { return bdh_state_floats(&s->model->cfg) * sizeof(float); }
+
+static bdh_status ref_state_init(bdh_state *s)
+{
+    s->impl = calloc(bdh_state_floats(&s->model->cfg), sizeof(float));
+    return s->impl ? BDH_OK : bdh_fail(BDH_ERR_OUT_OF_MEMORY, "out of memory allocating a %zu-byte state", state_bytes(s));
+}
+
+static void ref_state_free(bdh_state *s)
+{
+    free(s->impl);
+    s->impl = NULL;
+}
+
+static bdh_status ref_state_reset(bdh_state *s)
+{
+    memset(s->impl, 0, state_bytes(s));
+    return BDH_OK;
+}
+
+static bdh_status ref_state_copy(bdh_state *dst, const bdh_state *src)
+{
+    memcpy(dst->impl, src->impl, state_bytes(src));
+    return BDH_OK;
+}
+
+static bdh_status ref_state_read(const bdh_state *s, void *dst)
+{
+    memcpy(dst, s->impl, state_bytes(s));
+    return BDH_OK;
+}
+
+static bdh_status ref_state_write(bdh_state *s, const void *src)
+{
+    memcpy(s->impl, src, state_bytes(s));
+    return BDH_OK;
+}
+
+static const float *ref_state_rows(const bdh_state *s, int layer, int head)
+{
+    const bdh_config *c = &s->model->cfg;
+    return (const float *)s->impl + ((size_t)layer * c->n_head + head) * c->n_neurons * c->n_embd;
+}
+
+static bdh_status ref_check_params(const bdh_model_params *p)
+{
+    (void)p;
+    return BDH_OK;
+}
+
+const bdh_backend bdh_reference_backend = {
+    .name = "reference",
+    .observes = true,
+    .check_params = ref_check_params,
+    .model_init = ref_model_init,
+    .model_free = ref_model_free,
+    .state_init = ref_state_init,
+    .state_free = ref_state_free,
+    .state_reset = ref_state_reset,
+    .state_copy = ref_state_copy,
+    .state_read = ref_state_read,
+    .state_write = ref_state_write,
+    .state_rows = ref_state_rows,
+    .activity = NULL,
+    .step_batch = ref_step_batch,
+    .prefill = NULL, /* token by token */
+};

@@ -2,6 +2,8 @@
 #include "internal.h"
 
 #include <math.h>
+#include <stdlib.h>
+#include <sys/mman.h>
 
 /* v = max(v, 0), in place. */
 void bdh_relu(float *v, size_t n)
@@ -50,4 +52,18 @@ void bdh_rope_apply(const float *v, const float *cs, const float *sn, int n, flo
         out[i] = v0 * cs[i] - v1 * sn[i];
         out[i + 1] = v1 * cs[i + 1] + v0 * sn[i + 1];
     }
+}
+
+/* Large arrays (weights, states) on 2 MiB boundaries, with transparent huge
+ * pages asked for: the step gathers rows all over them, and with 4 KiB pages
+ * nearly every row costs a TLB miss. */
+void *bdh_alloc_large(size_t bytes)
+{
+    const size_t huge = (size_t)2 << 20;
+    if (bytes < huge) return aligned_alloc(64, (bytes + 63) / 64 * 64);
+    void *p = aligned_alloc(huge, (bytes + huge - 1) / huge * huge);
+#ifdef MADV_HUGEPAGE
+    if (p) madvise(p, (bytes + huge - 1) / huge * huge, MADV_HUGEPAGE);
+#endif
+    return p;
 }

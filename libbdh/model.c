@@ -1,6 +1,8 @@
 /* Loading a model: find the reference's tensors in a safetensors file, check
- * the configuration against their shapes, and copy them into float32 arrays
- * the forward pass owns (so the file mapping is released after load). */
+ * the configuration against their shapes, fingerprint them, and hand them to
+ * the backend chosen for the parameters, which packs its own copy (so the
+ * file mapping is released after load). The model is reference-counted: the
+ * caller's reference and one per state. */
 #include "internal.h"
 
 #include <errno.h>
@@ -15,6 +17,18 @@ static const char *const tensor_names[BDH_T_COUNT] = {
     "embed.weight", "encoder", "encoder_v", "decoder", "lm_head", "attn.freqs",
 };
 #define COMPILE_PREFIX "_orig_mod."
+
+const char *bdh_tensor_name(int which) { return which >= 0 && which < BDH_T_COUNT ? tensor_names[which] : "?"; }
+
+bdh_elem bdh_weight_elem(bdh_weight_type requested, bdh_elem file)
+{
+    switch (requested) {
+    case BDH_WEIGHTS_BF16: return BDH_ELEM_BF16;
+    case BDH_WEIGHTS_F16: return BDH_ELEM_F16;
+    case BDH_WEIGHTS_AS_STORED: return bdh_elem_is_float(file) ? file : BDH_ELEM_F32;
+    default: return BDH_ELEM_F32;
+    }
+}
 
 /* Largest value accepted for any configuration field: far beyond real
  * models, small enough that products of a few fields cannot overflow. */
@@ -61,9 +75,9 @@ static bdh_status check_dims(const bdh_tensor_view *t, int which, int n_dims)
         if (t->shape[i] < 1 || t->shape[i] > MAX_DIM)
             return bdh_fail(BDH_ERR_CONFIG, "tensor %s has dimension %d of size %lld (expected 1..%d)",
                             tensor_names[which], i, (long long)t->shape[i], MAX_DIM);
-    if (t->dtype != BDH_DT_F32 && t->dtype != BDH_DT_F16 && t->dtype != BDH_DT_BF16)
+    if (!bdh_elem_is_float(t->dtype))
         return bdh_fail(BDH_ERR_CONFIG, "tensor %s has dtype %s; weights must be F32, F16 or BF16",
-                        tensor_names[which], bdh_dtype_name(t->dtype));
+                        tensor_names[which], bdh_elem_name(t->dtype));
     return BDH_OK;
 }
 
@@ -102,8 +116,8 @@ static bdh_status config_from_shapes(const bdh_tensor_view *const *t, bdh_config
         for (int i = 0; i < f->n_dims; i++) numel *= f->shape[i];
         if (numel != N || f->n_dims < 1 || f->shape[f->n_dims - 1] != N)
             return shape_mismatch(BDH_T_FREQS, "[1, 1, 1, N]");
-        if (f->dtype != BDH_DT_F32 && f->dtype != BDH_DT_F16 && f->dtype != BDH_DT_BF16)
-            return bdh_fail(BDH_ERR_CONFIG, "tensor attn.freqs has dtype %s; expected F32", bdh_dtype_name(f->dtype));
+        if (!bdh_elem_is_float(f->dtype))
+            return bdh_fail(BDH_ERR_CONFIG, "tensor attn.freqs has dtype %s; expected F32", bdh_elem_name(f->dtype));
     }
     return BDH_OK;
 }
@@ -156,145 +170,13 @@ static void default_freqs(float *freqs, int n)
     }
 }
 
-static float *alloc_floats(size_t n)
-{
-    size_t bytes = (n * sizeof(float) + 63) / 64 * 64;
-    return aligned_alloc(64, bytes ? bytes : 64);
-}
-
-static size_t tensor_numel(const bdh_tensor_view *t) { return t->nbytes / bdh_dtype_size(t->dtype); }
-
 /* attn.freqs from the file, or the reference's default; float32 [N]. */
-static float *load_freqs(const bdh_model *m, const bdh_tensor_view *t)
+static bdh_status load_freqs(bdh_model *m, const bdh_tensor_view *t)
 {
-    float *f = alloc_floats((size_t)m->cfg.n_neurons);
-    if (!f) return NULL;
-    if (t) bdh_convert_to_f32(t->dtype, t->data, f, (size_t)m->cfg.n_neurons);
-    else default_freqs(f, m->cfg.n_neurons);
-    return f;
-}
-
-/* ---- CUDA: float32 copies in the file's layouts, for the upload */
-
-static bdh_status copy_reference_layout(bdh_model *m, const bdh_tensor_view *const *t)
-{
-    float **dst[BDH_T_FREQS] = {&m->w.embed, &m->w.encoder, &m->w.encoder_v, &m->w.decoder, &m->w.lm_head};
-    for (int i = 0; i < BDH_T_FREQS; i++) {
-        size_t n = tensor_numel(t[i]);
-        if (!(*dst[i] = alloc_floats(n)))
-            return bdh_fail(BDH_ERR_OUT_OF_MEMORY, "out of memory allocating %zu bytes for %s", n * sizeof(float), tensor_names[i]);
-        bdh_convert_to_f32(t[i]->dtype, t[i]->data, *dst[i], n);
-    }
-    m->w.freqs = load_freqs(m, t[BDH_T_FREQS]);
-    return m->w.freqs ? BDH_OK : bdh_fail(BDH_ERR_OUT_OF_MEMORY, "out of memory");
-}
-
-static void free_reference_layout(bdh_model *m)
-{
-    free(m->w.embed);
-    free(m->w.encoder);
-    free(m->w.encoder_v);
-    free(m->w.decoder);
-    free(m->w.lm_head);
-    free(m->w.freqs);
-    memset(&m->w, 0, sizeof m->w);
-}
-
-/* ---- CPU: repack into one row of D values per neuron / token */
-
-static bdh_wtype storage_type(const bdh_model *m, const bdh_tensor_view *encoder)
-{
-    switch (m->params.weight_type) {
-    case BDH_WEIGHTS_BF16: return BDH_W_BF16;
-    case BDH_WEIGHTS_F16: return BDH_W_F16;
-    case BDH_WEIGHTS_AS_STORED:
-        return encoder->dtype == BDH_DT_BF16 ? BDH_W_BF16 : encoder->dtype == BDH_DT_F16 ? BDH_W_F16 : BDH_W_F32;
-    default: return BDH_W_F32;
-    }
-}
-
-static bdh_status alloc_matrix(bdh_matrix *mat, bdh_wtype type, int64_t rows, int64_t cols, int which)
-{
-    size_t bytes = (size_t)rows * (size_t)cols * bdh_wtype_size(type);
-    *mat = (bdh_matrix){type, rows, cols, bdh_alloc_large(bytes)};
-    if (!mat->data) return bdh_fail(BDH_ERR_OUT_OF_MEMORY, "out of memory allocating %zu bytes for %s", bytes, tensor_names[which]);
+    if (!(m->freqs = malloc((size_t)m->cfg.n_neurons * sizeof(float)))) return bdh_fail(BDH_ERR_OUT_OF_MEMORY, "out of memory");
+    if (t) bdh_elem_to_f32(t->dtype, t->data, m->freqs, (size_t)m->cfg.n_neurons);
+    else default_freqs(m->freqs, m->cfg.n_neurons);
     return BDH_OK;
-}
-
-/* Transpose `count` matrices [r][c] of the file into [c][r] rows of dst. */
-static bdh_status pack_transposed(bdh_matrix *dst, const bdh_tensor_view *t, int64_t count, int64_t r, int64_t c)
-{
-    float *src = alloc_floats((size_t)(r * c)), *tmp = alloc_floats((size_t)(r * c));
-    bdh_status rc = src && tmp ? BDH_OK : bdh_fail(BDH_ERR_OUT_OF_MEMORY, "out of memory repacking weights");
-    const size_t es = bdh_dtype_size(t->dtype), ws = bdh_wtype_size(dst->type);
-    for (int64_t i = 0; i < count && rc == BDH_OK; i++) {
-        bdh_convert_to_f32(t->dtype, (const uint8_t *)t->data + (size_t)(i * r * c) * es, src, (size_t)(r * c));
-        for (int64_t a = 0; a < r; a++)
-            for (int64_t b = 0; b < c; b++) tmp[b * r + a] = src[a * c + b];
-        bdh_store_f32(dst->type, tmp, (uint8_t *)dst->data + (size_t)(i * r * c) * ws, (size_t)(r * c));
-    }
-    free(src);
-    free(tmp);
-    return rc;
-}
-
-/* Rows kept as they are in the file, converted to the storage type. */
-static bdh_status pack_rows(bdh_matrix *dst, const bdh_tensor_view *t)
-{
-    const size_t D = (size_t)dst->cols, es = bdh_dtype_size(t->dtype), ws = bdh_wtype_size(dst->type);
-    float *row = alloc_floats(D);
-    if (!row) return bdh_fail(BDH_ERR_OUT_OF_MEMORY, "out of memory repacking weights");
-    for (int64_t i = 0; i < dst->rows; i++) {
-        bdh_convert_to_f32(t->dtype, (const uint8_t *)t->data + (size_t)i * D * es, row, D);
-        bdh_store_f32(dst->type, row, (uint8_t *)dst->data + (size_t)i * D * ws, D);
-    }
-    free(row);
-    return BDH_OK;
-}
-
-static bdh_status pack_cpu(bdh_model *m, bdh_safetensors *st, const bdh_tensor_view *const *t)
-{
-    const int64_t D = m->cfg.n_embd, H = m->cfg.n_head, N = m->cfg.n_neurons, V = m->cfg.vocab_size;
-    bdh_cpu_weights *w = &m->cpu;
-    m->wtype = storage_type(m, t[BDH_T_ENCODER]);
-    bdh_status rc;
-    if ((rc = alloc_matrix(&w->embed, m->wtype, V, D, BDH_T_EMBED)) != BDH_OK ||
-        (rc = pack_rows(&w->embed, t[BDH_T_EMBED])) != BDH_OK) return rc;
-    bdh_safetensors_release(st, t[BDH_T_EMBED]);
-    if ((rc = alloc_matrix(&w->encoder, m->wtype, H * N, D, BDH_T_ENCODER)) != BDH_OK ||
-        (rc = pack_transposed(&w->encoder, t[BDH_T_ENCODER], H, D, N)) != BDH_OK) return rc;
-    bdh_safetensors_release(st, t[BDH_T_ENCODER]);
-    if ((rc = alloc_matrix(&w->encoder_v, m->wtype, H * N, D, BDH_T_ENCODER_V)) != BDH_OK ||
-        (rc = pack_transposed(&w->encoder_v, t[BDH_T_ENCODER_V], H, D, N)) != BDH_OK) return rc;
-    bdh_safetensors_release(st, t[BDH_T_ENCODER_V]);
-    if ((rc = alloc_matrix(&w->decoder, m->wtype, H * N, D, BDH_T_DECODER)) != BDH_OK ||
-        (rc = pack_rows(&w->decoder, t[BDH_T_DECODER])) != BDH_OK) return rc;
-    bdh_safetensors_release(st, t[BDH_T_DECODER]);
-    if ((rc = alloc_matrix(&w->lm_head, m->wtype, V, D, BDH_T_LM_HEAD)) != BDH_OK ||
-        (rc = pack_transposed(&w->lm_head, t[BDH_T_LM_HEAD], 1, D, V)) != BDH_OK) return rc;
-    if (!(w->freqs = load_freqs(m, t[BDH_T_FREQS]))) return bdh_fail(BDH_ERR_OUT_OF_MEMORY, "out of memory");
-    m->weight_bytes = (size_t)m->n_params * bdh_wtype_size(m->wtype) + (size_t)N * sizeof(float);
-    return bdh_pool_new(m->n_threads, &m->pool);
-}
-
-static void free_cpu(bdh_model *m)
-{
-    bdh_matrix *mats[] = {&m->cpu.embed, &m->cpu.encoder, &m->cpu.encoder_v, &m->cpu.decoder, &m->cpu.lm_head};
-    for (size_t i = 0; i < sizeof mats / sizeof mats[0]; i++) free(mats[i]->data);
-    free(m->cpu.freqs);
-    bdh_pool_free(m->pool);
-}
-
-/* CUDA: reference-layout copies for the upload, released right after. */
-static bdh_status init_cuda(bdh_model *m, const bdh_tensor_view *const *t)
-{
-    for (int i = 0; i < BDH_T_COUNT; i++)
-        if (t[i]) m->file_dtype[i] = bdh_dtype_name(t[i]->dtype);
-    m->weight_bytes = (size_t)m->n_params * (m->params.weight_type == BDH_WEIGHTS_BF16 ? 2 : 4);
-    bdh_status rc = copy_reference_layout(m, t);
-    if (rc == BDH_OK) rc = bdh_cuda_model_init(m);
-    free_reference_layout(m);
-    return rc;
 }
 
 /* Fingerprint: configuration, then each tensor's dtype, shape and bytes. */
@@ -334,16 +216,16 @@ static bdh_status load_from_file(bdh_model *m, const char *path)
     bdh_safetensors st;
     bdh_status rc = bdh_safetensors_open(path, &st);
     if (rc != BDH_OK) return rc;
-    const bdh_tensor_view *t[BDH_T_COUNT];
-    for (int i = 0; i < BDH_T_COUNT; i++) t[i] = find_tensor(&st, i);
-    if ((rc = config_from_shapes(t, &m->cfg)) == BDH_OK &&
-        (rc = config_from_metadata(&st, &m->cfg)) == BDH_OK) {
+    bdh_weight_views w = {.file = &st};
+    for (int i = 0; i < BDH_T_COUNT; i++) w.t[i] = find_tensor(&st, i);
+    if ((rc = config_from_shapes(w.t, &m->cfg)) == BDH_OK && (rc = config_from_metadata(&st, &m->cfg)) == BDH_OK &&
+        (rc = load_freqs(m, w.t[BDH_T_FREQS])) == BDH_OK) {
         const int64_t D = m->cfg.n_embd, V = m->cfg.vocab_size, HN = (int64_t)m->cfg.n_head * m->cfg.n_neurons;
         m->n_params = 2 * V * D + 3 * HN * D;
-        m->fingerprint = fingerprint(&m->cfg, t); /* before pages are released */
+        m->fingerprint = fingerprint(&m->cfg, w.t); /* before pages are released */
         for (int i = 0; i < BDH_T_COUNT; i++)
-            if (t[i]) m->file_dtype[i] = bdh_dtype_name(t[i]->dtype);
-        rc = m->params.device == BDH_DEVICE_CUDA ? init_cuda(m, t) : pack_cpu(m, &st, t);
+            if (w.t[i]) m->file_dtype[i] = bdh_elem_name(w.t[i]->dtype);
+        rc = m->backend->model_init(m, &w);
     }
     if (rc != BDH_OK) {
         /* keep the reason, add the file */
@@ -363,12 +245,15 @@ bdh_status bdh_model_load(const char *path, const bdh_model_params *params, bdh_
     *out = NULL;
     if (!path) return bdh_fail(BDH_ERR_INVALID_ARGUMENT, "bdh_model_load: path is NULL");
     bdh_model_params p = params ? *params : bdh_model_default_params();
+    const bdh_backend *backend;
     bdh_status rc = check_params(&p);
+    if (rc == BDH_OK) rc = bdh_backend_select(&p, &backend);
     if (rc != BDH_OK) return rc;
 
     bdh_model *m = calloc(1, sizeof *m);
     if (!m) return bdh_fail(BDH_ERR_OUT_OF_MEMORY, "out of memory");
     m->params = p;
+    m->backend = backend;
     m->refs = 1;
     long cores = sysconf(_SC_NPROCESSORS_ONLN);
     m->n_threads = p.n_threads > 0 ? p.n_threads : (int)(cores > 0 ? cores : 1);
@@ -396,9 +281,8 @@ void bdh_model_free(bdh_model *m)
 
 static void model_destroy(bdh_model *m)
 {
-    if (m->cuda) bdh_cuda_model_release(m);
-    free_reference_layout(m);
-    free_cpu(m);
+    m->backend->model_free(m);
+    free(m->freqs);
     free(m);
 }
 

@@ -68,17 +68,19 @@ void bdh_observe_free(bdh_observe *o)
 
 bool bdh_observing(const bdh_state *s) { return s->obs && (s->obs->fn || s->obs->n_mon); }
 
-static bdh_status cpu_only(const bdh_state *s, const char *fn)
+/* Observers and monitors need a backend whose steps report their layers. */
+static bdh_status observable(const bdh_state *s, const char *fn)
 {
     if (!s) return bdh_fail(BDH_ERR_INVALID_ARGUMENT, "%s: state is NULL", fn);
-    if (s->model->params.device != BDH_DEVICE_CPU)
-        return bdh_fail(BDH_ERR_UNSUPPORTED, "%s: available on the CPU path only", fn);
+    if (!s->model->backend->observes)
+        return bdh_fail(BDH_ERR_UNSUPPORTED, "%s: available on the CPU path only (this state is on the %s backend)", fn,
+                        s->model->backend->name);
     return BDH_OK;
 }
 
 bdh_status bdh_state_set_observer(bdh_state *s, bdh_observer fn, void *user)
 {
-    bdh_status rc = cpu_only(s, "bdh_state_set_observer");
+    bdh_status rc = observable(s, "bdh_state_set_observer");
     bdh_observe *o = NULL;
     if (rc == BDH_OK) rc = get_observe(s, &o);
     if (rc != BDH_OK) return rc;
@@ -150,7 +152,7 @@ static bdh_status grow_monitors(bdh_observe *o, size_t want)
 
 bdh_status bdh_state_add_monitor(bdh_state *s, int32_t layer, int32_t i, int32_t j, size_t *index)
 {
-    bdh_status rc = cpu_only(s, "bdh_state_add_monitor");
+    bdh_status rc = observable(s, "bdh_state_add_monitor");
     if (rc != BDH_OK) return rc;
     const bdh_config *c = &s->model->cfg;
     const int32_t HN = c->n_head * c->n_neurons;
@@ -236,8 +238,10 @@ const int32_t *bdh_observe_monitor_list(const bdh_state *s, const double **sigma
 
 static bdh_status check_layer_head(const bdh_state *s, const char *fn, int32_t layer, int32_t head)
 {
-    bdh_status rc = cpu_only(s, fn);
-    if (rc != BDH_OK) return rc;
+    if (!s) return bdh_fail(BDH_ERR_INVALID_ARGUMENT, "%s: state is NULL", fn);
+    if (!s->model->backend->state_rows)
+        return bdh_fail(BDH_ERR_UNSUPPORTED, "%s: available on the CPU path only (this state is on the %s backend)", fn,
+                        s->model->backend->name);
     const bdh_config *c = &s->model->cfg;
     if (layer < 0 || layer >= c->n_layer || head < 0 || head >= c->n_head)
         return bdh_fail(BDH_ERR_INVALID_ARGUMENT, "%s: (layer %d, head %d) is outside %d layers x %d heads", fn, layer, head,
@@ -247,8 +251,7 @@ static bdh_status check_layer_head(const bdh_state *s, const char *fn, int32_t l
 
 static const float *head_state(const bdh_state *s, int32_t layer, int32_t head)
 {
-    const bdh_config *c = &s->model->cfg;
-    return s->S + ((size_t)layer * c->n_head + head) * c->n_neurons * c->n_embd;
+    return s->model->backend->state_rows(s, layer, head);
 }
 
 bdh_status bdh_state_row_norms(const bdh_state *s, int32_t layer, int32_t head, float *norms)

@@ -18,32 +18,6 @@
 /* A header this large is not a weight file (real ones are a few KiB). */
 #define MAX_HEADER_BYTES ((uint64_t)64 << 20)
 
-static const struct { const char *name; bdh_dtype dtype; size_t size; } dtypes[] = {
-    {"F32", BDH_DT_F32, 4}, {"F16", BDH_DT_F16, 2}, {"BF16", BDH_DT_BF16, 2},
-    {"F64", BDH_DT_F64, 8}, {"I32", BDH_DT_I32, 4}, {"I64", BDH_DT_I64, 8},
-};
-
-const char *bdh_dtype_name(bdh_dtype dt)
-{
-    for (size_t i = 0; i < sizeof dtypes / sizeof dtypes[0]; i++)
-        if (dtypes[i].dtype == dt) return dtypes[i].name;
-    return "?";
-}
-
-size_t bdh_dtype_size(bdh_dtype dt)
-{
-    for (size_t i = 0; i < sizeof dtypes / sizeof dtypes[0]; i++)
-        if (dtypes[i].dtype == dt) return dtypes[i].size;
-    return 0;
-}
-
-static bool parse_dtype(const char *s, bdh_dtype *out)
-{
-    for (size_t i = 0; i < sizeof dtypes / sizeof dtypes[0]; i++)
-        if (strcmp(s, dtypes[i].name) == 0) { *out = dtypes[i].dtype; return true; }
-    return false;
-}
-
 /* A JSON number that is a whole number in [0, 2^53]. */
 static bool json_uint(const cJSON *item, uint64_t *out)
 {
@@ -87,7 +61,7 @@ static bdh_status parse_tensor(const cJSON *entry, const uint8_t *data, uint64_t
     const cJSON *offs = cJSON_GetObjectItemCaseSensitive(entry, "data_offsets");
     if (!cJSON_IsString(dt) || !cJSON_IsArray(shape) || !cJSON_IsArray(offs))
         return bdh_fail(BDH_ERR_FORMAT, "safetensors: tensor \"%s\" lacks a string dtype, a shape array or a data_offsets array", name);
-    if (!parse_dtype(dt->valuestring, &t->dtype))
+    if (!bdh_elem_parse(dt->valuestring, &t->dtype))
         return bdh_fail(BDH_ERR_FORMAT, "safetensors: tensor \"%s\" has unsupported dtype \"%s\" (expected F32, F16, BF16, F64, I32 or I64)", name, dt->valuestring);
 
     int nd = cJSON_GetArraySize(shape);
@@ -111,7 +85,7 @@ static bdh_status parse_tensor(const cJSON *entry, const uint8_t *data, uint64_t
     if (begin > end || end > data_size)
         return bdh_fail(BDH_ERR_FORMAT, "safetensors: tensor \"%s\" data_offsets [%llu, %llu] out of range (data section is %llu bytes)",
                         name, (unsigned long long)begin, (unsigned long long)end, (unsigned long long)data_size);
-    uint64_t expect = numel * bdh_dtype_size(t->dtype);
+    uint64_t expect = numel * bdh_elem_size(t->dtype);
     if (end - begin != expect)
         return bdh_fail(BDH_ERR_FORMAT, "safetensors: tensor \"%s\" has %llu bytes but its shape and dtype need %llu",
                         name, (unsigned long long)(end - begin), (unsigned long long)expect);
@@ -262,44 +236,4 @@ const char *bdh_safetensors_meta(const bdh_safetensors *st, const char *key)
     for (int i = 0; i < st->n_meta; i++)
         if (strcmp(st->meta_keys[i], key) == 0) return st->meta_values[i];
     return NULL;
-}
-
-/* IEEE binary16 -> binary32, exact (subnormals, inf and NaN included). */
-static float half_to_float(uint16_t h)
-{
-    uint32_t sign = (uint32_t)(h & 0x8000u) << 16;
-    uint32_t exp = (h >> 10) & 0x1f, mant = h & 0x3ffu, bits;
-    if (exp == 0x1f) {
-        bits = sign | 0x7f800000u | (mant << 13);
-    } else if (exp != 0) {
-        bits = sign | ((exp + 112u) << 23) | (mant << 13);
-    } else if (mant == 0) {
-        bits = sign;
-    } else { /* subnormal: normalise */
-        int e = -1;
-        do { mant <<= 1; e++; } while (!(mant & 0x400u));
-        bits = sign | ((uint32_t)(112 - e) << 23) | ((mant & 0x3ffu) << 13);
-    }
-    float f;
-    memcpy(&f, &bits, sizeof f);
-    return f;
-}
-
-void bdh_convert_to_f32(bdh_dtype dt, const void *src, float *dst, size_t n)
-{
-    const uint8_t *p = src;
-    for (size_t i = 0; i < n; i++) {
-        if (dt == BDH_DT_F32) {
-            memcpy(&dst[i], p + 4 * i, 4);
-        } else {
-            uint16_t v;
-            memcpy(&v, p + 2 * i, 2);
-            if (dt == BDH_DT_F16) {
-                dst[i] = half_to_float(v);
-            } else {
-                uint32_t bits = (uint32_t)v << 16;
-                memcpy(&dst[i], &bits, 4);
-            }
-        }
-    }
 }

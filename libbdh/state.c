@@ -5,8 +5,6 @@
 #include <string.h>
 #include <xxhash.h>
 
-static bool on_cuda(const bdh_model *m) { return m->params.device == BDH_DEVICE_CUDA; }
-
 bdh_status bdh_state_new(const bdh_model *model, bdh_state **out)
 {
     if (!out) return bdh_fail(BDH_ERR_INVALID_ARGUMENT, "bdh_state_new: out is NULL");
@@ -16,20 +14,7 @@ bdh_status bdh_state_new(const bdh_model *model, bdh_state **out)
     if (!s) return bdh_fail(BDH_ERR_OUT_OF_MEMORY, "out of memory");
     s->model = model;
     bdh_model_retain(model);
-    bdh_status rc;
-    if (on_cuda(model)) {
-        rc = bdh_cuda_state_init(s);
-    } else {
-        const size_t bytes = bdh_state_floats(&model->cfg) * sizeof(float);
-        s->S = bdh_alloc_large(bytes);
-        /* write every page now: faulting them in later, from inside the
-         * steps, made decoding a fresh state erratic (a tenth of the time) */
-        if (s->S) memset(s->S, 0, bytes);
-        s->active = calloc(3 * (size_t)model->cfg.n_layer, sizeof(int64_t));
-        rc = s->S && s->active ? bdh_cpu_work_new(model, &s->work)
-                  : bdh_fail(BDH_ERR_OUT_OF_MEMORY, "out of memory allocating a %zu-byte state",
-                             bdh_state_floats(&model->cfg) * sizeof(float));
-    }
+    bdh_status rc = model->backend->state_init(s);
     if (rc != BDH_OK) {
         bdh_state_free(s);
         return rc;
@@ -41,11 +26,8 @@ bdh_status bdh_state_new(const bdh_model *model, bdh_state **out)
 void bdh_state_free(bdh_state *s)
 {
     if (!s) return;
-    if (s->cuda) bdh_cuda_state_release(s);
-    bdh_cpu_work_free(s->work);
+    s->model->backend->state_free(s);
     bdh_observe_free(s->obs);
-    free(s->S);
-    free(s->active);
     bdh_model_release(s->model);
     free(s);
 }
@@ -53,16 +35,10 @@ void bdh_state_free(bdh_state *s)
 bdh_status bdh_state_reset(bdh_state *s)
 {
     if (!s) return bdh_fail(BDH_ERR_INVALID_ARGUMENT, "bdh_state_reset: state is NULL");
-    if (on_cuda(s->model)) {
-        bdh_status rc = bdh_cuda_state_reset(s);
-        if (rc != BDH_OK) return rc;
-    } else {
-        memset(s->S, 0, bdh_state_floats(&s->model->cfg) * sizeof(float));
-        memset(s->active, 0, 3 * (size_t)s->model->cfg.n_layer * sizeof(int64_t));
-    }
+    bdh_status rc = s->model->backend->state_reset(s);
+    if (rc != BDH_OK) return rc;
     bdh_observe_reset(s);
     s->position = 0;
-    s->counted = 0;
     return BDH_OK;
 }
 
@@ -73,23 +49,13 @@ bdh_status bdh_state_copy(const bdh_state *src, bdh_state **out)
     if (!src) return bdh_fail(BDH_ERR_INVALID_ARGUMENT, "bdh_state_copy: src is NULL");
     bdh_state *s;
     bdh_status rc = bdh_state_new(src->model, &s);
-    if (rc != BDH_OK) return rc;
-    if (on_cuda(src->model)) {
-        rc = bdh_cuda_state_copy(s, src);
-        if (rc != BDH_OK) {
-            bdh_state_free(s);
-            return rc;
-        }
-    } else {
-        memcpy(s->S, src->S, bdh_state_floats(&src->model->cfg) * sizeof(float));
-        memcpy(s->active, src->active, 3 * (size_t)src->model->cfg.n_layer * sizeof(int64_t));
-    }
-    if ((rc = bdh_observe_copy_monitors(s, src)) != BDH_OK) {
+    if (rc == BDH_OK) rc = src->model->backend->state_copy(s, src);
+    if (rc == BDH_OK) rc = bdh_observe_copy_monitors(s, src);
+    if (rc != BDH_OK) {
         bdh_state_free(s);
         return rc;
     }
     s->position = src->position;
-    s->counted = src->counted;
     *out = s;
     return BDH_OK;
 }
@@ -99,15 +65,12 @@ int64_t bdh_state_position(const bdh_state *s) { return s ? s->position : 0; }
 bdh_status bdh_state_activity(const bdh_state *s, float *xs_frac, float *pair_frac, float *xy_frac)
 {
     if (!s) return bdh_fail(BDH_ERR_INVALID_ARGUMENT, "bdh_state_activity: state is NULL");
-    if (!s->active) return bdh_fail(BDH_ERR_UNSUPPORTED, "bdh_state_activity: counted on the CPU path only");
-    const bdh_config *c = &s->model->cfg;
-    const double neurons = (double)c->n_head * c->n_neurons * (double)(s->counted > 0 ? s->counted : 1);
-    float *out[3] = {xs_frac, pair_frac, xy_frac};
-    const double scale[3] = {neurons, neurons / 2, neurons};
-    for (int k = 0; k < 3; k++)
-        for (int l = 0; out[k] && l < c->n_layer; l++) out[k][l] = (float)(s->active[3 * l + k] / scale[k]);
-    return BDH_OK;
+    if (!s->model->backend->activity)
+        return bdh_fail(BDH_ERR_UNSUPPORTED, "bdh_state_activity: counted on the CPU fast path only (this state is on the %s backend)",
+                        s->model->backend->name);
+    return s->model->backend->activity(s, xs_frac, pair_frac, xy_frac);
 }
+
 const bdh_model *bdh_state_model(const bdh_state *s) { return s ? s->model : NULL; }
 
 /* ---- serialisation (docs/format.md, "State blobs"); little-endian hosts. */
@@ -204,12 +167,8 @@ bdh_status bdh_state_save(const bdh_state *s, void *buf, size_t cap, size_t *wri
     const bdh_config *c = &s->model->cfg;
     uint8_t *p = buf;
     uint8_t *payload = p + BLOB_HEADER;
-    if (on_cuda(s->model)) {
-        bdh_status rc = bdh_cuda_state_download(s, (float *)(void *)payload);
-        if (rc != BDH_OK) return rc;
-    } else {
-        memcpy(payload, s->S, state_bytes(s));
-    }
+    bdh_status rc = s->model->backend->state_read(s, payload);
+    if (rc != BDH_OK) return rc;
     write_monitors(s, payload + state_bytes(s));
     blob_header h = {BLOB_VERSION, BLOB_HEADER, s->model->fingerprint, s->position,
                      c->n_layer, c->n_head, c->n_neurons, c->n_embd, need - BLOB_HEADER, 0};
@@ -278,13 +237,7 @@ bdh_status bdh_state_load(bdh_state *s, const void *buf, size_t len)
     if (!mon || !sigma) rc = bdh_fail(BDH_ERR_OUT_OF_MEMORY, "bdh_state_load: out of memory");
     if (rc == BDH_OK) rc = read_monitors(s, sec, (size_t)n_mon, mon, sigma);
     if (rc == BDH_OK) rc = bdh_observe_reserve(s, (size_t)n_mon); /* nothing visible changes before this */
-    if (rc == BDH_OK) {
-        if (on_cuda(s->model))
-            /* the payload may be unaligned; the upload reads it as bytes */
-            rc = bdh_cuda_state_upload(s, (const float *)(const void *)payload);
-        else
-            memcpy(s->S, payload, state_bytes(s));
-    }
+    if (rc == BDH_OK) rc = s->model->backend->state_write(s, payload); /* payload may be unaligned */
     if (rc == BDH_OK) {
         bdh_observe_set_monitors(s, (size_t)n_mon, mon, sigma); /* reserved: cannot fail */
         s->position = h.position;

@@ -1,4 +1,4 @@
-/* The forward entry points: argument checks, then the CPU or CUDA path. */
+/* The forward entry points: argument checks, then the model's backend. */
 #include "internal.h"
 
 bdh_status bdh_check_token(const bdh_model *m, int32_t token)
@@ -13,8 +13,7 @@ bdh_status bdh_step(bdh_state *state, int32_t token, float *logits)
     if (!state) return bdh_fail(BDH_ERR_INVALID_ARGUMENT, "bdh_step: state is NULL");
     bdh_status rc = bdh_check_token(state->model, token);
     if (rc != BDH_OK) return rc;
-    if (state->model->params.device == BDH_DEVICE_CUDA) return bdh_cuda_step(state, token, logits);
-    return bdh_cpu_step_batch(&state, &token, 1, logits);
+    return state->model->backend->step_batch(&state, &token, 1, logits);
 }
 
 static bdh_status check_tokens(const char *fn, const bdh_state *state, const int32_t *tokens, size_t n)
@@ -29,13 +28,14 @@ static bdh_status check_tokens(const char *fn, const bdh_state *state, const int
     return BDH_OK;
 }
 
-/* An observed state sees every token through the step path. */
+/* Token by token: an observed state sees every token through the step path,
+ * and a backend without a prefill of its own is stepped. */
 static bdh_status prefill_by_steps(bdh_state *state, const int32_t *tokens, size_t n, float *logits, bool all_rows)
 {
     const size_t V = (size_t)state->model->cfg.vocab_size;
     for (size_t i = 0; i < n; i++) {
         float *row = !logits ? NULL : all_rows ? logits + i * V : i + 1 == n ? logits : NULL;
-        bdh_status rc = bdh_cpu_step_batch(&state, &tokens[i], 1, row);
+        bdh_status rc = state->model->backend->step_batch(&state, &tokens[i], 1, row);
         if (rc != BDH_OK) return rc;
     }
     return BDH_OK;
@@ -43,10 +43,9 @@ static bdh_status prefill_by_steps(bdh_state *state, const int32_t *tokens, size
 
 static bdh_status prefill(bdh_state *state, const int32_t *tokens, size_t n, float *logits, bool all_rows)
 {
-    if (state->model->params.device == BDH_DEVICE_CUDA) return bdh_cuda_prefill(state, tokens, n, logits, all_rows);
-    if (bdh_observing(state) || state->model->params.kernels == BDH_KERNELS_REFERENCE)
-        return prefill_by_steps(state, tokens, n, logits, all_rows);
-    return bdh_cpu_prefill(state, tokens, n, logits, all_rows);
+    const bdh_backend *b = state->model->backend;
+    if (bdh_observing(state) || !b->prefill) return prefill_by_steps(state, tokens, n, logits, all_rows);
+    return b->prefill(state, tokens, n, logits, all_rows);
 }
 
 bdh_status bdh_prefill(bdh_state *state, const int32_t *tokens, size_t n, float *logits)
@@ -84,7 +83,5 @@ bdh_status bdh_step_batch(bdh_state *const *states, const int32_t *tokens, size_
 {
     bdh_status rc = check_batch(states, tokens, n);
     if (rc != BDH_OK) return rc;
-    const bdh_model *m = states[0]->model;
-    if (m->params.device == BDH_DEVICE_CUDA) return bdh_cuda_step_batch(states, tokens, n, logits);
-    return bdh_cpu_step_batch(states, tokens, n, logits);
+    return states[0]->model->backend->step_batch(states, tokens, n, logits);
 }

@@ -59,8 +59,10 @@ static const char *build_options(void)
 
 static void make_info(void)
 {
-    char cuda[256];
+    char cuda[256] = "not built (make CUDA=1)";
+#ifdef BDH_WITH_CUDA
     bdh_cuda_describe(cuda, sizeof cuda);
+#endif
     const char *suggest = bdh_blas_suggested_core();
     snprintf(info, sizeof info, "libbdh %s (%s); CPU kernels: %s; BLAS: %s, core %s%s%s; CUDA: %s", bdh_version(),
              build_options(), bdh_cpu_kernel_name(), openblas_get_config(), openblas_get_corename(),

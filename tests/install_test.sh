@@ -30,7 +30,7 @@ check() { if "$@"; then pass=$((pass + 1)); else echo "install: FAILED: $*"; fai
 check test -f "$prefix/include/bdh.h"
 check test -L "$prefix/lib/libbdh.so"
 check test -f "$prefix/lib/libbdh.a"
-check test "$(pkg-config --modversion bdh)" = "$(sed -n 's/^VERSION *:= *//p' Makefile)"
+check test "$(pkg-config --modversion bdh)" = "$(make -s version)"
 check cc "$prefix/prog.c" -o "$prefix/prog_shared" $(pkg-config --cflags --libs bdh) -Wl,-rpath,"$prefix/lib"
 check "$prefix/prog_shared" tests/data/golden/tiny.model.safetensors
 check cc "$prefix/prog.c" -o "$prefix/prog_static" $(pkg-config --cflags bdh) "$prefix/lib/libbdh.a" $(pkg-config --static --libs-only-l bdh | sed 's/-lbdh//')

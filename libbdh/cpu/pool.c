@@ -7,7 +7,7 @@
  * pool serves one caller at a time, and a caller that finds it busy runs its
  * phase alone on its own thread, so independent streams still run in
  * parallel and nobody waits. */
-#include "internal.h"
+#include "cpu.h"
 
 #include <pthread.h>
 #include <sched.h>

@@ -6,7 +6,7 @@
  *    and the update S += q x^T touch only those rows, in one pass each;
  *  - ys is needed only where xs > 0, and the decoder only where xs*ys > 0;
  *  - every weight matrix is stored one row of D values per neuron
- *    (model.c repacks at load), so each of these is a gather of whole rows.
+ *    (backend.c repacks at load), so each of these is a gather of whole rows.
  *
  * Work is split into fixed neuron slices per head (bdh_cpu_slices). A slice
  * never splits a RoPE pair, so one task can compute xs for its slice and at
@@ -19,7 +19,7 @@
  * decoder sums; reduce y, LayerNorm, residual, LayerNorm. Several states
  * advance together by looping over them inside each task, so each weight row
  * is read once per batch. */
-#include "internal.h"
+#include "cpu.h"
 
 #include <math.h>
 #include <stdlib.h>
@@ -111,7 +111,7 @@ typedef struct job {
     bool observed;   /* some state has an observer or monitors */
 } job;
 
-static cpu_work *work_of(const job *jb, size_t b) { return jb->states[b]->work; }
+static cpu_work *work_of(const job *jb, size_t b) { return cpu_state_of(jb->states[b])->work; }
 
 /* Hint rows of a gather into cache ahead of use (the hardware prefetcher
  * does not follow jumps between rows). */
@@ -129,7 +129,7 @@ static void slice_state(const job *jb, size_t b, int h, int k, int j0, int j1)
     cpu_work *w = work_of(jb, b);
     const float *xs = w->xs + (size_t)h * N;
     float *q = w->q + (size_t)h * N;
-    float *S_head = jb->states[b]->S + ((size_t)jb->layer * m->cfg.n_head + h) * N * D;
+    float *S_head = cpu_state_of(jb->states[b])->S + ((size_t)jb->layer * m->cfg.n_head + h) * N * D;
     int32_t *pairs = w->pairs + ((size_t)h * N + j0) / 2;
     float *acc = w->a_part + ((size_t)h * S + k) * D;
     int np = 0, nxs = 0;
@@ -166,7 +166,7 @@ static void phase_encode(void *ctx, int tid, int n_threads)
         const int64_t row0 = (int64_t)h * N + j0;
         for (size_t b = 0; b < jb->n; b++) {
             float *xs = work_of(jb, b)->xs + row0;
-            bdh_rows_dot(&m->cpu.encoder, NULL, row0, j1 - j0, work_of(jb, b)->x, xs);
+            bdh_rows_dot(&cpu_model_of(m)->encoder, NULL, row0, j1 - j0, work_of(jb, b)->x, xs);
             bdh_relu(xs, (size_t)(j1 - j0));
         }
         for (size_t b = 0; b < jb->n; b++) slice_state(jb, b, h, k, j0, j1);
@@ -187,7 +187,7 @@ static void slice_decode(const job *jb, size_t b, int h, int t, int j0, int j1)
     int n = 0;
     for (int j = 0; j < j1 - j0; j++)
         if (w->xs[row0 + j] != 0.0f) rows[n++] = (int32_t)(row0 + j);
-    bdh_rows_dot(&m->cpu.encoder_v, rows, 0, n, w->a + (size_t)h * D, val);
+    bdh_rows_dot(&cpu_model_of(m)->encoder_v, rows, 0, n, w->a + (size_t)h * D, val);
     int nxy = 0;
     for (int k = 0; k < n; k++) { /* keep the rows with xy > 0, with xy */
         const float xy = val[k] > 0.0f ? w->xs[rows[k]] * val[k] : 0.0f;
@@ -197,10 +197,10 @@ static void slice_decode(const job *jb, size_t b, int h, int t, int j0, int j1)
     }
     memset(acc, 0, (size_t)D * sizeof(float));
     if (jb->observed) memset(w->xy + row0, 0, (size_t)(j1 - j0) * sizeof(float));
-    const size_t row_bytes = (size_t)D * bdh_wtype_size(m->cpu.decoder.type);
+    const size_t row_bytes = (size_t)D * bdh_elem_size(cpu_model_of(m)->decoder.type);
     for (int k = 0; k < nxy; k++) {
-        if (k + 1 < nxy) prefetch_rows((const uint8_t *)m->cpu.decoder.data + (size_t)rows[k + 1] * row_bytes, row_bytes);
-        bdh_row_axpy(&m->cpu.decoder, rows[k], val[k], acc);
+        if (k + 1 < nxy) prefetch_rows((const uint8_t *)cpu_model_of(m)->decoder.data + (size_t)rows[k + 1] * row_bytes, row_bytes);
+        bdh_row_axpy(&cpu_model_of(m)->decoder, rows[k], val[k], acc);
         if (jb->observed) w->xy[rows[k]] = val[k];
     }
     w->nxy[t] = nxy;
@@ -246,11 +246,11 @@ static int64_t total(const int32_t *v, int n)
 
 static void finish_layer(const bdh_model *m, bdh_state *s, int layer)
 {
-    cpu_work *w = s->work;
+    cpu_work *w = cpu_state_of(s)->work;
     const int D = m->cfg.n_embd, HS = m->cfg.n_head * bdh_cpu_slices(&m->cfg);
-    s->active[3 * layer] += total(w->nxs, HS);
-    s->active[3 * layer + 1] += total(w->npairs, HS);
-    s->active[3 * layer + 2] += total(w->nxy, HS);
+    cpu_state_of(s)->active[3 * layer] += total(w->nxs, HS);
+    cpu_state_of(s)->active[3 * layer + 1] += total(w->npairs, HS);
+    cpu_state_of(s)->active[3 * layer + 2] += total(w->nxy, HS);
     sum_parts(w->y_part, m->cfg.n_head * bdh_cpu_slices(&m->cfg), D, w->y);
     bdh_layernorm(w->y, D);
     for (int d = 0; d < D; d++) w->x[d] += w->y[d];
@@ -259,31 +259,24 @@ static void finish_layer(const bdh_model *m, bdh_state *s, int layer)
 
 static void begin_token(const bdh_model *m, bdh_state *s, int32_t token)
 {
-    cpu_work *w = s->work;
-    bdh_row_f32(&m->cpu.embed, token, w->x);
+    cpu_work *w = cpu_state_of(s)->work;
+    bdh_row_f32(&cpu_model_of(m)->embed, token, w->x);
     bdh_layernorm(w->x, m->cfg.n_embd);
-    bdh_rope_tables(m->cpu.freqs, m->cfg.n_neurons, s->position, w->cos, w->sin);
+    bdh_rope_tables(m->freqs, m->cfg.n_neurons, s->position, w->cos, w->sin);
 }
 
 bdh_status bdh_cpu_step_batch(bdh_state *const *states, const int32_t *tokens, size_t n, float *logits)
 {
     const bdh_model *m = states[0]->model;
-    if (m->params.kernels == BDH_KERNELS_REFERENCE) {
-        for (size_t b = 0; b < n; b++) {
-            bdh_status rc = bdh_ref_step(states[b], tokens[b], logits ? logits + b * (size_t)m->cfg.vocab_size : NULL);
-            if (rc != BDH_OK) return rc;
-        }
-        return BDH_OK;
-    }
     job jb = {m, states, tokens, n, 0, false};
     for (size_t b = 0; b < n; b++) {
         begin_token(m, states[b], tokens[b]);
         jb.observed |= bdh_observing(states[b]);
     }
     for (jb.layer = 0; jb.layer < m->cfg.n_layer; jb.layer++) {
-        bdh_pool_run(m->pool, phase_encode, &jb);
+        bdh_pool_run(cpu_model_of(m)->pool, phase_encode, &jb);
         for (size_t b = 0; b < n; b++) finish_state_read(m, work_of(&jb, b));
-        bdh_pool_run(m->pool, phase_decode, &jb);
+        bdh_pool_run(cpu_model_of(m)->pool, phase_decode, &jb);
         for (size_t b = 0; b < n; b++) {
             finish_layer(m, states[b], jb.layer);
             if (bdh_observing(states[b])) bdh_observe_layer(states[b], jb.layer, tokens[b], work_of(&jb, b)->xs, work_of(&jb, b)->xy);
@@ -292,9 +285,9 @@ bdh_status bdh_cpu_step_batch(bdh_state *const *states, const int32_t *tokens, s
     const int V = m->cfg.vocab_size;
     for (size_t b = 0; b < n; b++) {
         if (logits)
-            bdh_rows_dot(&m->cpu.lm_head, NULL, 0, V, work_of(&jb, b)->x, logits + b * V);
+            bdh_rows_dot(&cpu_model_of(m)->lm_head, NULL, 0, V, work_of(&jb, b)->x, logits + b * V);
         states[b]->position++;
-        states[b]->counted++;
+        cpu_state_of(states[b])->counted++;
     }
     return BDH_OK;
 }

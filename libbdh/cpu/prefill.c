@@ -10,13 +10,12 @@
  * then X = LN(X + LN(XY @ decoder)) as in the step. This is the recurrent
  * step summed in a different order: same logits and same final state up to
  * float rounding. */
-#include "internal.h"
+#include "cpu.h"
 
 #include <cblas.h>
 #include <stdlib.h>
 #include <string.h>
 
-#define CHUNK 128
 
 typedef struct prefill_work {
     int C;
@@ -83,12 +82,12 @@ static void head_chunk(const bdh_model *m, prefill_work *w, int T, int h, float 
 {
     const int D = m->cfg.n_embd, N = m->cfg.n_neurons, HN = m->cfg.n_head * N;
 
-    project_relu(&m->cpu.encoder, h, N, w->X, T, w->XS, w->scratch);
+    project_relu(&cpu_model_of(m)->encoder, h, N, w->X, T, w->XS, w->scratch);
     for (int i = 0; i < T; i++)
         bdh_rope_apply(w->XS + (size_t)i * N, w->cos + (size_t)i * N, w->sin + (size_t)i * N, N, w->Q + (size_t)i * N);
     attend_and_update(w, T, N, D, S, zero_state);
     for (int i = 0; i < T; i++) bdh_layernorm(w->A + (size_t)i * D, D);
-    project_relu(&m->cpu.encoder_v, h, N, w->A, T, w->YS, w->scratch);
+    project_relu(&cpu_model_of(m)->encoder_v, h, N, w->A, T, w->YS, w->scratch);
     for (int i = 0; i < T; i++) {
         const float *xs = w->XS + (size_t)i * N, *ys = w->YS + (size_t)i * N;
         float *xy = w->XY + (size_t)i * HN + (size_t)h * N;
@@ -101,7 +100,7 @@ static void layer_chunk(const bdh_model *m, prefill_work *w, int T, float *S_lay
     const int D = m->cfg.n_embd, N = m->cfg.n_neurons, H = m->cfg.n_head;
     for (int h = 0; h < H; h++) head_chunk(m, w, T, h, S_layer + (size_t)h * N * D, zero_state);
     memset(w->Y, 0, (size_t)T * D * sizeof(float));
-    bdh_gemm_rows_n(&m->cpu.decoder, 0, H * N, w->XY, T, H * N, w->Y, w->scratch);
+    bdh_gemm_rows_n(&cpu_model_of(m)->decoder, 0, H * N, w->XY, T, H * N, w->Y, w->scratch);
     for (int i = 0; i < T; i++) {
         float *x = w->X + (size_t)i * D, *y = w->Y + (size_t)i * D;
         bdh_layernorm(y, D);
@@ -113,7 +112,7 @@ static void layer_chunk(const bdh_model *m, prefill_work *w, int T, float *S_lay
 /* logits [T][V] = X [T][D] @ lm_head ([V][D]) transposed */
 static void chunk_logits(const bdh_model *m, const prefill_work *w, int T, float *logits)
 {
-    bdh_gemm_rows_t(&m->cpu.lm_head, 0, m->cfg.vocab_size, w->X, T, logits, m->cfg.vocab_size, w->scratch);
+    bdh_gemm_rows_t(&cpu_model_of(m)->lm_head, 0, m->cfg.vocab_size, w->X, T, logits, m->cfg.vocab_size, w->scratch);
 }
 
 static void chunk_forward(bdh_state *s, prefill_work *w, const int32_t *tokens, int T)
@@ -123,12 +122,12 @@ static void chunk_forward(bdh_state *s, prefill_work *w, const int32_t *tokens, 
     const size_t layer_floats = (size_t)m->cfg.n_head * N * D;
     for (int i = 0; i < T; i++) {
         float *x = w->X + (size_t)i * D;
-        bdh_row_f32(&m->cpu.embed, tokens[i], x);
+        bdh_row_f32(&cpu_model_of(m)->embed, tokens[i], x);
         bdh_layernorm(x, D);
-        bdh_rope_tables(m->cpu.freqs, N, s->position + i, w->cos + (size_t)i * N, w->sin + (size_t)i * N);
+        bdh_rope_tables(m->freqs, N, s->position + i, w->cos + (size_t)i * N, w->sin + (size_t)i * N);
     }
     const bool zero_state = s->position == 0;
-    for (int l = 0; l < m->cfg.n_layer; l++) layer_chunk(m, w, T, s->S + (size_t)l * layer_floats, zero_state);
+    for (int l = 0; l < m->cfg.n_layer; l++) layer_chunk(m, w, T, cpu_state_of(s)->S + (size_t)l * layer_floats, zero_state);
     s->position += T;
 }
 
@@ -136,7 +135,7 @@ bdh_status bdh_cpu_prefill(bdh_state *s, const int32_t *tokens, size_t n, float 
 {
     const bdh_config *c = &s->model->cfg;
     prefill_work w;
-    const int C = n < CHUNK ? (int)n : CHUNK;
+    const int C = n < BDH_PREFILL_CHUNK ? (int)n : BDH_PREFILL_CHUNK;
     bdh_status rc = work_alloc(c, C, &w);
     if (rc != BDH_OK) return rc;
     int last = 0;
@@ -146,7 +145,7 @@ bdh_status bdh_cpu_prefill(bdh_state *s, const int32_t *tokens, size_t n, float 
         if (all_rows) chunk_logits(s->model, &w, last, logits + done * (size_t)c->vocab_size);
     }
     if (logits && !all_rows)
-        bdh_gemm_rows_t(&s->model->cpu.lm_head, 0, c->vocab_size, w.X + (size_t)(last - 1) * c->n_embd, 1, logits,
+        bdh_gemm_rows_t(&cpu_model_of(s->model)->lm_head, 0, c->vocab_size, w.X + (size_t)(last - 1) * c->n_embd, 1, logits,
                         c->vocab_size, w.scratch);
     work_free(&w);
     return BDH_OK;

@@ -6,11 +6,10 @@
  * The row kernels are compiled for AVX-512, AVX2+FMA and plain x86-64 and
  * picked at run time (target_clones). Their summation order depends only on
  * n, never on threads or batch size, so results are reproducible. */
-#include "internal.h"
+#include "cpu.h"
 
 #include <cblas.h>
 #include <pthread.h>
-#include <sys/mman.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -20,57 +19,16 @@
 #define HOT
 #endif
 
-/* Large arrays (weights, states) on 2 MiB boundaries, with transparent huge
- * pages asked for: the step gathers rows all over them, and with 4 KiB pages
- * nearly every row costs a TLB miss. */
-void *bdh_alloc_large(size_t bytes)
-{
-    const size_t huge = (size_t)2 << 20;
-    if (bytes < huge) return aligned_alloc(64, (bytes + 63) / 64 * 64);
-    void *p = aligned_alloc(huge, (bytes + huge - 1) / huge * huge);
-#ifdef MADV_HUGEPAGE
-    if (p) madvise(p, (bytes + huge - 1) / huge * huge, MADV_HUGEPAGE);
+/* 16-bit floats: gcc reads them natively (F16C in the AVX2 clones); where
+ * the compiler lacks _Float16 (clang 14 on x86-64) the bits are widened by
+ * dtype.h. The stored bits are IEEE binary16 either way. */
+#if defined(__FLT16_MANT_DIG__) && !defined(__clang__)
+typedef _Float16 half_t;
+static inline float half_value(half_t h) { return (float)h; }
+#else
+typedef uint16_t half_t;
+static inline float half_value(half_t h) { return bdh_f16_to_f32(h); }
 #endif
-    return p;
-}
-
-size_t bdh_wtype_size(bdh_wtype t) { return t == BDH_W_F32 ? 4 : 2; }
-
-const char *bdh_wtype_name(bdh_wtype t)
-{
-    return t == BDH_W_F32 ? "F32" : t == BDH_W_BF16 ? "BF16" : "F16";
-}
-
-/* float32 -> bfloat16, round to nearest even (NaN kept quiet). */
-static uint16_t to_bf16(float f)
-{
-    uint32_t u;
-    memcpy(&u, &f, 4);
-    if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x40u);
-    u += 0x7fffu + ((u >> 16) & 1u);
-    return (uint16_t)(u >> 16);
-}
-
-void bdh_store_f32(bdh_wtype t, const float *src, void *dst, size_t n)
-{
-    if (t == BDH_W_F32) {
-        memcpy(dst, src, n * 4);
-    } else if (t == BDH_W_BF16) {
-        uint16_t *d = dst;
-        for (size_t i = 0; i < n; i++) d[i] = to_bf16(src[i]);
-    } else {
-        _Float16 *d = dst;
-        for (size_t i = 0; i < n; i++) d[i] = (_Float16)src[i];
-    }
-}
-
-static inline float bf16_value(uint16_t v)
-{
-    uint32_t u = (uint32_t)v << 16;
-    float f;
-    memcpy(&f, &u, 4);
-    return f;
-}
 
 /* ---- row kernels: the only place the hot loops live (dot products: see
  * bdh_rows_dot below) */
@@ -84,36 +42,36 @@ HOT static void axpy_f32(float *restrict acc, float a, const float *restrict w, 
 HOT static void axpy_bf16(float *restrict acc, float a, const uint16_t *restrict w, int n)
 {
 #pragma omp simd
-    for (int i = 0; i < n; i++) acc[i] += a * bf16_value(w[i]);
+    for (int i = 0; i < n; i++) acc[i] += a * bdh_bf16_to_f32(w[i]);
 }
 
-HOT static void axpy_f16(float *restrict acc, float a, const _Float16 *restrict w, int n)
+HOT static void axpy_f16(float *restrict acc, float a, const half_t *restrict w, int n)
 {
 #pragma omp simd
-    for (int i = 0; i < n; i++) acc[i] += a * (float)w[i];
+    for (int i = 0; i < n; i++) acc[i] += a * half_value(w[i]);
 }
 
 void bdh_row_axpy(const bdh_matrix *m, int64_t row, float a, float *acc)
 {
     const int n = (int)m->cols;
     switch (m->type) {
-    case BDH_W_F32: axpy_f32(acc, a, (const float *)m->data + row * n, n); break;
-    case BDH_W_BF16: axpy_bf16(acc, a, (const uint16_t *)m->data + row * n, n); break;
-    default: axpy_f16(acc, a, (const _Float16 *)m->data + row * n, n); break;
+    case BDH_ELEM_F32: axpy_f32(acc, a, (const float *)m->data + row * n, n); break;
+    case BDH_ELEM_BF16: axpy_bf16(acc, a, (const uint16_t *)m->data + row * n, n); break;
+    default: axpy_f16(acc, a, (const half_t *)m->data + row * n, n); break;
     }
 }
 
 void bdh_row_f32(const bdh_matrix *m, int64_t row, float *out)
 {
     const size_t n = (size_t)m->cols;
-    if (m->type == BDH_W_F32) {
+    if (m->type == BDH_ELEM_F32) {
         memcpy(out, (const float *)m->data + row * n, n * 4);
-    } else if (m->type == BDH_W_BF16) {
+    } else if (m->type == BDH_ELEM_BF16) {
         const uint16_t *w = (const uint16_t *)m->data + row * n;
-        for (size_t i = 0; i < n; i++) out[i] = bf16_value(w[i]);
+        for (size_t i = 0; i < n; i++) out[i] = bdh_bf16_to_f32(w[i]);
     } else {
-        const _Float16 *w = (const _Float16 *)m->data + row * n;
-        for (size_t i = 0; i < n; i++) out[i] = (float)w[i];
+        const half_t *w = (const half_t *)m->data + row * n;
+        for (size_t i = 0; i < n; i++) out[i] = half_value(w[i]);
     }
 }
 
@@ -124,15 +82,15 @@ void bdh_row_f32(const bdh_matrix *m, int64_t row, float *out)
 
 #include <immintrin.h>
 
-static float widen(bdh_wtype t, const void *row, int i)
+static float widen(bdh_elem t, const void *row, int i)
 {
-    if (t == BDH_W_F32) return ((const float *)row)[i];
-    if (t == BDH_W_BF16) return bf16_value(((const uint16_t *)row)[i]);
-    return (float)((const _Float16 *)row)[i];
+    if (t == BDH_ELEM_F32) return ((const float *)row)[i];
+    if (t == BDH_ELEM_BF16) return bdh_bf16_to_f32(((const uint16_t *)row)[i]);
+    return half_value(((const half_t *)row)[i]);
 }
 
 /* the generic kernel, any storage type, any n */
-static void dot4_c(bdh_wtype t, const void *const r[4], const float *x, int n, float out[4])
+static void dot4_c(bdh_elem t, const void *const r[4], const float *x, int n, float out[4])
 {
     for (int k = 0; k < 4; k++) {
         float s = 0.0f;
@@ -145,15 +103,15 @@ static void dot4_c(bdh_wtype t, const void *const r[4], const float *x, int n, f
     for (int k = 0; k < 4; k++)                                          \
         for (int e = (start); e < n; e++) out[k] += widen(t, r[k], e) * x[e];
 
-__attribute__((target("avx512f"))) static __m512 load16_avx512(bdh_wtype t, const void *row, int i)
+__attribute__((target("avx512f"))) static __m512 load16_avx512(bdh_elem t, const void *row, int i)
 {
-    if (t == BDH_W_F32) return _mm512_loadu_ps((const float *)row + i);
+    if (t == BDH_ELEM_F32) return _mm512_loadu_ps((const float *)row + i);
     __m256i h = _mm256_loadu_si256((const __m256i *)((const uint16_t *)row + i));
-    if (t == BDH_W_BF16) return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+    if (t == BDH_ELEM_BF16) return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
     return _mm512_cvtph_ps(h);
 }
 
-__attribute__((target("avx512f"))) static void dot4_avx512(bdh_wtype t, const void *const r[4], const float *x, int n,
+__attribute__((target("avx512f"))) static void dot4_avx512(bdh_elem t, const void *const r[4], const float *x, int n,
                                                            float out[4])
 {
     __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
@@ -172,11 +130,11 @@ __attribute__((target("avx512f"))) static void dot4_avx512(bdh_wtype t, const vo
     TAIL(t, i)
 }
 
-__attribute__((target("avx2,fma,f16c"))) static __m256 load8_avx2(bdh_wtype t, const void *row, int i)
+__attribute__((target("avx2,fma,f16c"))) static __m256 load8_avx2(bdh_elem t, const void *row, int i)
 {
-    if (t == BDH_W_F32) return _mm256_loadu_ps((const float *)row + i);
+    if (t == BDH_ELEM_F32) return _mm256_loadu_ps((const float *)row + i);
     __m128i h = _mm_loadu_si128((const __m128i *)((const uint16_t *)row + i));
-    if (t == BDH_W_BF16) return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+    if (t == BDH_ELEM_BF16) return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
     return _mm256_cvtph_ps(h);
 }
 
@@ -188,7 +146,7 @@ __attribute__((target("avx2,fma"))) static float hsum_avx2(__m256 v)
     return _mm_cvtss_f32(s);
 }
 
-__attribute__((target("avx2,fma,f16c"))) static void dot4_avx2(bdh_wtype t, const void *const r[4], const float *x, int n,
+__attribute__((target("avx2,fma,f16c"))) static void dot4_avx2(bdh_elem t, const void *const r[4], const float *x, int n,
                                                               float out[4])
 {
     __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
@@ -207,7 +165,7 @@ __attribute__((target("avx2,fma,f16c"))) static void dot4_avx2(bdh_wtype t, cons
     TAIL(t, i)
 }
 
-typedef void (*dot4_impl)(bdh_wtype, const void *const[4], const float *, int, float[4]);
+typedef void (*dot4_impl)(bdh_elem, const void *const[4], const float *, int, float[4]);
 
 static dot4_impl dot4 = dot4_c;
 static pthread_once_t dot4_once = PTHREAD_ONCE_INIT;
@@ -233,7 +191,7 @@ const char *bdh_cpu_kernel_name(void)
 void bdh_rows_dot(const bdh_matrix *m, const int32_t *rows, int64_t row0, int n, const float *x, float *out)
 {
     pthread_once(&dot4_once, pick_dot4);
-    const size_t stride = (size_t)m->cols * bdh_wtype_size(m->type);
+    const size_t stride = (size_t)m->cols * bdh_elem_size(m->type);
     const uint8_t *base = m->data;
     for (int k = 0; k < n; k += 4) {
         const void *r[4];
@@ -262,16 +220,15 @@ HOT void bdh_state_row_update(float *restrict S_row, float q, const float *restr
 /* ---- GEMMs over a matrix slice (prefill): float32 rows are used in place,
  * 16-bit rows are widened a block at a time into scratch. */
 
-#define GEMM_BLOCK 256
 
 /* out[T][ldo] (columns 0..nrows) = X[T][D] @ m[row0 .. row0+nrows]^T */
 void bdh_gemm_rows_t(const bdh_matrix *m, int64_t row0, int nrows, const float *X, int T, float *out, int ldo, float *scratch)
 {
     const int D = (int)m->cols;
-    for (int r = 0; r < nrows; r += GEMM_BLOCK) {
-        const int nb = nrows - r < GEMM_BLOCK ? nrows - r : GEMM_BLOCK;
+    for (int r = 0; r < nrows; r += BDH_GEMM_BLOCK) {
+        const int nb = nrows - r < BDH_GEMM_BLOCK ? nrows - r : BDH_GEMM_BLOCK;
         const float *W;
-        if (m->type == BDH_W_F32) {
+        if (m->type == BDH_ELEM_F32) {
             W = (const float *)m->data + (row0 + r) * D;
         } else {
             for (int i = 0; i < nb; i++) bdh_row_f32(m, row0 + r + i, scratch + (size_t)i * D);
@@ -285,10 +242,10 @@ void bdh_gemm_rows_t(const bdh_matrix *m, int64_t row0, int nrows, const float *
 void bdh_gemm_rows_n(const bdh_matrix *m, int64_t row0, int nrows, const float *A, int T, int lda, float *out, float *scratch)
 {
     const int D = (int)m->cols;
-    for (int r = 0; r < nrows; r += GEMM_BLOCK) {
-        const int nb = nrows - r < GEMM_BLOCK ? nrows - r : GEMM_BLOCK;
+    for (int r = 0; r < nrows; r += BDH_GEMM_BLOCK) {
+        const int nb = nrows - r < BDH_GEMM_BLOCK ? nrows - r : BDH_GEMM_BLOCK;
         const float *W;
-        if (m->type == BDH_W_F32) {
+        if (m->type == BDH_ELEM_F32) {
             W = (const float *)m->data + (row0 + r) * D;
         } else {
             for (int i = 0; i < nb; i++) bdh_row_f32(m, row0 + r + i, scratch + (size_t)i * D);
