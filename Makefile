@@ -5,7 +5,7 @@
 #   make CUDA=1               also compile kernels/*.cu into the same library
 #   make install PREFIX=/usr/local
 #   make deps                 install what a fresh Debian machine lacks (root)
-#   make check                everything CI runs: tests, sanitizer tests, CUDA build
+#   make check                everything CI runs: tests, valgrind, sanitizer tests, CUDA build
 # BUILD=dir puts objects elsewhere (default build/, build-san/ with SANITIZE=1).
 
 CC      ?= cc
@@ -53,7 +53,7 @@ TESTS    := $(TEST_SRC:tests/%.c=$(BUILD)/tests/%)
 # the programs link to the shared library; rpath makes them run from the tree
 RUN_LDFLAGS := -L$(BUILD) -Wl,-rpath,'$$ORIGIN/..' -Wl,-rpath,'$$ORIGIN' -lbdh
 
-.PHONY: version bench all lib test test-c test-cxx test-cli test-install test-python install clean deps check check-cuda run
+.PHONY: version bench all lib test test-valgrind test-c test-cxx test-cli test-install test-python install clean deps check check-cuda run
 all: lib $(if $(CLI_SRC),$(BUILD)/bdh)
 lib: $(BUILD)/libbdh.so $(BUILD)/libbdh.a
 
@@ -117,7 +117,7 @@ test-python: all
 	@if [ -d bindings/python/tests ]; then BDH_LIBRARY=$(CURDIR)/$(BUILD)/libbdh.so $(PYTHON) -m pytest -q bindings/python/tests; fi
 
 # Debian packages and Python modules the build and tests need.
-DEB_DEPS := build-essential pkg-config libopenblas-dev libcmocka-dev libcjson-dev libxxhash-dev python3 python3-pip python3-venv python3-numpy python3-pytest
+DEB_DEPS := build-essential pkg-config valgrind libopenblas-dev libcmocka-dev libcjson-dev libxxhash-dev python3 python3-pip python3-venv python3-numpy python3-pytest
 deps:
 	@missing=$$(for p in $(DEB_DEPS); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
 	if [ -n "$$missing" ]; then \
@@ -129,14 +129,22 @@ deps:
 
 # Everything CI runs (.ci/run): the tests, the tests again under ASan+UBSan,
 # and the CUDA build with its tests (which skip where there is no GPU).
-check: test
+check: test test-valgrind
 	$(MAKE) SANITIZE=1 test
 	$(MAKE) check-cuda
+
+# State lifetimes (a model freed before its states included) under valgrind too.
+test-valgrind: $(BUILD)/tests/test_state
+	valgrind -q --error-exitcode=9 --leak-check=full --errors-for-leak-kinds=definite $(BUILD)/tests/test_state
 
 check-cuda:
 	@if [ -x "$$(command -v $(NVCC))" ]; then \
 	  $(MAKE) BUILD=build-cuda CUDA=1 all test-c; \
-	else echo "check-cuda: skipped: no nvcc"; fi
+	else echo "# State lifetimes (a model freed before its states included) under valgrind too.
+test-valgrind: $(BUILD)/tests/test_state
+	valgrind -q --error-exitcode=9 --leak-check=full --errors-for-leak-kinds=definite $(BUILD)/tests/test_state
+
+check-cuda: skipped: no nvcc"; fi
 
 version:
 	@echo $(VERSION)

@@ -374,6 +374,57 @@ static int json_int(cJSON *root, const char *const *keys, int fallback)
     return fallback;
 }
 
+/* The generator: the same tokens as bdh_generate for the same seed, the
+ * state at prompt + returned tokens after every call, -1 at the end (and
+ * again after it), bad arguments refused before the state moves. */
+static void test_generator_matches_generate(void **unused)
+{
+    bdh_model *m = NULL;
+    assert_int_equal(bdh_model_load(TINY, NULL, &m), BDH_OK);
+    bdh_generate_params p = bdh_generate_default_params();
+    p.sampler.temperature = 0.9f;
+    p.sampler.top_p = 0.95f;
+    p.sampler.seed = 1234;
+    p.max_new_tokens = 40;
+    recorder r = {0};
+    run(m, PROMPT, NPROMPT, &p, &r);
+
+    bdh_state *s = new_state(m);
+    bdh_generator *g = NULL;
+    assert_int_equal(bdh_generator_new(s, PROMPT, NPROMPT, &p, &g), BDH_OK);
+    assert_int_equal(bdh_state_position(s), 0); /* nothing fed before the first next */
+    int n = 0;
+    int32_t token;
+    while (1) {
+        assert_int_equal(bdh_generator_next(g, &token), BDH_OK);
+        if (token < 0) break;
+        assert_true(n < r.n);
+        assert_int_equal(token, r.tokens[n]);
+        n++;
+        assert_int_equal(bdh_state_position(s), (int64_t)NPROMPT + n);
+    }
+    assert_int_equal(n, r.n);
+    assert_int_equal(bdh_generator_next(g, &token), BDH_OK);
+    assert_int_equal(token, -1);
+    bdh_generate_stats st;
+    assert_int_equal(bdh_generator_stats(g, &st), BDH_OK);
+    assert_int_equal(st.n_generated, n);
+    assert_int_equal(st.n_prompt, (int64_t)NPROMPT);
+    assert_int_equal(st.stop_reason, BDH_STOP_LENGTH);
+    bdh_generator_free(g);
+
+    const int32_t bad[] = {'a', 999};
+    g = (bdh_generator *)&token; /* must be overwritten with NULL */
+    assert_int_equal(bdh_generator_new(s, bad, 2, &p, &g), BDH_ERR_TOKEN);
+    assert_null(g);
+    assert_int_equal(bdh_generator_new(s, PROMPT, 0, &p, &g), BDH_ERR_INVALID_ARGUMENT);
+    assert_int_equal(bdh_generator_next(NULL, &token), BDH_ERR_INVALID_ARGUMENT);
+    assert_int_equal(bdh_state_position(s), (int64_t)NPROMPT + n);
+    bdh_generator_free(NULL);
+    bdh_state_free(s);
+    bdh_model_free(m);
+}
+
 static void test_shakespeare_greedy(void **unused)
 {
     size_t bin_len = 0, json_len = 0;
@@ -436,6 +487,7 @@ int main(void)
         cmocka_unit_test(test_zero_tokens),
         cmocka_unit_test(test_bad_arguments),
         cmocka_unit_test(test_non_byte_model),
+        cmocka_unit_test(test_generator_matches_generate),
         cmocka_unit_test(test_shakespeare_greedy),
     };
     return cmocka_run_group_tests_name("generate", tests, NULL, NULL);

@@ -231,6 +231,36 @@ static void test_batch_equals_single(void **unused)
     bdh_model_free(m);
 }
 
+/* A state holds a reference to its model: freeing the model first leaves
+ * the states working, with the logits a kept model gives (run under ASan
+ * and valgrind by make check). */
+static void test_model_freed_before_states(void **unused)
+{
+    bdh_model *kept = NULL, *dropped = NULL;
+    assert_int_equal(bdh_model_load(LONG, NULL, &kept), BDH_OK);
+    assert_int_equal(bdh_model_load(LONG, NULL, &dropped), BDH_OK);
+    bdh_state *a = new_state(kept), *b = new_state(dropped);
+    assert_int_equal(bdh_prefill(a, prompt, 10, NULL), BDH_OK);
+    assert_int_equal(bdh_prefill(b, prompt, 10, NULL), BDH_OK);
+    bdh_model_free(dropped);
+    bdh_state *fork = NULL;
+    assert_int_equal(bdh_state_copy(b, &fork), BDH_OK);
+    assert_ptr_equal(bdh_state_model(fork), bdh_state_model(b));
+    bdh_state_free(b); /* the fork still holds the model */
+    float want[256], got[256];
+    for (size_t t = 10; t < PROMPT_LEN; t++) {
+        assert_int_equal(bdh_step(a, prompt[t], want), BDH_OK);
+        assert_int_equal(bdh_step(fork, prompt[t], got), BDH_OK);
+        assert_memory_equal(want, got, sizeof want);
+    }
+    bdh_config c;
+    assert_int_equal(bdh_model_config(bdh_state_model(fork), &c), BDH_OK);
+    assert_int_equal(c.vocab_size, 256);
+    bdh_state_free(fork); /* releases the dropped model */
+    bdh_state_free(a);
+    bdh_model_free(kept);
+}
+
 static void test_sizes(void **unused)
 {
     bdh_model *m = tu_load(LONG);
@@ -257,7 +287,7 @@ int main(void)
         cmocka_unit_test(test_prefill_equals_stepping), cmocka_unit_test(test_reset_and_copy),
         cmocka_unit_test(test_save_load_round_trip),    cmocka_unit_test(test_load_refusals),
         cmocka_unit_test(test_bad_calls),               cmocka_unit_test(test_batch_equals_single),
-        cmocka_unit_test(test_sizes),
+        cmocka_unit_test(test_sizes),                   cmocka_unit_test(test_model_freed_before_states),
     };
     return cmocka_run_group_tests_name("state", tests, NULL, NULL);
 }
