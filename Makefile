@@ -140,11 +140,7 @@ test-valgrind: $(BUILD)/tests/test_state
 check-cuda:
 	@if [ -x "$$(command -v $(NVCC))" ]; then \
 	  $(MAKE) BUILD=build-cuda CUDA=1 all test-c; \
-	else echo "# State lifetimes (a model freed before its states included) under valgrind too.
-test-valgrind: $(BUILD)/tests/test_state
-	valgrind -q --error-exitcode=9 --leak-check=full --errors-for-leak-kinds=definite $(BUILD)/tests/test_state
-
-check-cuda: skipped: no nvcc"; fi
+	else echo "check-cuda: skipped: no nvcc"; fi
 
 version:
 	@echo $(VERSION)
