@@ -196,6 +196,13 @@ static void test_activity_counters(void **unused)
 
 int main(void)
 {
+    /* with BDH_CPU_KERNEL set (make test-c), the capped variant must be the one in use */
+    const char *cap = getenv("BDH_CPU_KERNEL");
+    printf("  %s\n", bdh_system_info());
+    if (cap && !strstr(bdh_system_info(), cap)) {
+        printf("BDH_CPU_KERNEL=%s is not in use\n", cap);
+        return 1;
+    }
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_sparse_matches_dense_reference),
         cmocka_unit_test(test_threads_and_batches_are_bit_identical),
