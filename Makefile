@@ -81,7 +81,7 @@ $(BUILD)/bdh: $(CLI_SRC) include/bdh.h $(BUILD)/libbdh.so
 
 $(BUILD)/tests/%: tests/%.c tests/test_util.h include/bdh.h $(BUILD)/libbdh.so
 	@mkdir -p $(dir $@)
-	$(CC) $(ALLCFLAGS) -Itests -o $@ $< $(RUN_LDFLAGS) -lcmocka -lcjson -lm
+	$(CC) $(ALLCFLAGS) -Itests -o $@ $< $(RUN_LDFLAGS) -lcmocka -lcjson -lxxhash -lm
 
 $(BUILD)/bench: bench/bench.c include/bdh.h $(BUILD)/libbdh.so
 	$(CC) $(ALLCFLAGS) -D_GNU_SOURCE -o $@ $< $(RUN_LDFLAGS) -lm

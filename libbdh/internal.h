@@ -26,6 +26,11 @@ extern "C" {
 
 #define BDH_INTERNAL __attribute__((visibility("hidden")))
 
+/* The largest position a state may reach: far past any real stream (and
+ * past 2^24, where float32 RoPE phases, as the reference computes them, stop
+ * changing), small enough that no position arithmetic can overflow. */
+#define BDH_MAX_POSITION ((int64_t)1 << 53)
+
 /* Tokens per prefill chunk, CPU and CUDA (the chunk's GEMMs are this tall). */
 #define BDH_PREFILL_CHUNK 128
 

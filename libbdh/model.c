@@ -179,6 +179,35 @@ static bdh_status load_freqs(bdh_model *m, const bdh_tensor_view *t)
     return BDH_OK;
 }
 
+/* NaN and inf in weights make every later result meaningless: refuse them
+ * at load, by the exponent bits of each element (a pass over the file's bytes
+ * at memory speed). */
+static bdh_status check_finite(const bdh_tensor_view *t, int which)
+{
+    const uint8_t *p = t->data;
+    const size_t n = t->nbytes / bdh_elem_size(t->dtype);
+    const uint32_t exp_mask = t->dtype == BDH_ELEM_F32 ? 0x7f800000u : t->dtype == BDH_ELEM_F16 ? 0x7c00u : 0x7f80u;
+    size_t bad = n;
+    if (t->dtype == BDH_ELEM_F32) {
+        for (size_t i = 0; i < n && bad == n; i++) {
+            uint32_t u;
+            memcpy(&u, p + 4 * i, 4);
+            if ((u & exp_mask) == exp_mask) bad = i;
+        }
+    } else {
+        for (size_t i = 0; i < n && bad == n; i++) {
+            uint16_t u;
+            memcpy(&u, p + 2 * i, 2);
+            if ((u & exp_mask) == exp_mask) bad = i;
+        }
+    }
+    if (bad == n) return BDH_OK;
+    float v;
+    bdh_elem_to_f32(t->dtype, p + bad * bdh_elem_size(t->dtype), &v, 1);
+    return bdh_fail(BDH_ERR_FORMAT, "tensor %s has a non-finite value (%s) at index %zu", tensor_names[which],
+                    v != v ? "NaN" : v > 0 ? "inf" : "-inf", bad);
+}
+
 /* Fingerprint: configuration, then each tensor's dtype, shape and bytes. */
 static uint64_t fingerprint(const bdh_config *c, const bdh_tensor_view *const *t)
 {
@@ -218,8 +247,10 @@ static bdh_status load_from_file(bdh_model *m, const char *path)
     if (rc != BDH_OK) return rc;
     bdh_weight_views w = {.file = &st};
     for (int i = 0; i < BDH_T_COUNT; i++) w.t[i] = find_tensor(&st, i);
-    if ((rc = config_from_shapes(w.t, &m->cfg)) == BDH_OK && (rc = config_from_metadata(&st, &m->cfg)) == BDH_OK &&
-        (rc = load_freqs(m, w.t[BDH_T_FREQS])) == BDH_OK) {
+    if ((rc = config_from_shapes(w.t, &m->cfg)) == BDH_OK && (rc = config_from_metadata(&st, &m->cfg)) == BDH_OK)
+        for (int i = 0; i < BDH_T_COUNT && rc == BDH_OK; i++)
+            if (w.t[i]) rc = check_finite(w.t[i], i);
+    if (rc == BDH_OK && (rc = load_freqs(m, w.t[BDH_T_FREQS])) == BDH_OK) {
         const int64_t D = m->cfg.n_embd, V = m->cfg.vocab_size, HN = (int64_t)m->cfg.n_head * m->cfg.n_neurons;
         m->n_params = 2 * V * D + 3 * HN * D;
         m->fingerprint = fingerprint(&m->cfg, w.t); /* before pages are released */

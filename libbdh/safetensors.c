@@ -150,9 +150,11 @@ done:
     return rc;
 }
 
+/* Open without blocking (a FIFO or a device would block a plain open), then
+ * accept only a regular file. */
 static bdh_status map_file(const char *path, void **map, size_t *size)
 {
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY);
     if (fd < 0) return bdh_fail(BDH_ERR_IO, "cannot open '%s': %s", path, strerror(errno));
     struct stat sb;
     bdh_status rc = BDH_OK;
@@ -161,7 +163,7 @@ static bdh_status map_file(const char *path, void **map, size_t *size)
     } else if (S_ISDIR(sb.st_mode)) {
         rc = bdh_fail(BDH_ERR_IO, "'%s' is a directory, not a safetensors file", path);
     } else if (!S_ISREG(sb.st_mode)) {
-        rc = bdh_fail(BDH_ERR_IO, "'%s' is not a regular file", path);
+        rc = bdh_fail(BDH_ERR_IO, "'%s' is not a regular file (a FIFO, socket or device)", path);
     } else if (sb.st_size < 8) {
         rc = bdh_fail(BDH_ERR_FORMAT, "'%s' is %lld bytes: too short for a safetensors file (8-byte header length first)",
                       path, (long long)sb.st_size);
@@ -187,9 +189,9 @@ bdh_status bdh_safetensors_open(const char *path, bdh_safetensors *out)
     uint64_t hlen = 0;
     for (int i = 7; i >= 0; i--) hlen = (hlen << 8) | bytes[i];
     uint64_t rest = out->map_size - 8;
-    if (hlen > MAX_HEADER_BYTES)
-        rc = bdh_fail(BDH_ERR_FORMAT, "'%s': header length %llu is absurd (limit %llu bytes)", path,
-                      (unsigned long long)hlen, (unsigned long long)MAX_HEADER_BYTES);
+    if (hlen > MAX_HEADER_BYTES || (hlen > 0 && bytes[8] != '{'))
+        rc = bdh_fail(BDH_ERR_FORMAT, "'%s' is not a safetensors file (it does not start with a header length and a JSON object)",
+                      path);
     else if (hlen > rest)
         rc = bdh_fail(BDH_ERR_FORMAT, "'%s': header length %llu runs past the end of the file (%llu bytes after it): truncated?",
                       path, (unsigned long long)hlen, (unsigned long long)rest);

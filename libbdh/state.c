@@ -197,14 +197,25 @@ static bdh_status check_blob(const bdh_state *s, const uint8_t *p, size_t len, b
         h->n_neurons != c->n_neurons || h->n_embd != c->n_embd)
         return bdh_fail(BDH_ERR_MODEL_MISMATCH, "bdh_state_load: the state was saved from another model (fingerprint %016llx, this model %016llx)",
                         (unsigned long long)h->fingerprint, (unsigned long long)s->model->fingerprint);
-    if (h->position < 0)
-        return bdh_fail(BDH_ERR_FORMAT, "bdh_state_load: negative position %lld", (long long)h->position);
+    if (h->position < 0 || h->position > BDH_MAX_POSITION)
+        return bdh_fail(BDH_ERR_FORMAT, "bdh_state_load: position %lld is outside [0, 2^53]", (long long)h->position);
     uint64_t n_mon = 0;
     if (h->payload_bytes >= state_bytes(s) + 8) get(p + BLOB_HEADER + state_bytes(s), 0, &n_mon, 8);
     if (h->payload_bytes < state_bytes(s) + 8 || n_mon > (h->payload_bytes - state_bytes(s) - 8) / MONITOR_BYTES ||
         h->payload_bytes != state_bytes(s) + 8 + n_mon * MONITOR_BYTES)
         return bdh_fail(BDH_ERR_FORMAT, "bdh_state_load: the monitor section does not match the blob's length");
     return BDH_OK;
+}
+
+/* The first non-finite float of n at p (maybe unaligned), or n. */
+static size_t first_non_finite(const uint8_t *p, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        uint32_t u;
+        memcpy(&u, p + 4 * i, 4);
+        if ((u & 0x7f800000u) == 0x7f800000u) return i;
+    }
+    return n;
 }
 
 /* The blob's monitors, unpacked and checked against the model. */
@@ -219,6 +230,8 @@ static bdh_status read_monitors(const bdh_state *s, const uint8_t *sec, size_t n
         const int32_t *t = &mon[3 * k];
         if (t[0] < 1 || t[0] >= c->n_layer || t[1] < 0 || t[1] >= HN || t[2] < 0 || t[2] >= HN)
             return bdh_fail(BDH_ERR_FORMAT, "bdh_state_load: monitor %zu (%d, %d, %d) does not fit this model", k, t[0], t[1], t[2]);
+        if (!(sigma[k] - sigma[k] == 0.0))
+            return bdh_fail(BDH_ERR_FORMAT, "bdh_state_load: monitor %zu has a non-finite sigma", k);
     }
     return BDH_OK;
 }
@@ -230,6 +243,9 @@ bdh_status bdh_state_load(bdh_state *s, const void *buf, size_t len)
     bdh_status rc = check_blob(s, buf, len, &h);
     if (rc != BDH_OK) return rc;
     const uint8_t *payload = (const uint8_t *)buf + BLOB_HEADER, *sec = payload + state_bytes(s);
+    const size_t bad = first_non_finite(payload, bdh_state_floats(&s->model->cfg));
+    if (bad < bdh_state_floats(&s->model->cfg))
+        return bdh_fail(BDH_ERR_FORMAT, "bdh_state_load: the state has a non-finite value at float %zu", bad);
     uint64_t n_mon;
     get(sec, 0, &n_mon, 8);
     int32_t *mon = malloc(3 * sizeof(int32_t) * n_mon + 1);

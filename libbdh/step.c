@@ -8,10 +8,20 @@ bdh_status bdh_check_token(const bdh_model *m, int32_t token)
     return BDH_OK;
 }
 
+/* Room for n more tokens before the largest position. */
+static bdh_status check_room(const char *fn, const bdh_state *s, size_t n)
+{
+    if (n > (uint64_t)(BDH_MAX_POSITION - s->position))
+        return bdh_fail(BDH_ERR_INVALID_ARGUMENT, "%s: the state is at position %lld; %zu more tokens pass the largest, 2^53",
+                        fn, (long long)s->position, n);
+    return BDH_OK;
+}
+
 bdh_status bdh_step(bdh_state *state, int32_t token, float *logits)
 {
     if (!state) return bdh_fail(BDH_ERR_INVALID_ARGUMENT, "bdh_step: state is NULL");
     bdh_status rc = bdh_check_token(state->model, token);
+    if (rc == BDH_OK) rc = check_room("bdh_step", state, 1);
     if (rc != BDH_OK) return rc;
     return state->model->backend->step_batch(&state, &token, 1, logits);
 }
@@ -25,7 +35,7 @@ static bdh_status check_tokens(const char *fn, const bdh_state *state, const int
         if (bdh_check_token(state->model, tokens[i]) != BDH_OK)
             return bdh_fail(BDH_ERR_TOKEN, "%s: tokens[%zu] = %d is outside [0, %d)", fn, i, (int)tokens[i],
                             (int)state->model->cfg.vocab_size);
-    return BDH_OK;
+    return check_room(fn, state, n);
 }
 
 /* Token by token: an observed state sees every token through the step path,
@@ -75,6 +85,7 @@ static bdh_status check_batch(bdh_state *const *states, const int32_t *tokens, s
         bdh_status rc = bdh_check_token(states[0]->model, tokens[i]);
         if (rc != BDH_OK) return bdh_fail(rc, "bdh_step_batch: tokens[%zu] = %d is outside [0, %d)", i, (int)tokens[i],
                                           (int)states[0]->model->cfg.vocab_size);
+        if ((rc = check_room("bdh_step_batch", states[i], 1)) != BDH_OK) return rc;
     }
     return BDH_OK;
 }

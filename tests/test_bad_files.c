@@ -118,17 +118,56 @@ static void test_raw_damage(void **unused)
     memcpy(buf, orig, orig_len);
     uint64_t absurd = (uint64_t)1 << 62;
     memcpy(buf, &absurd, 8);
-    expect_load(write_bytes("absurd-hlen", buf, orig_len), NULL, BDH_ERR_FORMAT, "absurd");
+    expect_load(write_bytes("absurd-hlen", buf, orig_len), NULL, BDH_ERR_FORMAT, "not a safetensors file");
     uint64_t past = orig_len;
     memcpy(buf, &past, 8);
     expect_load(write_bytes("past-end", buf, orig_len), NULL, BDH_ERR_FORMAT, "past the end");
     free(buf);
 
     expect_load(write_with_header("not-json", "{\"n_layer\": this is not json"), NULL, BDH_ERR_FORMAT, "not valid JSON");
-    expect_load(write_with_header("array", "[1, 2, 3]"), NULL, BDH_ERR_FORMAT, "not a JSON object");
+    expect_load(write_with_header("array", "[1, 2, 3]"), NULL, BDH_ERR_FORMAT, "not a safetensors file");
+    expect_load(write_with_header("spaced", " [1, 2, 3]"), NULL, BDH_ERR_FORMAT, "not a safetensors file");
     expect_load(write_with_header("dup", "{\"encoder\": {\"dtype\": \"F32\", \"shape\": [1], \"data_offsets\": [0, 4]},"
                                          " \"encoder\": {\"dtype\": \"F32\", \"shape\": [1], \"data_offsets\": [4, 8]}}"),
                 NULL, BDH_ERR_FORMAT, "twice");
+}
+
+/* Other kinds of file: refused by what they are, without blocking on a FIFO
+ * (it used to block for ever in open) and without a nonsense header length
+ * for text. */
+static void test_not_weight_files(void **unused)
+{
+    const char *text = "First Citizen:\nBefore we proceed any further, hear me speak.\n";
+    expect_load(write_bytes("play.txt", text, strlen(text)), NULL, BDH_ERR_FORMAT, "not a safetensors file");
+    char fifo[128];
+    snprintf(fifo, sizeof fifo, "%s/fifo", dir);
+    assert_int_equal(mkfifo(fifo, 0600), 0);
+    expect_load(fifo, NULL, BDH_ERR_IO, "not a regular file");
+    expect_load("/dev/null", NULL, BDH_ERR_IO, "not a regular file");
+    expect_load(dir, NULL, BDH_ERR_IO, "is a directory");
+}
+
+/* A copy of the tiny model with element `index` of F32 tensor `name` set to
+ * v: non-finite weights are refused at load, naming the tensor and index. */
+static void expect_poisoned(const char *name, size_t index, float v, const char *msg_part)
+{
+    cJSON *root = cJSON_ParseWithLength((const char *)orig + 8, (size_t)orig_hlen);
+    const cJSON *offs = cJSON_GetObjectItemCaseSensitive(tensor(root, name), "data_offsets");
+    const size_t at = 8 + (size_t)orig_hlen + (size_t)cJSON_GetArrayItem(offs, 0)->valuedouble + 4 * index;
+    cJSON_Delete(root);
+    uint8_t *buf = malloc(orig_len);
+    memcpy(buf, orig, orig_len);
+    memcpy(buf + at, &v, 4);
+    expect_load(write_bytes("poisoned", buf, orig_len), NULL, BDH_ERR_FORMAT, msg_part);
+    free(buf);
+}
+
+static void test_non_finite_weights(void **unused)
+{
+    expect_poisoned("attn.freqs", 3, NAN, "tensor attn.freqs has a non-finite value (NaN) at index 3");
+    expect_poisoned("embed.weight", 0, NAN, "tensor embed.weight has a non-finite value (NaN) at index 0");
+    expect_poisoned("decoder", 17, INFINITY, "tensor decoder has a non-finite value (inf) at index 17");
+    expect_poisoned("lm_head", 100, -INFINITY, "tensor lm_head has a non-finite value (-inf) at index 100");
 }
 
 /* ---- header edits */
@@ -241,7 +280,8 @@ static void test_original_loads(void **unused)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_raw_damage),       cmocka_unit_test(test_format_errors),
+        cmocka_unit_test(test_raw_damage),
+        cmocka_unit_test(test_not_weight_files),       cmocka_unit_test(test_non_finite_weights),       cmocka_unit_test(test_format_errors),
         cmocka_unit_test(test_config_errors),    cmocka_unit_test(test_paths_and_params),
         cmocka_unit_test(test_original_loads),
     };

@@ -2,6 +2,8 @@
  * round trips, and the refusals (damaged blob, another model, bad calls). */
 #include "test_util.h"
 
+#include <xxhash.h>
+
 #define TINY TU_DATA "/golden/tiny.model.safetensors"
 #define LONG TU_DATA "/golden/long.model.safetensors"
 
@@ -166,6 +168,66 @@ static void test_load_refusals(void **unused)
     bdh_model_free(other);
 }
 
+/* Recompute a blob's checksum after an edit, as a crafted file would (the
+ * checksum catches damage, not intent): XXH3 of the 56 header bytes before
+ * it, then the payload (docs/format.md). */
+static void reseal(uint8_t *blob, size_t len)
+{
+    XXH3_state_t *x = XXH3_createState();
+    XXH3_64bits_reset(x);
+    XXH3_64bits_update(x, blob, 56);
+    XXH3_64bits_update(x, blob + 64, len - 64);
+    const uint64_t sum = XXH3_64bits_digest(x);
+    XXH3_freeState(x);
+    memcpy(blob + 56, &sum, 8);
+}
+
+/* Well-formed blobs with values no state can hold: refused, state unchanged;
+ * the largest position is enforced by the steps too. */
+static void test_crafted_blobs(void **unused)
+{
+    bdh_model *m = tu_load(TINY);
+    bdh_state *s = new_state(m);
+    assert_int_equal(bdh_prefill(s, prompt, 5, NULL), BDH_OK);
+    size_t len;
+    uint8_t *blob = save(s, &len), *copy = malloc(len);
+
+    const int64_t positions[] = {INT64_MAX, ((int64_t)1 << 53) + 1, -1};
+    for (size_t i = 0; i < 3; i++) {
+        memcpy(copy, blob, len);
+        memcpy(copy + 24, &positions[i], 8);
+        reseal(copy, len);
+        assert_int_equal(bdh_state_load(s, copy, len), BDH_ERR_FORMAT);
+        assert_non_null(strstr(bdh_last_error(), "outside [0, 2^53]"));
+        assert_int_equal(bdh_state_position(s), 5);
+    }
+    const float bad[] = {NAN, INFINITY, -INFINITY};
+    for (size_t i = 0; i < 3; i++) {
+        memcpy(copy, blob, len);
+        memcpy(copy + 64 + 4 * 7, &bad[i], 4);
+        reseal(copy, len);
+        assert_int_equal(bdh_state_load(s, copy, len), BDH_ERR_FORMAT);
+        assert_non_null(strstr(bdh_last_error(), "non-finite value at float 7"));
+    }
+
+    /* one below the largest position: one more token fits, then no more */
+    const int64_t last = ((int64_t)1 << 53) - 1;
+    memcpy(copy, blob, len);
+    memcpy(copy + 24, &last, 8);
+    reseal(copy, len);
+    assert_int_equal(bdh_state_load(s, copy, len), BDH_OK);
+    float logits[256];
+    assert_int_equal(bdh_step(s, 'a', logits), BDH_OK);
+    assert_int_equal(bdh_step(s, 'a', logits), BDH_ERR_INVALID_ARGUMENT);
+    assert_non_null(strstr(bdh_last_error(), "2^53"));
+    assert_int_equal(bdh_prefill(s, prompt, 2, NULL), BDH_ERR_INVALID_ARGUMENT);
+    assert_int_equal(bdh_state_position(s), (int64_t)1 << 53);
+    free(blob);
+    free(copy);
+    bdh_state_free(s);
+    bdh_model_free(m);
+}
+
 static void test_bad_calls(void **unused)
 {
     bdh_model *m = tu_load(TINY);
@@ -288,6 +350,7 @@ int main(void)
         cmocka_unit_test(test_save_load_round_trip),    cmocka_unit_test(test_load_refusals),
         cmocka_unit_test(test_bad_calls),               cmocka_unit_test(test_batch_equals_single),
         cmocka_unit_test(test_sizes),                   cmocka_unit_test(test_model_freed_before_states),
+        cmocka_unit_test(test_crafted_blobs),
     };
     return cmocka_run_group_tests_name("state", tests, NULL, NULL);
 }
