@@ -8,6 +8,7 @@
  * Tokens: bytes of --text when given (realistic activity for a trained
  * model), else a fixed pseudo-random sequence. */
 #include "bdh.h"
+#include "traffic.h"
 
 #include <getopt.h>
 #include <stdbool.h>
@@ -112,20 +113,15 @@ static bdh_model *load(const opts *o, bdh_weight_type wt)
     return m;
 }
 
-/* Bytes a batch-1 step reads or writes, from the measured activity. */
+/* Bytes a batch-1 step reads or writes, from the measured activity
+ * (traffic.h, the model gpu_bench.c uses too). */
 static double bytes_per_token(const bdh_model *m, const bdh_state *s, double wsize)
 {
     bdh_config c;
     bdh_model_config(m, &c);
     float xs[64], pairs[64], xy[64];
     bdh_state_activity(s, xs, pairs, xy);
-    const double row = c.n_embd * wsize, HN = (double)c.n_head * c.n_neurons;
-    double bytes = row + (double)c.vocab_size * row; /* embedding row, lm_head */
-    for (int l = 0; l < c.n_layer; l++)
-        bytes += HN * row                                   /* encoder: every row */
-               + xs[l] * HN * row + xy[l] * HN * row        /* encoder_v, decoder rows */
-               + pairs[l] * HN * c.n_embd * 4.0 * 2.0;      /* state rows read + written */
-    return bytes;
+    return bench_traffic_fractions(&c, wsize, xs, pairs, xy).total;
 }
 
 typedef struct decode_result {

@@ -32,6 +32,7 @@
 
 #include "bdh.h"
 #include "bdh_cuda_debug.h"
+#include "traffic.h"
 
 #define CHECK(call)                                                                          \
     do {                                                                                     \
@@ -234,25 +235,21 @@ static void bench_decode(const opts *o, bdh_model *m, const char *tag, const int
     const double steps = (double)done;
     const double pairs = st[1] / steps, neurons = st[2] / steps, gated = st[3] / steps; /* per token, all layers */
     const double HN = (double)c.n_head * c.n_neurons, LHN = HN * c.n_layer;
-    const double ws = bdh_cuda_debug_weight_type(m) == 1 ? 2.0 : 4.0, D = c.n_embd;
-    /* bytes the step must move: the encoder read whole in every layer, the
-     * listed state rows read and written, encoder_v rows where xs > 0,
-     * decoder rows where xy > 0, lm_head and one embedding row */
-    const double b_enc = c.n_layer * HN * D * ws, b_state = pairs * 2 * D * 4 * 2, b_ev = neurons * D * ws,
-                 b_dec = gated * D * ws, b_misc = D * V * ws + D * ws;
-    const double bytes = b_enc + b_state + b_ev + b_dec + b_misc;
+    const double ws = bdh_cuda_debug_weight_type(m) == 1 ? 2.0 : 4.0;
+    /* bytes the step must move (traffic.h, the model bench.c uses too) */
+    const bench_traffic b = bench_traffic_counts(&c, ws, neurons, pairs, gated);
     char k[64];
     emit(KEY("decode_ms"), "%.4f", sec * 1e3);
     emit(KEY("decode_tok_s"), "%.1f", 1.0 / sec);
     emit(KEY("density_xs"), "%.4f", neurons / LHN);
     emit(KEY("density_pairs"), "%.4f", pairs / (LHN / 2));
     emit(KEY("density_xy"), "%.4f", gated / LHN);
-    emit(KEY("bytes_per_token"), "%.0f", bytes);
-    emit(KEY("bytes_encoder"), "%.0f", b_enc);
-    emit(KEY("bytes_state"), "%.0f", b_state);
-    emit(KEY("bytes_encoder_v"), "%.0f", b_ev);
-    emit(KEY("bytes_decoder"), "%.0f", b_dec);
-    emit(KEY("GBps"), "%.1f", bytes / sec / 1e9);
+    emit(KEY("bytes_per_token"), "%.0f", b.total);
+    emit(KEY("bytes_encoder"), "%.0f", b.encoder);
+    emit(KEY("bytes_state"), "%.0f", b.state);
+    emit(KEY("bytes_encoder_v"), "%.0f", b.encoder_v);
+    emit(KEY("bytes_decoder"), "%.0f", b.decoder);
+    emit(KEY("GBps"), "%.1f", b.total / sec / 1e9);
 
     /* per-kernel times of eager steps (events between the kernels) */
     double ms[BDH_CUDA_PROFILE_KINDS] = {0};

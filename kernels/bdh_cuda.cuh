@@ -4,9 +4,15 @@
  * translation units without -rdc, so every kernel is launched from the file
  * that defines it, through a wrapper declared here).
  *
+ * The backend is one table, bdh_cuda_backend (libbdh/internal.h's struct
+ * bdh_backend), defined in cuda_model.cu; the core reaches nothing else.
+ *
  * docs/gpu.md describes the design; this header is the map:
- *   cuda_model.cu    model upload/release, state lifecycle, save/load, stats
- *   cuda_forward.cu  bdh_cuda_step (CUDA graph), bdh_cuda_prefill, bdh_cuda_step_batch
+ *   cuda_model.cu    the table; weight packing and upload from the file's
+ *                    tensors, state lifecycle, read/write for save/load, the
+ *                    bench's debug hooks
+ *   cuda_forward.cu  the single-token step (CUDA graph), prefill, the batched
+ *                    step (bdh_cuda_forward_*), the bench's profiler
  *   kernels_step.cu  the decode kernels (embedding, encoder GEMV, compaction,
  *                    state read/update, LN of a, encoder_v gate, decoder, LNs)
  *   kernels_gemm.cu  tiled GEMM with F32/BF16 weights, and the prefill-only
@@ -27,15 +33,15 @@
 
 /* ------------------------------------------------------------ constants */
 
-enum { BDH_WT_F32 = 0, BDH_WT_BF16 = 1 }; /* device weight types */
+/* Device weights are BDH_ELEM_F32 or BDH_ELEM_BF16 (dtype.h); prefill
+ * chunks are BDH_PREFILL_CHUNK tokens (internal.h). */
 
 /* Decode-step grid shapes (blocks per head). They only split work; any
  * value gives the same result up to float summation order. */
 #define BDH_GX_STEP 128  /* state kernel: partial sums of a per head */
 #define BDH_GY_STEP 64   /* encoder_v gate kernel */
 #define BDH_RG_STEP 16   /* decoder: row groups per head (partials of y) */
-#define BDH_PREFILL_CHUNK 128
-#define BDH_BATCH_MAX 128 /* states per launch group in bdh_cuda_step_batch */
+#define BDH_BATCH_MAX 128 /* states per launch group of the batched step */
 #define BDH_MAX_SPLITK 64
 #define BDH_MAX_D 4096    /* shared-memory rows of D floats */
 
@@ -43,18 +49,18 @@ enum { BDH_WT_F32 = 0, BDH_WT_BF16 = 1 }; /* device weight types */
 
 typedef struct cuda_model {
     int device;
-    int wtype;          /* BDH_WT_F32 or BDH_WT_BF16 */
+    bdh_elem wtype;     /* BDH_ELEM_F32 or BDH_ELEM_BF16 */
     int L, D, H, N, V;
     int n_sm;
     int dense;          /* BDH_CUDA_DENSE=1: no compaction (every pair listed) */
     int use_graph;      /* BDH_CUDA_GRAPH=0 turns graph capture off */
+    int pdl;            /* BDH_CUDA_PDL=0 turns programmatic dependent launch off */
     void *embed;        /* [V][D] */
     void *enc;          /* [H][D][N]  as in the file: x @ encoder reads rows d, coalesced in j */
     void *evT;          /* [H][N][D]  encoder_v transposed: row j is neuron j's weights */
     void *dec;          /* [H*N][D]   as in the file: row j is neuron j's output */
     void *lm;           /* [D][V] */
-    float *freqs;       /* [N], float32 always */
-    size_t weight_bytes; /* device bytes of the five weight tensors */
+    float *freqs;       /* [N], float32 always (a copy of bdh_model.freqs) */
 } cuda_model;
 
 /* Host block shared with the device (pinned, mapped): the step's inputs and
@@ -172,7 +178,8 @@ static inline bdh_status cublas_fail(cublasStatus_t s, const char *what)
                     what, cublas_status_text(s), (int)s);
 }
 
-/* Return from the enclosing bdh_status function on a CUDA error. */
+/* Return from the enclosing bdh_status function on a CUDA error (the one
+ * macro for it in kernels/). */
 #define CU_TRY(call, what)                                   \
     do {                                                     \
         cudaError_t cu_e_ = (call);                          \
@@ -184,6 +191,18 @@ static inline bdh_status cublas_fail(cublasStatus_t s, const char *what)
         cublasStatus_t cb_s_ = (call);                                  \
         if (cb_s_ != CUBLAS_STATUS_SUCCESS) return cublas_fail(cb_s_, what); \
     } while (0)
+
+/* Select the model's device for the calling thread (every entry point does
+ * this first: a thread may have used another device in between). */
+static inline bdh_status use_device(const cuda_model *cm)
+{
+    CU_TRY(cudaSetDevice(cm->device), "cudaSetDevice");
+    return BDH_OK;
+}
+
+/* The backend's parts of a model and a state of it. */
+static inline cuda_model *cuda_model_of(const bdh_model *m) { return (cuda_model *)m->impl; }
+static inline cuda_state *cuda_state_of(const bdh_state *s) { return (cuda_state *)s->impl; }
 
 /* ------------------------------------------------------------ device helpers */
 
@@ -294,13 +313,13 @@ __device__ __forceinline__ void block_layernorm(float *v, int D, double *scratch
 
 /* ------------------------------------------------------------ launching */
 
-/* BDH_CUDA_PDL=0 at model load turns programmatic dependent launch off
- * (process-wide; cuda_model.cu). It is used only while the calling thread
- * enqueues a single-token step (bdh_cuda_pdl_scope), where 44 small kernels
- * run back to back; prefill and the batched step launch plainly. */
+/* Whether launches from the calling thread carry the PDL attribute now
+ * (cuda_forward.cu): only while it enqueues a single-token step, where 44
+ * small kernels run back to back, and then as that step's model says
+ * (cuda_model.pdl, BDH_CUDA_PDL=0 at its load turns it off). A thread-local
+ * flag, so models loaded with different settings, used from any threads, do
+ * not interfere; prefill and the batched step launch plainly. */
 int bdh_cuda_pdl_enabled(void);
-void bdh_cuda_pdl_set(int on);
-void bdh_cuda_pdl_scope(int inside);
 
 #ifdef __CUDACC__
 /* kernel<<<grid, block, smem, st>>>(args...), with the PDL attribute when
@@ -328,20 +347,22 @@ static inline cudaError_t bdh_launch(void (*kernel)(KArgs...), dim3 grid, dim3 b
 
 /* ------------------------------------------------------------ launch wrappers */
 
-/* kernels_step.cu. Each returns the launch's cudaGetLastError(). */
-cudaError_t bdh_k_embed_ln(int wt, const void *embed, int D, const int *tokens, const long long *pos_src,
+/* kernels_step.cu. Each returns the launch's cudaGetLastError(); wt is the
+ * device weight type (BDH_ELEM_BF16, else float32). */
+cudaError_t bdh_k_embed_ln(bdh_elem wt, const void *embed, int D, const int *tokens, const long long *pos_src,
                            long long *pos_dst, float *X, int rows, cudaStream_t st);
-cudaError_t bdh_k_gemv(int wt, int relu, const float *x, int K, const void *W, int Nc, long long wstride, float *out,
-                       long long ostride, int nz, cudaStream_t st);
+cudaError_t bdh_k_gemv(bdh_elem wt, int relu, const float *x, int K, const void *W, int Nc, long long wstride,
+                       float *out, long long ostride, int nz, cudaStream_t st);
 cudaError_t bdh_k_compact(const float *xs, int N, int H, int B, const float *freqs, const long long *pos, int dense,
                           int *list, float2 *qlist, int *count, unsigned long long *stats, cudaStream_t st);
 cudaError_t bdh_k_state(float *const *sptr, long long layer_off, int N, int D, int H, int B, int GX, const float *X,
                         const int *list, const float2 *qlist, const int *count, float *a_part, cudaStream_t st);
 cudaError_t bdh_k_ln_a(const float *a_part, int GX, int D, int H, int B, float *ln_a, cudaStream_t st);
-cudaError_t bdh_k_ev_gate(int wt, const float *ln_a, const void *evT, const float *xs, const int *list, const int *count,
-                          int N, int D, int H, int GY, float *xy, unsigned long long *stats, cudaStream_t st);
-cudaError_t bdh_k_dec(int wt, const float *xy, const void *dec, const int *list, const int *count, int N, int D, int H,
-                      int RG, float *y_part, cudaStream_t st);
+cudaError_t bdh_k_ev_gate(bdh_elem wt, const float *ln_a, const void *evT, const float *xs, const int *list,
+                          const int *count, int N, int D, int H, int GY, float *xy, unsigned long long *stats,
+                          cudaStream_t st);
+cudaError_t bdh_k_dec(bdh_elem wt, const float *xy, const void *dec, const int *list, const int *count, int N, int D,
+                      int H, int RG, float *y_part, cudaStream_t st);
 cudaError_t bdh_k_final_ln(const float *y_part, int P, long long pstride, int D, float *X, int rows, cudaStream_t st);
 
 /* kernels_gemm.cu: C = epi(A @ B), batched over heads and split along K.
@@ -366,15 +387,19 @@ typedef struct gemm_params {
     long long sCsplit;
 } gemm_params;
 
-cudaError_t bdh_k_gemm(int wt, const gemm_params *p, cudaStream_t st);
+cudaError_t bdh_k_gemm(bdh_elem wt, const gemm_params *p, cudaStream_t st);
 cudaError_t bdh_k_rope_rows(const float *XS, float *Q, int T, int HN, int N, const float *freqs, long long t0,
                             cudaStream_t st);
 cudaError_t bdh_k_masked(float *A, const float *scores, const float *X, int T, int D, int H, cudaStream_t st);
 cudaError_t bdh_k_ln_rows(float *A, int D, int rows, cudaStream_t st);
 
 /* cuda_model.cu */
-int bdh_cuda_gx_batch(const cuda_model *cm, int B);
 void bdh_cuda_free_prefill(prefill_buf *pf); /* NULL, or built in part: fine */
 void bdh_cuda_free_batch(batch_buf *bt);
+
+/* cuda_forward.cu: the table's step_batch (n == 1: the single-token graph
+ * step) and prefill. Each advances the states' positions by the tokens fed. */
+bdh_status bdh_cuda_forward_step_batch(bdh_state *const *states, const int32_t *tokens, size_t n, float *logits);
+bdh_status bdh_cuda_forward_prefill(bdh_state *s, const int32_t *tokens, size_t n, float *logits, bool all_rows);
 
 #endif /* BDH_CUDA_CUH */

@@ -1,29 +1,31 @@
-/* The CUDA forward entry points:
- *   bdh_cuda_step        one token: the sparse decode kernels, captured once
- *                        into a CUDA graph per state and replayed
- *   bdh_cuda_prefill     chunks of tokens: weight GEMMs, cuBLAS for the
- *                        products with the state, a masked intra-chunk kernel
- *   bdh_cuda_step_batch  one token for each of many states: weight GEMMs,
- *                        and the sparse state kernel over all states at once
- * Each call ends with a stream synchronisation, which is also where errors of
- * the asynchronous work surface; a state has no work pending between calls. */
+/* The CUDA backend's forward functions (bdh_cuda_backend's step_batch and
+ * prefill):
+ *   step                  one token: the sparse decode kernels, captured once
+ *                         into a CUDA graph per state and replayed
+ *   bdh_cuda_forward_prefill
+ *                         chunks of tokens: weight GEMMs, cuBLAS for the
+ *                         products with the state, a masked intra-chunk kernel
+ *   bdh_cuda_forward_step_batch
+ *                         one token for each of many states: weight GEMMs,
+ *                         and the sparse state kernel over all states at once
+ *                         (a batch of one is the single step)
+ * Each advances the states' positions by the tokens it feeds (the core's
+ * contract), and ends with a stream synchronisation, which is also where
+ * errors of the asynchronous work surface; a state has no work pending
+ * between calls. */
 #include "bdh_cuda.cuh"
 #include "bdh_cuda_debug.h"
 
 #include <stdlib.h>
 #include <string.h>
 
-#define K_TRY(call, what)                                     \
-    do {                                                      \
-        cudaError_t k_e_ = (call);                            \
-        if (k_e_ != cudaSuccess) return cuda_fail(k_e_, what); \
-    } while (0)
+/* ================================================================ PDL */
 
-static bdh_status use_device(const cuda_model *cm)
-{
-    CU_TRY(cudaSetDevice(cm->device), "cudaSetDevice");
-    return BDH_OK;
-}
+/* Set while this thread enqueues a single-token step, to that step's
+ * model's cuda_model.pdl; read by bdh_launch for every kernel it launches. */
+static __thread int t_pdl;
+
+int bdh_cuda_pdl_enabled(void) { return t_pdl; }
 
 /* ================================================================ single step */
 
@@ -33,7 +35,8 @@ static bdh_status use_device(const cuda_model *cm)
  * first kernel and after each one. */
 static bdh_status enqueue_step_kernels(const cuda_model *cm, cuda_state *cs, cudaEvent_t *ev)
 {
-    const int D = cm->D, H = cm->H, N = cm->N, wt = cm->wtype;
+    const int D = cm->D, H = cm->H, N = cm->N;
+    const bdh_elem wt = cm->wtype;
     const step_buf *b = &cs->st;
     cudaStream_t st = cs->stream;
     const long long layer_floats = (long long)H * N * D;
@@ -44,39 +47,41 @@ static bdh_status enqueue_step_kernels(const cuda_model *cm, cuda_state *cs, cud
     } while (0)
 
     MARK();
-    K_TRY(bdh_k_embed_ln(wt, cm->embed, D, &cs->io_d->token, &cs->io_d->pos, b->pos, b->x, 1, st), "embedding kernel");
+    CU_TRY(bdh_k_embed_ln(wt, cm->embed, D, &cs->io_d->token, &cs->io_d->pos, b->pos, b->x, 1, st), "embedding kernel");
     MARK();
     for (int l = 0; l < cm->L; l++) {
-        K_TRY(bdh_k_gemv(wt, 1, b->x, D, cm->enc, N, (long long)D * N, b->xs, N, H, st), "encoder kernel");
+        CU_TRY(bdh_k_gemv(wt, 1, b->x, D, cm->enc, N, (long long)D * N, b->xs, N, H, st), "encoder kernel");
         MARK();
-        K_TRY(bdh_k_compact(b->xs, N, H, 1, cm->freqs, b->pos, cm->dense, b->list, b->qlist, b->count, b->stats, st),
-              "compaction kernel");
+        CU_TRY(bdh_k_compact(b->xs, N, H, 1, cm->freqs, b->pos, cm->dense, b->list, b->qlist, b->count, b->stats, st),
+               "compaction kernel");
         MARK();
-        K_TRY(bdh_k_state(b->sptr, l * layer_floats, N, D, H, 1, BDH_GX_STEP, b->x, b->list, b->qlist, b->count,
-                          b->a_part, st),
-              "state kernel");
+        CU_TRY(bdh_k_state(b->sptr, l * layer_floats, N, D, H, 1, BDH_GX_STEP, b->x, b->list, b->qlist, b->count,
+                           b->a_part, st),
+               "state kernel");
         MARK();
-        K_TRY(bdh_k_ln_a(b->a_part, BDH_GX_STEP, D, H, 1, b->ln_a, st), "layernorm kernel");
+        CU_TRY(bdh_k_ln_a(b->a_part, BDH_GX_STEP, D, H, 1, b->ln_a, st), "layernorm kernel");
         MARK();
-        K_TRY(bdh_k_ev_gate(wt, b->ln_a, cm->evT, b->xs, b->list, b->count, N, D, H, BDH_GY_STEP, b->xy, b->stats, st),
-              "encoder_v kernel");
+        CU_TRY(bdh_k_ev_gate(wt, b->ln_a, cm->evT, b->xs, b->list, b->count, N, D, H, BDH_GY_STEP, b->xy, b->stats, st),
+               "encoder_v kernel");
         MARK();
-        K_TRY(bdh_k_dec(wt, b->xy, cm->dec, b->list, b->count, N, D, H, BDH_RG_STEP, b->y_part, st), "decoder kernel");
+        CU_TRY(bdh_k_dec(wt, b->xy, cm->dec, b->list, b->count, N, D, H, BDH_RG_STEP, b->y_part, st), "decoder kernel");
         MARK();
-        K_TRY(bdh_k_final_ln(b->y_part, H * BDH_RG_STEP, D, D, b->x, 1, st), "layernorm kernel");
+        CU_TRY(bdh_k_final_ln(b->y_part, H * BDH_RG_STEP, D, D, b->x, 1, st), "layernorm kernel");
         MARK();
     }
-    K_TRY(bdh_k_gemv(wt, 0, b->x, D, cm->lm, cm->V, 0, cs->io_d->logits, 0, 1, st), "lm_head kernel");
+    CU_TRY(bdh_k_gemv(wt, 0, b->x, D, cm->lm, cm->V, 0, cs->io_d->logits, 0, 1, st), "lm_head kernel");
     MARK();
 #undef MARK
     return BDH_OK;
 }
 
+/* The step's kernels with this model's PDL setting (recorded into the
+ * graph when capturing). */
 static bdh_status enqueue_step(const cuda_model *cm, cuda_state *cs, cudaEvent_t *ev)
 {
-    bdh_cuda_pdl_scope(1);
+    t_pdl = cm->pdl;
     const bdh_status rc = enqueue_step_kernels(cm, cs, ev);
-    bdh_cuda_pdl_scope(0);
+    t_pdl = 0;
     return rc;
 }
 
@@ -103,10 +108,10 @@ fail:
     cs->graph_failed = 1;
 }
 
-bdh_status bdh_cuda_step(bdh_state *s, int32_t token, float *logits)
+static bdh_status step(bdh_state *s, int32_t token, float *logits)
 {
-    const cuda_model *cm = (const cuda_model *)s->model->cuda;
-    cuda_state *cs = (cuda_state *)s->cuda;
+    const cuda_model *cm = cuda_model_of(s->model);
+    cuda_state *cs = cuda_state_of(s);
     bdh_status rc = use_device(cm);
     if (rc != BDH_OK) return rc;
 
@@ -133,9 +138,11 @@ bdh_status bdh_cuda_step(bdh_state *s, int32_t token, float *logits)
  * kind of kernel (all layers) into ms[BDH_CUDA_PROFILE_KINDS]. */
 int bdh_cuda_debug_profile(bdh_state *s, int32_t token, double *ms)
 {
-    const cuda_model *cm = s ? (const cuda_model *)s->model->cuda : NULL;
-    cuda_state *cs = s ? (cuda_state *)s->cuda : NULL;
+    const bool on_cuda = s && s->model->backend == &bdh_cuda_backend;
+    const cuda_model *cm = on_cuda ? cuda_model_of(s->model) : NULL;
+    cuda_state *cs = on_cuda ? cuda_state_of(s) : NULL;
     if (!cm || !cs || token < 0 || token >= cm->V) return -1;
+    if (cudaSetDevice(cm->device) != cudaSuccess) return -1;
     const int n = 7 * cm->L + 3;
     cudaEvent_t *ev = (cudaEvent_t *)calloc((size_t)n, sizeof *ev);
     int made = 0, rc = -1;
@@ -161,6 +168,14 @@ out:
 }
 
 /* ================================================================ helpers */
+
+/* Blocks per head of the batched state kernel for B states: about four
+ * blocks per SM over all heads and states. */
+static int gx_batch(const cuda_model *cm, int B)
+{
+    int gx = 4 * cm->n_sm / (cm->H * B);
+    return gx < 1 ? 1 : gx > 64 ? 64 : gx;
+}
 
 static gemm_params gemm_init(int M, int Nc, int K)
 {
@@ -196,7 +211,7 @@ static bdh_status enqueue_logits(const cuda_model *cm, const float *X, int rows,
     p.ldb = cm->V;
     p.C = out;
     p.ldc = cm->V;
-    K_TRY(bdh_k_gemm(cm->wtype, &p, st), "lm_head GEMM");
+    CU_TRY(bdh_k_gemm(cm->wtype, &p, st), "lm_head GEMM");
     return BDH_OK;
 }
 
@@ -215,7 +230,7 @@ static bdh_status enqueue_encoder(const cuda_model *cm, const float *X, int M, f
     p.sC = cm->N;
     p.epi = 1;
     p.batch = cm->H;
-    K_TRY(bdh_k_gemm(cm->wtype, &p, st), "encoder GEMM");
+    CU_TRY(bdh_k_gemm(cm->wtype, &p, st), "encoder GEMM");
     return BDH_OK;
 }
 
@@ -241,7 +256,7 @@ static bdh_status enqueue_gate(const cuda_model *cm, const float *lna, long long
     p.sG = cm->N;
     p.epi = 2;
     p.batch = cm->H;
-    K_TRY(bdh_k_gemm(cm->wtype, &p, st), "encoder_v GEMM");
+    CU_TRY(bdh_k_gemm(cm->wtype, &p, st), "encoder_v GEMM");
     return BDH_OK;
 }
 
@@ -259,8 +274,8 @@ static bdh_status enqueue_decoder(const cuda_model *cm, const float *XY, int M, 
     p.ldc = cm->D;
     p.splits = splits;
     p.sCsplit = (long long)M * cm->D;
-    K_TRY(bdh_k_gemm(cm->wtype, &p, st), "decoder GEMM");
-    K_TRY(bdh_k_final_ln(Ypart, splits, (long long)M * cm->D, cm->D, X, M, st), "layernorm kernel");
+    CU_TRY(bdh_k_gemm(cm->wtype, &p, st), "decoder GEMM");
+    CU_TRY(bdh_k_final_ln(Ypart, splits, (long long)M * cm->D, cm->D, X, M, st), "layernorm kernel");
     return BDH_OK;
 }
 
@@ -335,11 +350,11 @@ static bdh_status enqueue_chunk(const cuda_model *cm, cuda_state *cs, int T, lon
     const float one = 1.f, zero = 0.f;
     bdh_status rc;
 
-    K_TRY(bdh_k_embed_ln(cm->wtype, cm->embed, D, pf->tok_d, NULL, NULL, pf->X, T, st), "embedding kernel");
+    CU_TRY(bdh_k_embed_ln(cm->wtype, cm->embed, D, pf->tok_d, NULL, NULL, pf->X, T, st), "embedding kernel");
     for (int l = 0; l < cm->L; l++) {
         float *S = cs->S + (size_t)l * H * N * D;
         if ((rc = enqueue_encoder(cm, pf->X, T, pf->XS, st)) != BDH_OK) return rc;
-        K_TRY(bdh_k_rope_rows(pf->XS, pf->Q, T, HN, N, cm->freqs, t0, st), "rope kernel");
+        CU_TRY(bdh_k_rope_rows(pf->XS, pf->Q, T, HN, N, cm->freqs, t0, st), "rope kernel");
         /* cuBLAS is column-major: a row-major [r][c] matrix is its transpose.
          * A_h[T][D] = Q_h[T][N] S_h[N][D]  (the state before the chunk) */
         CUBLAS_TRY(cublasSgemmStridedBatched(cs->cublas, CUBLAS_OP_N, CUBLAS_OP_N, D, T, N, &one, S, D,
@@ -349,22 +364,22 @@ static bdh_status enqueue_chunk(const cuda_model *cm, cuda_state *cs, int T, lon
         CUBLAS_TRY(cublasSgemmStridedBatched(cs->cublas, CUBLAS_OP_T, CUBLAS_OP_N, T, T, N, &one, pf->Q, HN, N, pf->Q,
                                              HN, N, &zero, pf->scores, T, (long long)T * T, H),
                    "scores = Q Q^T");
-        K_TRY(bdh_k_masked(pf->A, pf->scores, pf->X, T, D, H, st), "masked chunk kernel");
+        CU_TRY(bdh_k_masked(pf->A, pf->scores, pf->X, T, D, H, st), "masked chunk kernel");
         /* S_h[N][D] += Q_h^T X */
         CUBLAS_TRY(cublasSgemmStridedBatched(cs->cublas, CUBLAS_OP_N, CUBLAS_OP_T, D, N, T, &one, pf->X, D, 0, pf->Q,
                                              HN, N, &one, S, D, (long long)N * D, H),
                    "S += Q^T X");
-        K_TRY(bdh_k_ln_rows(pf->A, D, H * T, st), "layernorm kernel");
+        CU_TRY(bdh_k_ln_rows(pf->A, D, H * T, st), "layernorm kernel");
         if ((rc = enqueue_gate(cm, pf->A, D, (long long)T * D, T, pf->XS, pf->XY, st)) != BDH_OK) return rc;
         if ((rc = enqueue_decoder(cm, pf->XY, T, pf->splitk, pf->Ypart, pf->X, st)) != BDH_OK) return rc;
     }
     return BDH_OK;
 }
 
-bdh_status bdh_cuda_prefill(bdh_state *s, const int32_t *tokens, size_t n, float *logits, bool all_rows)
+bdh_status bdh_cuda_forward_prefill(bdh_state *s, const int32_t *tokens, size_t n, float *logits, bool all_rows)
 {
-    const cuda_model *cm = (const cuda_model *)s->model->cuda;
-    cuda_state *cs = (cuda_state *)s->cuda;
+    const cuda_model *cm = cuda_model_of(s->model);
+    cuda_state *cs = cuda_state_of(s);
     bdh_status rc = use_device(cm);
     if (rc == BDH_OK) rc = ensure_prefill(cm, cs);
     if (rc == BDH_OK) rc = ensure_cublas(cs);
@@ -395,9 +410,9 @@ bdh_status bdh_cuda_prefill(bdh_state *s, const int32_t *tokens, size_t n, float
         if (all_rows) memcpy(logits + done * V, pf->logits_h, (size_t)last * V * sizeof(float));
     }
     if (logits && !all_rows) {
-        K_TRY(bdh_k_gemv(cm->wtype, 0, pf->X + (size_t)(last - 1) * cm->D, cm->D, cm->lm, cm->V, 0, cs->io_d->logits,
-                         0, 1, cs->stream),
-              "lm_head kernel");
+        CU_TRY(bdh_k_gemv(cm->wtype, 0, pf->X + (size_t)(last - 1) * cm->D, cm->D, cm->lm, cm->V, 0, cs->io_d->logits,
+                          0, 1, cs->stream),
+               "lm_head kernel");
         CU_TRY(cudaStreamSynchronize(cs->stream), "prefill logits");
         memcpy(logits, cs->io->logits, V * sizeof(float));
     }
@@ -412,7 +427,7 @@ static bdh_status build_batch(const cuda_model *cm, batch_buf *bt)
     const size_t B = BDH_BATCH_MAX, D = cm->D, H = cm->H, N = cm->N, HN = H * N, P = N / 2, V = cm->V;
     size_t apart = 0; /* largest B*H*GX(B)*D over the group sizes */
     for (int b = 1; b <= BDH_BATCH_MAX; b++) {
-        const size_t a = (size_t)b * H * (size_t)bdh_cuda_gx_batch(cm, b) * D;
+        const size_t a = (size_t)b * H * (size_t)gx_batch(cm, b) * D;
         if (a > apart) apart = a;
     }
     bt->splitk = decoder_splits(cm, (int)B);
@@ -464,31 +479,31 @@ static bdh_status enqueue_batch(const cuda_model *cm, cuda_state *cs, int B)
     batch_buf *bt = cs->bt;
     cudaStream_t st = cs->stream;
     const int D = cm->D, H = cm->H, N = cm->N;
-    const int GX = bdh_cuda_gx_batch(cm, B);
+    const int GX = gx_batch(cm, B);
     const long long layer_floats = (long long)H * N * D;
     bdh_status rc;
 
-    K_TRY(bdh_k_embed_ln(cm->wtype, cm->embed, D, bt->in_d->tok, NULL, NULL, bt->X, B, st), "embedding kernel");
+    CU_TRY(bdh_k_embed_ln(cm->wtype, cm->embed, D, bt->in_d->tok, NULL, NULL, bt->X, B, st), "embedding kernel");
     for (int l = 0; l < cm->L; l++) {
         if ((rc = enqueue_encoder(cm, bt->X, B, bt->XS, st)) != BDH_OK) return rc;
-        K_TRY(bdh_k_compact(bt->XS, N, H, B, cm->freqs, bt->in_d->pos, cm->dense, bt->list, bt->qlist, bt->count, NULL,
-                            st),
-              "compaction kernel");
-        K_TRY(bdh_k_state(bt->in_d->sptr, l * layer_floats, N, D, H, B, GX, bt->X, bt->list, bt->qlist, bt->count,
-                          bt->a_part, st),
-              "state kernel");
-        K_TRY(bdh_k_ln_a(bt->a_part, GX, D, H, B, bt->ln_a, st), "layernorm kernel");
+        CU_TRY(bdh_k_compact(bt->XS, N, H, B, cm->freqs, bt->in_d->pos, cm->dense, bt->list, bt->qlist, bt->count, NULL,
+                             st),
+               "compaction kernel");
+        CU_TRY(bdh_k_state(bt->in_d->sptr, l * layer_floats, N, D, H, B, GX, bt->X, bt->list, bt->qlist, bt->count,
+                           bt->a_part, st),
+               "state kernel");
+        CU_TRY(bdh_k_ln_a(bt->a_part, GX, D, H, B, bt->ln_a, st), "layernorm kernel");
         if ((rc = enqueue_gate(cm, bt->ln_a, (long long)H * D, D, B, bt->XS, bt->XY, st)) != BDH_OK) return rc;
         if ((rc = enqueue_decoder(cm, bt->XY, B, bt->splitk, bt->Ypart, bt->X, st)) != BDH_OK) return rc;
     }
     return BDH_OK;
 }
 
-bdh_status bdh_cuda_step_batch(bdh_state *const *states, const int32_t *tokens, size_t n, float *logits)
+bdh_status bdh_cuda_forward_step_batch(bdh_state *const *states, const int32_t *tokens, size_t n, float *logits)
 {
-    if (n == 1) return bdh_cuda_step(states[0], tokens[0], logits);
-    const cuda_model *cm = (const cuda_model *)states[0]->model->cuda;
-    cuda_state *cs = (cuda_state *)states[0]->cuda;
+    if (n == 1) return step(states[0], tokens[0], logits);
+    const cuda_model *cm = cuda_model_of(states[0]->model);
+    cuda_state *cs = cuda_state_of(states[0]);
     bdh_status rc = use_device(cm);
     if (rc == BDH_OK) rc = ensure_batch(cm, cs);
     if (rc != BDH_OK) return rc;
@@ -500,7 +515,7 @@ bdh_status bdh_cuda_step_batch(bdh_state *const *states, const int32_t *tokens, 
             const bdh_state *sb = states[g0 + b];
             bt->in_h->tok[b] = tokens[g0 + b];
             bt->in_h->pos[b] = (long long)sb->position;
-            bt->in_h->sptr[b] = ((const cuda_state *)sb->cuda)->S;
+            bt->in_h->sptr[b] = cuda_state_of(sb)->S;
         }
         CU_TRY(cudaMemcpyAsync(bt->in_d, bt->in_h, sizeof(batch_host), cudaMemcpyHostToDevice, cs->stream),
                "batch input upload");

@@ -1,6 +1,8 @@
-/* The CUDA backend's model and state lifecycle: weight upload (with the
- * layout changes the kernels want), device state allocation, reset, copy,
- * download/upload for save/load, and release. */
+/* The CUDA backend's table (bdh_cuda_backend, libbdh/internal.h) and its
+ * model and state lifecycle: the weights packed from the file's tensors
+ * straight into the device's types and layouts, device state allocation,
+ * reset, copy, read/write for save/load, and release; the bench's debug
+ * hooks. The forward functions of the table are in cuda_forward.cu. */
 #include "bdh_cuda.cuh"
 #include "bdh_cuda_debug.h"
 
@@ -17,61 +19,154 @@ static int env_flag(const char *name, int dflt)
     return strcmp(v, "0") != 0;
 }
 
-/* float32 -> bfloat16 bits, round to nearest even (as PyTorch's .bfloat16()). */
-static uint16_t f32_to_bf16_bits(float f)
-{
-    uint32_t u;
-    memcpy(&u, &f, 4);
-    if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x40u); /* NaN stays NaN */
-    u += 0x7fffu + ((u >> 16) & 1u);
-    return (uint16_t)(u >> 16);
-}
+static bool is_cuda_model(const bdh_model *m) { return m && m->backend == &bdh_cuda_backend && m->impl; }
 
-static bdh_status upload(void **dst, const float *src, size_t n, int wtype, const char *name)
+/* ---------------------------------------------------------------- parameters */
+
+#define F16_REFUSED                                                                                               \
+    bdh_fail(BDH_ERR_UNSUPPORTED, "params.weight_type = BDH_WEIGHTS_F16: the CUDA path holds float32 or bfloat16 " \
+                                  "weights (use BDH_WEIGHTS_F32 or BDH_WEIGHTS_BF16)")
+
+/* Before any file is read. (The ordinal's upper bound needs the runtime:
+ * model_init checks it.) */
+static bdh_status cuda_check_params(const bdh_model_params *p)
 {
-    const size_t esz = wtype == BDH_WT_BF16 ? 2 : 4;
-    CU_TRY(cudaMalloc(dst, n * esz), name);
-    if (wtype == BDH_WT_F32) {
-        CU_TRY(cudaMemcpy(*dst, src, n * 4, cudaMemcpyHostToDevice), name);
-        return BDH_OK;
-    }
-    uint16_t *tmp = (uint16_t *)malloc(n * 2);
-    if (!tmp) return bdh_fail(BDH_ERR_OUT_OF_MEMORY, "out of memory converting %s to bf16", name);
-    for (size_t i = 0; i < n; i++) tmp[i] = f32_to_bf16_bits(src[i]);
-    cudaError_t e = cudaMemcpy(*dst, tmp, n * 2, cudaMemcpyHostToDevice);
-    free(tmp);
-    if (e != cudaSuccess) return cuda_fail(e, name);
+    if (p->weight_type == BDH_WEIGHTS_F16) return F16_REFUSED;
+    if (p->cuda_device < 0)
+        return bdh_fail(BDH_ERR_INVALID_ARGUMENT, "params.cuda_device = %d is negative (a CUDA device ordinal)",
+                        (int)p->cuda_device);
     return BDH_OK;
-}
-
-static bool file_is_bf16(const bdh_model *m)
-{
-    const int big[] = {BDH_T_EMBED, BDH_T_ENCODER, BDH_T_ENCODER_V, BDH_T_DECODER, BDH_T_LM_HEAD};
-    for (size_t i = 0; i < sizeof big / sizeof big[0]; i++)
-        if (!m->file_dtype[big[i]] || strcmp(m->file_dtype[big[i]], "BF16") != 0) return false;
-    return true;
-}
-
-/* Select the model's device for the calling thread. */
-static bdh_status use_device(const cuda_model *cm)
-{
-    CU_TRY(cudaSetDevice(cm->device), "cudaSetDevice");
-    return BDH_OK;
-}
-
-static int g_pdl = 1;
-static __thread int t_pdl_scope; /* this thread is enqueueing a single-token step */
-int bdh_cuda_pdl_enabled(void) { return t_pdl_scope && __atomic_load_n(&g_pdl, __ATOMIC_RELAXED); }
-void bdh_cuda_pdl_set(int on) { __atomic_store_n(&g_pdl, on, __ATOMIC_RELAXED); }
-void bdh_cuda_pdl_scope(int inside) { t_pdl_scope = inside; }
-
-int bdh_cuda_gx_batch(const cuda_model *cm, int B)
-{
-    int gx = 4 * cm->n_sm / (cm->H * B);
-    return gx < 1 ? 1 : gx > 64 ? 64 : gx;
 }
 
 /* ---------------------------------------------------------------- model */
+
+static const int big_tensors[5] = {BDH_T_EMBED, BDH_T_ENCODER, BDH_T_ENCODER_V, BDH_T_DECODER, BDH_T_LM_HEAD};
+
+/* The device weight type for a request: float32 or bfloat16 as asked;
+ * AS_STORED keeps bfloat16 only when all five weight tensors are BF16 in the
+ * file, and uses float32 otherwise (F32 or F16 files, or a mix). Anything
+ * else (F16) is not a device type: the caller refuses it. */
+static bdh_elem device_elem(bdh_weight_type requested, const bdh_weight_views *w)
+{
+    if (requested != BDH_WEIGHTS_AS_STORED) return bdh_weight_elem(requested, w->t[BDH_T_ENCODER]->dtype);
+    for (size_t i = 0; i < sizeof big_tensors / sizeof big_tensors[0]; i++)
+        if (!w->t[big_tensors[i]] || w->t[big_tensors[i]]->dtype != BDH_ELEM_BF16) return BDH_ELEM_F32;
+    return BDH_ELEM_BF16;
+}
+
+/* Packing: each tensor goes from the file's bytes (F32, F16 or BF16, maybe
+ * unaligned) to the device type through one host staging buffer, reused
+ * for every tensor, a piece at a time; a tensor already in the device type
+ * and layout is copied to the device straight from the file. Conversions
+ * pass through float32 (widening is exact) and round to nearest even
+ * (dtype.h), as PyTorch's .bfloat16() does. */
+#define PACK_BLOCK ((size_t)1 << 16) /* elements converted at a time (float32 scratch) */
+#define PACK_CHUNK ((size_t)1 << 22) /* elements staged per upload, at least */
+
+typedef struct packer {
+    bdh_elem de;   /* device type */
+    size_t esz;    /* its size */
+    void *stage;   /* cap elements of de */
+    size_t cap;
+    float *f32;    /* max(PACK_BLOCK, N) floats */
+    const bdh_weight_views *w;
+} packer;
+
+/* n elements of type se at src into dst (type pk->de). */
+static void convert(const packer *pk, bdh_elem se, const void *src, void *dst, size_t n)
+{
+    const size_t ss = bdh_elem_size(se);
+    if (se == pk->de) {
+        memcpy(dst, src, n * ss);
+        return;
+    }
+    for (size_t i = 0; i < n; i += PACK_BLOCK) {
+        const size_t k = n - i < PACK_BLOCK ? n - i : PACK_BLOCK;
+        bdh_elem_to_f32(se, (const char *)src + i * ss, pk->f32, k);
+        bdh_elem_from_f32(pk->de, pk->f32, (char *)dst + i * pk->esz, k);
+    }
+}
+
+/* The view of tensor `which`, checked to hold n elements of a float type. */
+static bdh_status tensor_for(const packer *pk, int which, size_t n, const bdh_tensor_view **out)
+{
+    const bdh_tensor_view *t = pk->w->t[which];
+    if (!t || !t->data || !bdh_elem_is_float(t->dtype) || t->nbytes < n * bdh_elem_size(t->dtype))
+        return bdh_fail(BDH_ERR_FORMAT, "%s: expected %zu F32/F16/BF16 elements", bdh_tensor_name(which), n);
+    *out = t;
+    return BDH_OK;
+}
+
+/* Drop the file's pages of a tensor now on the device. */
+static void release_pages(const packer *pk, const bdh_tensor_view *t)
+{
+    if (pk->w->file) bdh_safetensors_release(pk->w->file, t);
+}
+
+/* Device buffer of n elements of the device type (*dst is set only on success). */
+static bdh_status device_alloc(const packer *pk, void **dst, size_t n, int which)
+{
+    void *p = NULL;
+    const cudaError_t e = cudaMalloc(&p, n * pk->esz);
+    if (e != cudaSuccess) {
+        cudaGetLastError();
+        return bdh_fail(e == cudaErrorMemoryAllocation ? BDH_ERR_OUT_OF_MEMORY : BDH_ERR_DEVICE,
+                        "CUDA error allocating %zu device bytes for %s: %s (%s)", n * pk->esz, bdh_tensor_name(which),
+                        cudaGetErrorString(e), cudaGetErrorName(e));
+    }
+    *dst = p;
+    return BDH_OK;
+}
+
+/* Tensor `which` (n elements) in the file's layout. */
+static bdh_status upload_as_is(const packer *pk, void **dst, int which, size_t n)
+{
+    const bdh_tensor_view *t;
+    bdh_status rc = tensor_for(pk, which, n, &t);
+    if (rc == BDH_OK) rc = device_alloc(pk, dst, n, which);
+    if (rc != BDH_OK) return rc;
+    const char *what = bdh_tensor_name(which);
+    if (t->dtype == pk->de) {
+        CU_TRY(cudaMemcpy(*dst, t->data, n * pk->esz, cudaMemcpyHostToDevice), what);
+    } else {
+        const size_t ss = bdh_elem_size(t->dtype);
+        for (size_t i = 0; i < n; i += pk->cap) {
+            const size_t k = n - i < pk->cap ? n - i : pk->cap;
+            convert(pk, t->dtype, (const char *)t->data + i * ss, pk->stage, k);
+            CU_TRY(cudaMemcpy((char *)*dst + i * pk->esz, pk->stage, k * pk->esz, cudaMemcpyHostToDevice), what);
+        }
+    }
+    release_pages(pk, t);
+    return BDH_OK;
+}
+
+/* encoder_v [H][D][N] -> [H][N][D], a head at a time: a neuron's weights
+ * become one row. */
+static bdh_status upload_encoder_v(const packer *pk, void **dst, size_t H, size_t D, size_t N)
+{
+    const bdh_tensor_view *t;
+    bdh_status rc = tensor_for(pk, BDH_T_ENCODER_V, H * D * N, &t);
+    if (rc == BDH_OK) rc = device_alloc(pk, dst, H * N * D, BDH_T_ENCODER_V);
+    if (rc != BDH_OK) return rc;
+    const size_t ss = bdh_elem_size(t->dtype);
+    for (size_t h = 0; h < H; h++) {
+        for (size_t d = 0; d < D; d++) {
+            const float *row = pk->f32;
+            bdh_elem_to_f32(t->dtype, (const char *)t->data + (h * D + d) * N * ss, pk->f32, N);
+            if (pk->de == BDH_ELEM_BF16) {
+                uint16_t *o = (uint16_t *)pk->stage + d;
+                for (size_t j = 0; j < N; j++) o[j * D] = bdh_f32_to_bf16(row[j]);
+            } else {
+                float *o = (float *)pk->stage + d;
+                for (size_t j = 0; j < N; j++) o[j * D] = row[j];
+            }
+        }
+        CU_TRY(cudaMemcpy((char *)*dst + h * N * D * pk->esz, pk->stage, N * D * pk->esz, cudaMemcpyHostToDevice),
+               "encoder_v");
+    }
+    release_pages(pk, t);
+    return BDH_OK;
+}
 
 static void model_free_device(cuda_model *cm)
 {
@@ -80,7 +175,36 @@ static void model_free_device(cuda_model *cm)
         if (bufs[i]) cudaFree(bufs[i]);
 }
 
-bdh_status bdh_cuda_model_init(bdh_model *m)
+static bdh_status upload_all(cuda_model *cm, const bdh_model *m, const bdh_weight_views *w)
+{
+    const size_t D = (size_t)cm->D, H = (size_t)cm->H, N = (size_t)cm->N, V = (size_t)cm->V;
+    packer pk;
+    memset(&pk, 0, sizeof pk);
+    pk.de = cm->wtype;
+    pk.esz = bdh_elem_size(cm->wtype);
+    pk.cap = N * D > PACK_CHUNK ? N * D : PACK_CHUNK;
+    pk.w = w;
+    pk.stage = malloc(pk.cap * pk.esz);
+    pk.f32 = (float *)malloc((N > PACK_BLOCK ? N : PACK_BLOCK) * sizeof(float));
+    bdh_status rc = BDH_OK;
+    if (!pk.stage || !pk.f32)
+        rc = bdh_fail(BDH_ERR_OUT_OF_MEMORY, "out of memory allocating %zu bytes to stage the weights", pk.cap * pk.esz);
+    if (rc == BDH_OK) rc = upload_as_is(&pk, &cm->embed, BDH_T_EMBED, V * D);
+    if (rc == BDH_OK) rc = upload_as_is(&pk, &cm->enc, BDH_T_ENCODER, H * D * N);
+    if (rc == BDH_OK) rc = upload_encoder_v(&pk, &cm->evT, H, D, N);
+    if (rc == BDH_OK) rc = upload_as_is(&pk, &cm->dec, BDH_T_DECODER, H * N * D);
+    if (rc == BDH_OK) rc = upload_as_is(&pk, &cm->lm, BDH_T_LM_HEAD, D * V);
+    free(pk.stage);
+    free(pk.f32);
+    if (rc == BDH_OK) {
+        cudaError_t e = cudaMalloc((void **)&cm->freqs, N * sizeof(float));
+        if (e == cudaSuccess) e = cudaMemcpy(cm->freqs, m->freqs, N * sizeof(float), cudaMemcpyHostToDevice);
+        if (e != cudaSuccess) rc = cuda_fail(e, "upload of attn.freqs");
+    }
+    return rc;
+}
+
+static bdh_status cuda_model_init(bdh_model *m, const bdh_weight_views *w)
 {
     int n_dev = 0;
     cudaError_t e = cudaGetDeviceCount(&n_dev);
@@ -92,20 +216,14 @@ bdh_status bdh_cuda_model_init(bdh_model *m)
     if (m->params.cuda_device < 0 || m->params.cuda_device >= n_dev)
         return bdh_fail(BDH_ERR_DEVICE, "params.cuda_device = %d, but there %s %d CUDA device%s",
                         (int)m->params.cuda_device, n_dev == 1 ? "is" : "are", n_dev, n_dev == 1 ? "" : "s");
-
-    int wtype;
-    switch (m->params.weight_type) {
-    case BDH_WEIGHTS_F32: wtype = BDH_WT_F32; break;
-    case BDH_WEIGHTS_BF16: wtype = BDH_WT_BF16; break;
-    case BDH_WEIGHTS_AS_STORED: wtype = file_is_bf16(m) ? BDH_WT_BF16 : BDH_WT_F32; break;
-    default:
-        return bdh_fail(BDH_ERR_UNSUPPORTED, "params.weight_type = BDH_WEIGHTS_F16: the CUDA path holds float32 or "
-                                             "bfloat16 weights (use BDH_WEIGHTS_F32 or BDH_WEIGHTS_BF16)");
-    }
+    if (!w->t[BDH_T_ENCODER]) return bdh_fail(BDH_ERR_FORMAT, "%s: missing", bdh_tensor_name(BDH_T_ENCODER));
+    const bdh_elem wtype = device_elem(m->params.weight_type, w);
+    if (wtype != BDH_ELEM_F32 && wtype != BDH_ELEM_BF16) return F16_REFUSED;
     const bdh_config *c = &m->cfg;
     if (c->n_embd > BDH_MAX_D)
         return bdh_fail(BDH_ERR_UNSUPPORTED, "n_embd = %d: the CUDA path supports n_embd up to %d", (int)c->n_embd,
                         BDH_MAX_D);
+    if (!m->freqs) return bdh_fail(BDH_ERR_INVALID_ARGUMENT, "the model has no RoPE frequencies");
 
     cuda_model *cm = (cuda_model *)calloc(1, sizeof *cm);
     if (!cm) return bdh_fail(BDH_ERR_OUT_OF_MEMORY, "out of memory");
@@ -118,59 +236,33 @@ bdh_status bdh_cuda_model_init(bdh_model *m)
     cm->V = c->vocab_size;
     cm->dense = env_flag("BDH_CUDA_DENSE", 0);
     cm->use_graph = env_flag("BDH_CUDA_GRAPH", 1);
-    bdh_cuda_pdl_set(env_flag("BDH_CUDA_PDL", 1));
+    cm->pdl = env_flag("BDH_CUDA_PDL", 1);
 
     bdh_status rc = use_device(cm);
-    const size_t D = (size_t)cm->D, H = (size_t)cm->H, N = (size_t)cm->N, V = (size_t)cm->V;
-    const size_t esz = wtype == BDH_WT_BF16 ? 2 : 4;
     if (rc == BDH_OK) {
         e = cudaDeviceGetAttribute(&cm->n_sm, cudaDevAttrMultiProcessorCount, cm->device);
         if (e != cudaSuccess) rc = cuda_fail(e, "cudaDeviceGetAttribute");
     }
-    if (rc == BDH_OK) rc = upload(&cm->embed, m->w.embed, V * D, wtype, "upload of embed.weight");
-    if (rc == BDH_OK) rc = upload(&cm->enc, m->w.encoder, H * D * N, wtype, "upload of encoder");
-    if (rc == BDH_OK) rc = upload(&cm->dec, m->w.decoder, H * N * D, wtype, "upload of decoder");
-    if (rc == BDH_OK) rc = upload(&cm->lm, m->w.lm_head, D * V, wtype, "upload of lm_head");
-    if (rc == BDH_OK) {
-        /* encoder_v [H][D][N] -> [H][N][D]: a neuron's weights become one row */
-        float *t = (float *)malloc(H * N * D * sizeof(float));
-        if (!t) {
-            rc = bdh_fail(BDH_ERR_OUT_OF_MEMORY, "out of memory transposing encoder_v");
-        } else {
-            for (size_t h = 0; h < H; h++)
-                for (size_t d = 0; d < D; d++) {
-                    const float *src = m->w.encoder_v + (h * D + d) * N;
-                    float *dst = t + h * N * D + d;
-                    for (size_t j = 0; j < N; j++) dst[j * D] = src[j];
-                }
-            rc = upload(&cm->evT, t, H * N * D, wtype, "upload of encoder_v");
-            free(t);
-        }
-    }
-    if (rc == BDH_OK) {
-        e = cudaMalloc((void **)&cm->freqs, N * sizeof(float));
-        if (e == cudaSuccess) e = cudaMemcpy(cm->freqs, m->w.freqs, N * sizeof(float), cudaMemcpyHostToDevice);
-        if (e != cudaSuccess) rc = cuda_fail(e, "upload of attn.freqs");
-    }
+    if (rc == BDH_OK) rc = upload_all(cm, m, w);
     if (rc != BDH_OK) {
         model_free_device(cm);
         free(cm);
         return rc;
     }
-    cm->weight_bytes = (2 * V * D + 3 * H * N * D) * esz;
-    m->weight_bytes = cm->weight_bytes; /* what the device holds (bf16: half) */
-    m->cuda = cm;
+    const size_t D = (size_t)cm->D, HN = (size_t)cm->H * (size_t)cm->N, V = (size_t)cm->V;
+    m->weight_bytes = (2 * V * D + 3 * HN * D) * bdh_elem_size(wtype); /* what the device holds (bf16: half) */
+    m->impl = cm;
     return BDH_OK;
 }
 
-void bdh_cuda_model_release(bdh_model *m)
+static void cuda_model_free(bdh_model *m)
 {
-    cuda_model *cm = (cuda_model *)m->cuda;
+    cuda_model *cm = cuda_model_of(m);
     if (!cm) return;
     cudaSetDevice(cm->device);
     model_free_device(cm);
     free(cm);
-    m->cuda = NULL;
+    m->impl = NULL;
 }
 
 /* ---------------------------------------------------------------- state */
@@ -233,12 +325,13 @@ static void state_free_device(cuda_state *cs)
     if (cs->stream) cudaStreamDestroy(cs->stream);
 }
 
+static size_t state_bytes(const bdh_state *s) { return bdh_state_floats(&s->model->cfg) * sizeof(float); }
+
 static bdh_status state_alloc(bdh_state *s, cuda_state *cs)
 {
-    const cuda_model *cm = (const cuda_model *)s->model->cuda;
-    const size_t state_bytes = bdh_state_floats(&s->model->cfg) * sizeof(float);
+    const cuda_model *cm = cuda_model_of(s->model);
     CU_TRY(cudaStreamCreateWithFlags(&cs->stream, cudaStreamNonBlocking), "cudaStreamCreate");
-    CU_TRY(cudaMalloc((void **)&cs->S, state_bytes), "allocating the device state");
+    CU_TRY(cudaMalloc((void **)&cs->S, state_bytes(s)), "allocating the device state");
     const size_t arena = layout_step(cm, NULL, &cs->st);
     CU_TRY(cudaMalloc(&cs->arena, arena), "allocating the step buffers");
     layout_step(cm, (char *)cs->arena, &cs->st);
@@ -246,16 +339,16 @@ static bdh_status state_alloc(bdh_state *s, cuda_state *cs)
            "allocating pinned host memory");
     CU_TRY(cudaHostGetDevicePointer((void **)&cs->io_d, cs->io, 0), "cudaHostGetDevicePointer");
     memset(cs->io, 0, sizeof(step_io));
-    CU_TRY(cudaMemsetAsync(cs->S, 0, state_bytes, cs->stream), "zeroing the state");
+    CU_TRY(cudaMemsetAsync(cs->S, 0, state_bytes(s), cs->stream), "zeroing the state");
     CU_TRY(cudaMemsetAsync(cs->arena, 0, arena, cs->stream), "zeroing the step buffers");
     CU_TRY(cudaMemcpyAsync(cs->st.sptr, &cs->S, sizeof(float *), cudaMemcpyHostToDevice, cs->stream), "state setup");
     CU_TRY(cudaStreamSynchronize(cs->stream), "state setup");
     return BDH_OK;
 }
 
-bdh_status bdh_cuda_state_init(bdh_state *s)
+static bdh_status cuda_state_init(bdh_state *s)
 {
-    const cuda_model *cm = (const cuda_model *)s->model->cuda;
+    const cuda_model *cm = cuda_model_of(s->model);
     if (!cm) return bdh_fail(BDH_ERR_DEVICE, "the model has no CUDA side");
     bdh_status rc = use_device(cm);
     if (rc != BDH_OK) return rc;
@@ -263,79 +356,104 @@ bdh_status bdh_cuda_state_init(bdh_state *s)
     if (!cs) return bdh_fail(BDH_ERR_OUT_OF_MEMORY, "out of memory");
     rc = state_alloc(s, cs);
     if (rc != BDH_OK) {
+        if (cs->stream) cudaStreamSynchronize(cs->stream);
         state_free_device(cs);
         free(cs);
         return rc;
     }
-    s->cuda = cs;
+    s->impl = cs;
     return BDH_OK;
 }
 
-void bdh_cuda_state_release(bdh_state *s)
+static void cuda_state_free(bdh_state *s)
 {
-    cuda_state *cs = (cuda_state *)s->cuda;
+    cuda_state *cs = cuda_state_of(s);
     if (!cs) return;
-    const cuda_model *cm = (const cuda_model *)s->model->cuda;
+    const cuda_model *cm = cuda_model_of(s->model);
     if (cm) cudaSetDevice(cm->device);
     if (cs->stream) cudaStreamSynchronize(cs->stream);
     state_free_device(cs);
     free(cs);
-    s->cuda = NULL;
+    s->impl = NULL;
 }
 
-bdh_status bdh_cuda_state_reset(bdh_state *s)
+/* The device state only: the core resets the position and the observer. */
+static bdh_status cuda_state_reset(bdh_state *s)
 {
-    cuda_state *cs = (cuda_state *)s->cuda;
-    bdh_status rc = use_device((const cuda_model *)s->model->cuda);
+    cuda_state *cs = cuda_state_of(s);
+    bdh_status rc = use_device(cuda_model_of(s->model));
     if (rc != BDH_OK) return rc;
-    CU_TRY(cudaMemsetAsync(cs->S, 0, bdh_state_floats(&s->model->cfg) * sizeof(float), cs->stream), "state reset");
+    CU_TRY(cudaMemsetAsync(cs->S, 0, state_bytes(s), cs->stream), "state reset");
     CU_TRY(cudaStreamSynchronize(cs->stream), "state reset");
     return BDH_OK;
 }
 
-bdh_status bdh_cuda_state_copy(bdh_state *dst, const bdh_state *src)
+/* dst is a fresh state of the same model: only S differs. */
+static bdh_status cuda_state_copy(bdh_state *dst, const bdh_state *src)
 {
-    cuda_state *d = (cuda_state *)dst->cuda;
-    const cuda_state *sc = (const cuda_state *)src->cuda;
-    bdh_status rc = use_device((const cuda_model *)src->model->cuda);
+    cuda_state *d = cuda_state_of(dst);
+    const cuda_state *sc = cuda_state_of(src);
+    bdh_status rc = use_device(cuda_model_of(src->model));
     if (rc != BDH_OK) return rc;
     CU_TRY(cudaStreamSynchronize(sc->stream), "state copy");
-    CU_TRY(cudaMemcpyAsync(d->S, sc->S, bdh_state_floats(&src->model->cfg) * sizeof(float), cudaMemcpyDeviceToDevice,
-                           d->stream),
-           "state copy");
+    CU_TRY(cudaMemcpyAsync(d->S, sc->S, state_bytes(src), cudaMemcpyDeviceToDevice, d->stream), "state copy");
     CU_TRY(cudaStreamSynchronize(d->stream), "state copy");
     return BDH_OK;
 }
 
-/* host may be unaligned (it points into a save blob): cudaMemcpy takes bytes. */
-bdh_status bdh_cuda_state_download(const bdh_state *s, float *host)
+/* dst/src may be unaligned (they point into a save blob): cudaMemcpy takes bytes. */
+static bdh_status cuda_state_read(const bdh_state *s, void *dst)
 {
-    const cuda_state *cs = (const cuda_state *)s->cuda;
-    bdh_status rc = use_device((const cuda_model *)s->model->cuda);
+    const cuda_state *cs = cuda_state_of(s);
+    bdh_status rc = use_device(cuda_model_of(s->model));
     if (rc != BDH_OK) return rc;
     CU_TRY(cudaStreamSynchronize(cs->stream), "state download");
-    CU_TRY(cudaMemcpy((void *)host, cs->S, bdh_state_floats(&s->model->cfg) * sizeof(float), cudaMemcpyDeviceToHost),
-           "state download");
+    CU_TRY(cudaMemcpy(dst, cs->S, state_bytes(s), cudaMemcpyDeviceToHost), "state download");
     return BDH_OK;
 }
 
-bdh_status bdh_cuda_state_upload(bdh_state *s, const float *host)
+static bdh_status cuda_state_write(bdh_state *s, const void *src)
 {
-    cuda_state *cs = (cuda_state *)s->cuda;
-    bdh_status rc = use_device((const cuda_model *)s->model->cuda);
+    cuda_state *cs = cuda_state_of(s);
+    bdh_status rc = use_device(cuda_model_of(s->model));
     if (rc != BDH_OK) return rc;
     CU_TRY(cudaStreamSynchronize(cs->stream), "state upload");
-    CU_TRY(cudaMemcpy(cs->S, (const void *)host, bdh_state_floats(&s->model->cfg) * sizeof(float),
-                      cudaMemcpyHostToDevice),
-           "state upload");
+    CU_TRY(cudaMemcpy(cs->S, src, state_bytes(s), cudaMemcpyHostToDevice), "state upload");
     return BDH_OK;
 }
+
+/* ---------------------------------------------------------------- the table */
+
+const bdh_backend bdh_cuda_backend = {
+    "cuda",                         /* name */
+    false,                          /* observes: steps do not report layers */
+    cuda_check_params,              /* check_params */
+    cuda_model_init,                /* model_init */
+    cuda_model_free,                /* model_free */
+    cuda_state_init,                /* state_init */
+    cuda_state_free,                /* state_free */
+    cuda_state_reset,               /* state_reset */
+    cuda_state_copy,                /* state_copy */
+    cuda_state_read,                /* state_read */
+    cuda_state_write,               /* state_write */
+    NULL,                           /* state_rows: the state is on the device */
+    NULL,                           /* activity: not counted */
+    bdh_cuda_forward_step_batch,    /* step_batch (cuda_forward.cu) */
+    bdh_cuda_forward_prefill,       /* prefill (cuda_forward.cu) */
+};
 
 /* ---------------------------------------------------------------- debug */
 
+static const cuda_state *debug_state(const bdh_state *s)
+{
+    if (!s || !is_cuda_model(s->model) || !s->impl) return NULL;
+    if (cudaSetDevice(cuda_model_of(s->model)->device) != cudaSuccess) return NULL;
+    return cuda_state_of(s);
+}
+
 int bdh_cuda_debug_stats(const bdh_state *s, uint64_t out[4])
 {
-    const cuda_state *cs = s ? (const cuda_state *)s->cuda : NULL;
+    const cuda_state *cs = debug_state(s);
     if (!cs) return -1;
     unsigned long long v[4];
     if (cudaStreamSynchronize(cs->stream) != cudaSuccess ||
@@ -347,7 +465,7 @@ int bdh_cuda_debug_stats(const bdh_state *s, uint64_t out[4])
 
 int bdh_cuda_debug_reset_stats(bdh_state *s)
 {
-    cuda_state *cs = s ? (cuda_state *)s->cuda : NULL;
+    const cuda_state *cs = debug_state(s);
     if (!cs) return -1;
     if (cudaMemsetAsync(cs->st.stats, 0, 4 * sizeof(unsigned long long), cs->stream) != cudaSuccess ||
         cudaStreamSynchronize(cs->stream) != cudaSuccess)
@@ -355,16 +473,12 @@ int bdh_cuda_debug_reset_stats(bdh_state *s)
     return 0;
 }
 
-size_t bdh_cuda_debug_weight_bytes(const bdh_model *m)
-{
-    const cuda_model *cm = m ? (const cuda_model *)m->cuda : NULL;
-    return cm ? cm->weight_bytes : 0;
-}
+size_t bdh_cuda_debug_weight_bytes(const bdh_model *m) { return is_cuda_model(m) ? m->weight_bytes : 0; }
 
 int bdh_cuda_debug_weight_type(const bdh_model *m)
 {
-    const cuda_model *cm = m ? (const cuda_model *)m->cuda : NULL;
-    return cm ? cm->wtype : -1;
+    if (!is_cuda_model(m)) return -1;
+    return cuda_model_of(m)->wtype == BDH_ELEM_BF16 ? 1 : 0;
 }
 
 void bdh_cuda_describe(char *buf, size_t cap)

@@ -146,10 +146,10 @@ __global__ void __launch_bounds__(256) ln_rows_kernel(float *A, int D)
 
 } // namespace
 
-cudaError_t bdh_k_gemm(int wt, const gemm_params *p, cudaStream_t st)
+cudaError_t bdh_k_gemm(bdh_elem wt, const gemm_params *p, cudaStream_t st)
 {
     const dim3 grid((p->Nc + TN - 1) / TN, (p->M + TM - 1) / TM, p->batch * p->splits);
-    return wt == BDH_WT_BF16 ? launch_w<__nv_bfloat16>(p, grid, st) : launch_w<float>(p, grid, st);
+    return wt == BDH_ELEM_BF16 ? launch_w<__nv_bfloat16>(p, grid, st) : launch_w<float>(p, grid, st);
 }
 
 cudaError_t bdh_k_rope_rows(const float *XS, float *Q, int T, int HN, int N, const float *freqs, long long t0,

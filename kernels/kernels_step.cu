@@ -488,22 +488,22 @@ static int round_threads(int D, int cap)
     return t > cap ? cap : t;
 }
 
-cudaError_t bdh_k_embed_ln(int wt, const void *embed, int D, const int *tokens, const long long *pos_src,
+cudaError_t bdh_k_embed_ln(bdh_elem wt, const void *embed, int D, const int *tokens, const long long *pos_src,
                            long long *pos_dst, float *X, int rows, cudaStream_t st)
 {
     const size_t smem = (size_t)D * sizeof(float);
     const int t = round_threads(D, 256);
-    if (wt == BDH_WT_BF16)
+    if (wt == BDH_ELEM_BF16)
         return bdh_launch(embed_ln_kernel<__nv_bfloat16>, rows, t, smem, st, (const __nv_bfloat16 *)embed, D, tokens, pos_src, pos_dst, X);
     return bdh_launch(embed_ln_kernel<float>, rows, t, smem, st, (const float *)embed, D, tokens, pos_src, pos_dst, X);
 }
 
-cudaError_t bdh_k_gemv(int wt, int relu, const float *x, int K, const void *W, int Nc, long long wstride, float *out,
-                       long long ostride, int nz, cudaStream_t st)
+cudaError_t bdh_k_gemv(bdh_elem wt, int relu, const float *x, int K, const void *W, int Nc, long long wstride,
+                       float *out, long long ostride, int nz, cudaStream_t st)
 {
     const dim3 grid((Nc + GEMV_COLS - 1) / GEMV_COLS, nz);
     const size_t smem = (size_t)K * sizeof(float);
-    if (wt == BDH_WT_BF16) {
+    if (wt == BDH_ELEM_BF16) {
         const __nv_bfloat16 *w = (const __nv_bfloat16 *)W;
         if (relu) return bdh_launch(gemv_kernel<__nv_bfloat16, true>, grid, 256, smem, st, x, K, w, Nc, wstride, out, ostride);
         return bdh_launch(gemv_kernel<__nv_bfloat16, false>, grid, 256, smem, st, x, K, w, Nc, wstride, out, ostride);
@@ -533,21 +533,22 @@ cudaError_t bdh_k_ln_a(const float *a_part, int GX, int D, int H, int B, float *
     return bdh_launch(ln_a_kernel, dim3(H, B), 1024, (size_t)D * sizeof(float), st, a_part, GX, D, ln_a);
 }
 
-cudaError_t bdh_k_ev_gate(int wt, const float *ln_a, const void *evT, const float *xs, const int *list, const int *count,
-                          int N, int D, int H, int GY, float *xy, unsigned long long *stats, cudaStream_t st)
+cudaError_t bdh_k_ev_gate(bdh_elem wt, const float *ln_a, const void *evT, const float *xs, const int *list,
+                          const int *count, int N, int D, int H, int GY, float *xy, unsigned long long *stats,
+                          cudaStream_t st)
 {
     const dim3 grid(GY, H);
     const size_t smem = (size_t)D * sizeof(float);
-    if (wt == BDH_WT_BF16)
+    if (wt == BDH_ELEM_BF16)
         return bdh_launch(ev_gate_kernel<__nv_bfloat16>, grid, 256, smem, st, ln_a, (const __nv_bfloat16 *)evT, xs, list, count, N, D, xy, stats);
     return bdh_launch(ev_gate_kernel<float>, grid, 256, smem, st, ln_a, (const float *)evT, xs, list, count, N, D, xy, stats);
 }
 
-cudaError_t bdh_k_dec(int wt, const float *xy, const void *dec, const int *list, const int *count, int N, int D, int H,
-                      int RG, float *y_part, cudaStream_t st)
+cudaError_t bdh_k_dec(bdh_elem wt, const float *xy, const void *dec, const int *list, const int *count, int N, int D,
+                      int H, int RG, float *y_part, cudaStream_t st)
 {
     const dim3 grid((D + 31) / 32, RG, H);
-    if (wt == BDH_WT_BF16)
+    if (wt == BDH_ELEM_BF16)
         return bdh_launch(dec_kernel<__nv_bfloat16>, grid, 256, 0, st, xy, (const __nv_bfloat16 *)dec, list, count, N, D, y_part);
     return bdh_launch(dec_kernel<float>, grid, 256, 0, st, xy, (const float *)dec, list, count, N, D, y_part);
 }

@@ -204,6 +204,26 @@ static void test_switches(void **unused)
     float *nopdl = step_logits(gpu, &e);
     bdh_model_free(gpu);
     assert_memory_equal(base, nopdl, e.T * e.V * sizeof(float));
+
+    /* the PDL switch belongs to each model: one loaded with it off beside
+     * one with it on, their states stepped in turn, give the same bits */
+    bdh_model *on = load_gpu(c->model, BDH_WEIGHTS_F32);
+    setenv("BDH_CUDA_PDL", "0", 1);
+    bdh_model *off = load_gpu(c->model, BDH_WEIGHTS_F32);
+    unsetenv("BDH_CUDA_PDL");
+    bdh_state *s_on, *s_off;
+    assert_int_equal(bdh_state_new(on, &s_on), BDH_OK);
+    assert_int_equal(bdh_state_new(off, &s_off), BDH_OK);
+    for (size_t t = 0; t < e.T; t++) {
+        assert_int_equal(bdh_step(s_on, e.tokens[t], nopdl + t * e.V), BDH_OK);
+        assert_int_equal(bdh_step(s_off, e.tokens[t], nograph + t * e.V), BDH_OK);
+    }
+    assert_memory_equal(base, nopdl, e.T * e.V * sizeof(float));
+    assert_memory_equal(base, nograph, e.T * e.V * sizeof(float));
+    bdh_state_free(s_on);
+    bdh_state_free(s_off);
+    bdh_model_free(on);
+    bdh_model_free(off);
     free(nopdl);
 
     setenv("BDH_CUDA_DENSE", "1", 1);
@@ -212,7 +232,7 @@ static void test_switches(void **unused)
     float *dense = step_logits(gpu, &e);
     bdh_model_free(gpu);
     const double err = compare_rows("dense vs sparse", c->name, dense, base, 0, e.T, e.V, 1e-5);
-    printf("  %-12s graph == eager == no PDL (bitwise); dense vs sparse %.2e\n", c->name, err);
+    printf("  %-12s graph == eager == no PDL == PDL per model (bitwise); dense vs sparse %.2e\n", c->name, err);
     free(base);
     free(nograph);
     free(dense);
@@ -585,6 +605,16 @@ static void test_device_errors(void **unused)
     assert_null(m);
     printf("  cuda_device 4096: %s\n", bdh_last_error());
     assert_true(strstr(bdh_last_error(), "cuda_device") != NULL);
+    /* refused before the file is read */
+    p.cuda_device = -1;
+    assert_int_equal(bdh_model_load(cases[0].model, &p, &m), BDH_ERR_INVALID_ARGUMENT);
+    assert_null(m);
+    assert_true(strstr(bdh_last_error(), "cuda_device") != NULL);
+    p.cuda_device = 0;
+    p.weight_type = BDH_WEIGHTS_F16;
+    assert_int_equal(bdh_model_load(cases[0].model, &p, &m), BDH_ERR_UNSUPPORTED);
+    assert_null(m);
+    printf("  BDH_WEIGHTS_F16: %s\n", bdh_last_error());
 }
 
 /* ---------------------------------------------------------------- release */
