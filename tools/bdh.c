@@ -851,8 +851,9 @@ static void sb_add(sbuf *b, const char *fmt, ...)
     }
 }
 
-/* A JSON string, escaped as Python's json.dumps(ensure_ascii=False) does, so
- * that bdh.Trace.save() writes the same bytes. */
+/* A JSON string, escaped as docs/trace-format.md says (which is what Python's
+ * json.dumps(ensure_ascii=False) does), so that bdh.Trace.save() writes the
+ * same bytes. */
 static void sb_json_string(sbuf *b, const char *s)
 {
     sb_add(b, "\"");
@@ -883,8 +884,9 @@ typedef struct tensor_out {
 
 /* The trace as safetensors: the header is written here with snprintf, not
  * cJSON (which the library links but the tool does not), in the canonical
- * form of bindings/python/bdh/_safetensors.py: compact JSON, __metadata__
- * first, tensors in file order, padded with spaces to a multiple of 8. */
+ * form docs/trace-format.md specifies (bindings/python/bdh/_safetensors.py
+ * writes the same): compact JSON, __metadata__ first, tensors in file
+ * order, padded with spaces to a multiple of 8. */
 static int write_safetensors(const char *path, const char *const *meta, int n_meta, const tensor_out *t, int n)
 {
     sbuf b = {0};
@@ -994,6 +996,7 @@ static int draw_pictures(const char *trace_path, const char *dir)
     return EXIT_RUNTIME;
 }
 
+/* docs/trace-format.md: the metadata keys and the tensors in its order. */
 static int trace_write(const trace_opts *o, const char *model_path, const bdh_config *c, const int32_t *tokens,
                        const trace_rec *r, const double *sigma)
 {
