@@ -152,17 +152,11 @@ static uint64_t clock_seed(void)
     return ((uint64_t)ts.tv_sec * 1000000007ull) ^ (uint64_t)ts.tv_nsec ^ ((uint64_t)getpid() << 32);
 }
 
-/* Streams each byte; a failed write (closed pipe) stops generation. */
-static int write_token(int32_t token, void *user)
-{
-    int *write_failed = user;
-    if (putchar(token) == EOF || fflush(stdout) == EOF) *write_failed = 1;
-    return *write_failed;
-}
-
+/* A generator ends by length or by a stop sequence (BDH_STOP_CALLBACK is
+ * bdh_generate's; here a failed write is an error, with no statistics). */
 static const char *stop_reason_name(bdh_stop_reason r)
 {
-    return r == BDH_STOP_CALLBACK ? "callback" : r == BDH_STOP_SEQUENCE ? "stop sequence" : "length";
+    return r == BDH_STOP_SEQUENCE ? "stop sequence" : "length";
 }
 
 static void print_gen_stats(const bdh_model *m, const bdh_generate_stats *st)
@@ -173,6 +167,27 @@ static void print_gen_stats(const bdh_model *m, const bdh_generate_stats *st)
     fprintf(stderr, "decode:  %" PRId64 " tokens in %.3f s (%.1f tok/s), stopped by %s\n", st->n_generated,
             st->decode_seconds, dec, stop_reason_name(st->stop_reason));
     fprintf(stderr, "state:   %.2f MiB per stream\n", mib(bdh_model_state_bytes(m)));
+}
+
+/* Pull the tokens from a generator and write each as it comes; a failed
+ * write (closed pipe) ends the run with an error. */
+static int stream(bdh_state *s, const int32_t *prompt, size_t len, const bdh_generate_params *gp,
+                  bdh_generate_stats *stats)
+{
+    bdh_generator *g;
+    bdh_status st = bdh_generator_new(s, prompt, len, gp, &g);
+    int rc = 0;
+    int32_t token;
+    while (st == BDH_OK && (st = bdh_generator_next(g, &token)) == BDH_OK && token >= 0)
+        if (putchar(token) == EOF || fflush(stdout) == EOF) {
+            err("cannot write to standard output");
+            rc = EXIT_RUNTIME;
+            break;
+        }
+    if (st != BDH_OK) rc = lib_fail("generation failed", st);
+    else if (!rc) bdh_generator_stats(g, stats);
+    bdh_generator_free(g);
+    return rc;
 }
 
 static int generate_run(const gen_opts *o, const char *model_path, const char *text, size_t len)
@@ -198,16 +213,8 @@ static int generate_run(const gen_opts *o, const char *model_path, const char *t
         gp.n_stop = o->n_stop;
         if (o->verbose) fprintf(stderr, "model: %s\nseed:  %" PRIu64 "\n", model_path, o->sp.seed);
         bdh_generate_stats stats;
-        int write_failed = 0;
-        st = bdh_generate(s, prompt, len, &gp, write_token, &write_failed, &stats);
-        if (st != BDH_OK) {
-            rc = lib_fail("generation failed", st);
-        } else if (write_failed) {
-            err("cannot write to standard output");
-            rc = EXIT_RUNTIME;
-        } else if (o->verbose) {
-            print_gen_stats(m, &stats);
-        }
+        rc = stream(s, prompt, len, &gp, &stats);
+        if (!rc && o->verbose) print_gen_stats(m, &stats);
     }
     bdh_state_free(s);
     bdh_model_free(m);
