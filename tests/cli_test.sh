@@ -149,7 +149,7 @@ check "a --stop that never occurs runs to -n" cmp -s "$TMP/out" "$TMP/greedy60"
 # --- info
 expect_ok "$BDH" info "$TINY"
 for field in "n_layer: *2" "n_embd: *32" "n_head: *2" "vocab_size: *256" "parameters: " "dtypes: .*encoder=F32" \
-    "weights: " "state: *65536 bytes" "fingerprint: *[0-9a-f]\{16\}"; do
+    "weights: " "state: *65536 bytes" "fingerprint: *[0-9a-f]\{16\}" "system: *libbdh [0-9.]* (.*CPU kernels: "; do
     check "info prints $field" grep -q "^$field" "$TMP/out"
 done
 expect_ok "$BDH" info tests/data/golden/bf16.model.safetensors

@@ -11,7 +11,8 @@ static void info_help(FILE *out)
           "\n"
           "Print a model's configuration, parameter count, the dtype of each tensor\n"
           "in the file, the bytes its weights take in memory, the bytes of one\n"
-          "stream's state, and its fingerprint.\n"
+          "stream's state, and its fingerprint; then a line about the library and\n"
+          "this machine (build options, CPU kernels, BLAS, CUDA devices).\n"
           "\n"
           "  -h, --help   this help\n",
           out);
@@ -38,6 +39,7 @@ static void print_info(const char *path, const bdh_model *m)
     printf("\nweights:      %zu bytes (%.2f MiB) in memory\n", bdh_model_weight_bytes(m), mib(bdh_model_weight_bytes(m)));
     printf("state:        %zu bytes (%.2f MiB) per stream\n", bdh_model_state_bytes(m), mib(bdh_model_state_bytes(m)));
     printf("fingerprint:  %016" PRIx64 "\n", bdh_model_fingerprint(m));
+    printf("system:       %s\n", bdh_system_info());
 }
 
 int cmd_info(int argc, char **argv)
