@@ -76,8 +76,9 @@ $(BUILD)/libbdh.a: $(LIB_OBJ)
 	rm -f $@
 	ar rcs $@ $^
 
+# (and once installed, PREFIX/bin/bdh finds PREFIX/lib/libbdh.so)
 $(BUILD)/bdh: $(CLI_SRC) $(wildcard tools/cli/*.h) include/bdh.h $(BUILD)/libbdh.so
-	$(CC) $(ALLCFLAGS) -o $@ $(CLI_SRC) $(RUN_LDFLAGS) -lm
+	$(CC) $(ALLCFLAGS) -o $@ $(CLI_SRC) $(RUN_LDFLAGS) -Wl,-rpath,'$$ORIGIN/../lib' -lm
 
 $(BUILD)/tests/%: tests/%.c tests/test_util.h include/bdh.h $(BUILD)/libbdh.so
 	@mkdir -p $(dir $@)

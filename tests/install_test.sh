@@ -38,5 +38,9 @@ check "$prefix/prog_shared" tests/data/golden/tiny.model.safetensors
 check cc "$prefix/prog.c" -o "$prefix/prog_static" $(pkg-config --cflags bdh) "$prefix/lib/libbdh.a" $(pkg-config --static --libs-only-l bdh | sed 's/-lbdh//')
 check "$prefix/prog_static" tests/data/golden/tiny.model.safetensors
 check bash -c "objdump -p '$prefix/lib/libbdh.so' | grep -q 'SONAME.*libbdh.so.0'"
+if [ -x "$build/bdh" ]; then # installed too: it must find the installed library
+    check test -x "$prefix/bin/bdh"
+    check env -u LD_LIBRARY_PATH "$prefix/bin/bdh" info tests/data/golden/tiny.model.safetensors
+fi
 echo "install: $pass passed, $fail failed"
 [ "$fail" -eq 0 ]
