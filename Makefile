@@ -47,7 +47,7 @@ ALLCFLAGS += -DBDH_WITH_CUDA=1
 endif
 LIB_OBJ  := $(LIB_SRC:libbdh/%.c=$(BUILD)/obj/%.o) $(CU_OBJ)
 
-CLI_SRC  := $(wildcard tools/*.c)
+CLI_SRC  := $(wildcard tools/cli/*.c)
 TEST_SRC := $(wildcard tests/test_*.c)
 TESTS    := $(TEST_SRC:tests/%.c=$(BUILD)/tests/%)
 # the programs link to the shared library; rpath makes them run from the tree
@@ -76,8 +76,9 @@ $(BUILD)/libbdh.a: $(LIB_OBJ)
 	rm -f $@
 	ar rcs $@ $^
 
-$(BUILD)/bdh: $(CLI_SRC) include/bdh.h $(BUILD)/libbdh.so
-	$(CC) $(ALLCFLAGS) -o $@ $(CLI_SRC) $(RUN_LDFLAGS) -lm
+# (and once installed, PREFIX/bin/bdh finds PREFIX/lib/libbdh.so)
+$(BUILD)/bdh: $(CLI_SRC) $(wildcard tools/cli/*.h) include/bdh.h $(BUILD)/libbdh.so
+	$(CC) $(ALLCFLAGS) -o $@ $(CLI_SRC) $(RUN_LDFLAGS) -Wl,-rpath,'$$ORIGIN/../lib' -lm
 
 $(BUILD)/tests/%: tests/%.c tests/test_util.h include/bdh.h $(BUILD)/libbdh.so
 	@mkdir -p $(dir $@)

@@ -149,7 +149,7 @@ check "a --stop that never occurs runs to -n" cmp -s "$TMP/out" "$TMP/greedy60"
 # --- info
 expect_ok "$BDH" info "$TINY"
 for field in "n_layer: *2" "n_embd: *32" "n_head: *2" "vocab_size: *256" "parameters: " "dtypes: .*encoder=F32" \
-    "weights: " "state: *65536 bytes" "fingerprint: *[0-9a-f]\{16\}"; do
+    "weights: " "state: *65536 bytes" "fingerprint: *[0-9a-f]\{16\}" "system: *libbdh [0-9.]* (.*CPU kernels: "; do
     check "info prints $field" grep -q "^$field" "$TMP/out"
 done
 expect_ok "$BDH" info tests/data/golden/bf16.model.safetensors
@@ -205,6 +205,33 @@ expect_ok "$BDH" trace -m "$LONG" -f "$TMP/cut.txt" -o "$TMP/cut.st" --threads 1
 check "--offset/--length equal tracing the cut-out bytes" cmp -s "$TMP/range.st" "$TMP/cut.st"
 expect_ok "$BDH" trace -m "$LONG" -p "$(cat "$TMP/cut.txt")" -o "$TMP/prompt.st" --threads 1
 check "-p TEXT equals -f FILE" cmp -s "$TMP/prompt.st" "$TMP/cut.st"
+
+# the files against docs/trace-format.md, to the byte (a checker of its own,
+# Python's standard library only), with a model path that needs every kind
+# of escape in the header
+if command -v python3 >/dev/null; then
+    spec() { python3 tests/trace_format_check.py "$@" >/dev/null; }
+    check "the trace follows docs/trace-format.md" \
+        spec "$TMP/trace.st" --tokens "$TMP/text.txt" --model "$LONG" --synapse 1,5,700 --synapse 3,1023,2
+    check "the trace without --synapse follows docs/trace-format.md" \
+        spec "$TMP/plain.st" --tokens "$TMP/text.txt" --model "$LONG"
+    odd="$TMP/"$'q"b\\s\tn\nr\rc\001\037 \303\251\377\177.safetensors'
+    cp "$TINY" "$odd"
+    printf hello >"$TMP/hello.txt"
+    expect_ok "$BDH" trace -m "$odd" -p hello -o "$TMP/odd.st" --synapse 1,2,3
+    check "a model path with quotes, backslashes, control and non-UTF-8 bytes follows docs/trace-format.md" \
+        spec "$TMP/odd.st" --tokens "$TMP/hello.txt" --model "$odd" --synapse 1,2,3
+    check "the path's control characters are escaped as the spec says" \
+        grep -aqF '\"b\\s\tn\nr\rc\u0001\u001f ' "$TMP/odd.st"
+    python3 -c 'import json, struct, sys
+raw = open(sys.argv[1], "rb").read(); n = struct.unpack_from("<Q", raw)[0]
+h = json.dumps(json.loads(raw[8:8 + n])).encode(); h += b" " * (-len(h) % 8)
+open(sys.argv[2], "wb").write(struct.pack("<Q", len(h)) + h + raw[8 + n:])' "$TMP/plain.st" "$TMP/spaced.st"
+    refused() { ! python3 tests/trace_format_check.py "$@" >/dev/null 2>&1; }
+    check "the checker refuses a header with spaces" refused "$TMP/spaced.st"
+else
+    echo "cli: trace files not checked against docs/trace-format.md: no python3"
+fi
 
 # --png: Python missing, matplotlib missing (a stand-in interpreter), and,
 # where Python has matplotlib, the pictures themselves

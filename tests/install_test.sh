@@ -30,11 +30,17 @@ check() { if "$@"; then pass=$((pass + 1)); else echo "install: FAILED: $*"; fai
 check test -f "$prefix/include/bdh.h"
 check test -L "$prefix/lib/libbdh.so"
 check test -f "$prefix/lib/libbdh.a"
-check test "$(pkg-config --modversion bdh)" = "$(make -s version)"
+# the version lives in include/bdh.h (the Makefile reads it from there too)
+version=$(for part in MAJOR MINOR PATCH; do sed -n "s/^#define BDH_VERSION_$part \([0-9]*\)\$/\1/p" include/bdh.h; done | paste -sd.)
+check test "$(pkg-config --modversion bdh)" = "$version"
 check cc "$prefix/prog.c" -o "$prefix/prog_shared" $(pkg-config --cflags --libs bdh) -Wl,-rpath,"$prefix/lib"
 check "$prefix/prog_shared" tests/data/golden/tiny.model.safetensors
 check cc "$prefix/prog.c" -o "$prefix/prog_static" $(pkg-config --cflags bdh) "$prefix/lib/libbdh.a" $(pkg-config --static --libs-only-l bdh | sed 's/-lbdh//')
 check "$prefix/prog_static" tests/data/golden/tiny.model.safetensors
 check bash -c "objdump -p '$prefix/lib/libbdh.so' | grep -q 'SONAME.*libbdh.so.0'"
+if [ -x "$build/bdh" ]; then # installed too: it must find the installed library
+    check test -x "$prefix/bin/bdh"
+    check env -u LD_LIBRARY_PATH "$prefix/bin/bdh" info tests/data/golden/tiny.model.safetensors
+fi
 echo "install: $pass passed, $fail failed"
 [ "$fail" -eq 0 ]

@@ -94,7 +94,7 @@ CLI_CASES = [
 def test_same_bytes_as_cli(tiny, args, kw):
     cli = cli_path()
     if cli is None:
-        pytest.skip("no bdh command-line tool built (make builds $(BUILD)/bdh from tools/bdh.c)")
+        pytest.skip("no bdh command-line tool built (make builds $(BUILD)/bdh from tools/cli/)")
     n = 120
     if "temperature" in kw and kw["temperature"] == 0:
         args = args + ["--temperature", "0"]

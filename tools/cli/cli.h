@@ -1,0 +1,129 @@
+/* The bdh command-line tool (docs/cli.md): what its files share.
+ *
+ *   main.c               command dispatch, bdh --help/--version, the OpenBLAS re-exec
+ *   common.c             errors and their exit codes, option values, files, the model
+ *   generate.c           bdh generate
+ *   info.c               bdh info
+ *   perplexity.c         bdh perplexity
+ *   trace.c              bdh trace: recording the activations, the trace file's tensors
+ *   safetensors_write.c  the canonical safetensors writer the trace file goes through
+ *   json.c               a growing string, the JSON string escaper the header needs
+ *   plot.c               bdh trace --png: runs python3 -m bdh.plot
+ *
+ * Exit codes: 0 ok, 1 runtime error (bad model file, I/O), 2 usage error.
+ * Commands return one of them (never exit), so main returns it. */
+#ifndef BDH_CLI_H
+#define BDH_CLI_H
+
+#include "bdh.h"
+
+#include <stddef.h>
+#include <stdint.h>
+
+enum { EXIT_RUNTIME = 1, EXIT_USAGE = 2 };
+
+#define DEFAULT_MODEL_NAME "shakespeare.safetensors"
+
+#if defined(__GNUC__) || defined(__clang__)
+#define CLI_PRINTF(fmt, args) __attribute__((format(printf, fmt, args)))
+#else
+#define CLI_PRINTF(fmt, args)
+#endif
+
+/* ------------------------------------------------------------ commands */
+
+/* argv[0] is the command's name; getopt's optind is 0 (start afresh). */
+int cmd_generate(int argc, char **argv);
+int cmd_info(int argc, char **argv);
+int cmd_perplexity(int argc, char **argv);
+int cmd_trace(int argc, char **argv);
+
+/* ---------------------------------------------------- common.c: errors */
+
+/* "bdh: " + message + newline on standard error. */
+void err(const char *fmt, ...) CLI_PRINTF(1, 2);
+/* A library failure: "bdh: WHAT: last error (STATUS)"; returns EXIT_RUNTIME. */
+int lib_fail(const char *what, bdh_status rc);
+/* A usage error, then "Try 'bdh CMD--help'": cmd is "" or "generate " (with
+ * its space); returns EXIT_USAGE. */
+int usage_fail(const char *cmd, const char *fmt, ...) CLI_PRINTF(2, 3);
+/* getopt_long's complaint in our words (opterr is 0, optstrings start with
+ * ':'); returns EXIT_USAGE. */
+int bad_option(const char *cmd, int c, char **argv);
+
+/* ---------------------------------------------- common.c: option values */
+
+/* 0 and *out set, or -1 (bad text, out of range, trailing characters). */
+int parse_long(const char *s, long lo, long hi, long *out);
+int parse_u64(const char *s, uint64_t *out); /* decimal, 0x hex or 0 octal; no sign */
+int parse_float(const char *s, float *out);  /* finite */
+
+/* getopt values of the long options without a short form. The ones below
+ * OPT_COMMAND are shared (parse_text_option); each command numbers its own
+ * from OPT_COMMAND up. */
+enum { OPT_THREADS = 256, OPT_OFFSET, OPT_LENGTH, OPT_COMMAND };
+
+/* --offset, --length, --threads: shared by perplexity and trace. */
+typedef struct text_span {
+    long threads, offset, length; /* length 0: to the end of the file */
+} text_span;
+
+/* One of OPT_OFFSET, OPT_LENGTH, OPT_THREADS with its value in optarg;
+ * 0 or an exit code. U is the command as for usage_fail. */
+int parse_text_option(const char *U, int c, text_span *t);
+
+/* ------------------------------------------------------ common.c: files */
+
+/* Whole file (or stdin when path is NULL) into a malloc'd buffer; NULL
+ * after printing why. */
+char *read_all(const char *path, size_t *len);
+int file_exists(const char *path);
+/* The directory holding this executable ("" if unknown). */
+void exe_dir(char *buf, size_t cap);
+
+/* ------------------------------------------------------ common.c: model */
+
+/* -m, else $BDH_MODEL, else the shipped model next to the executable, else
+ * the install's data directory (-DBDH_DATADIR); buf (PATH_MAX + 64 bytes)
+ * may hold the answer. NULL after printing why there is none. */
+const char *default_model(char *buf, size_t cap);
+/* Load with n_threads = threads; 0 or EXIT_RUNTIME after printing why. */
+int load_model(const char *path, int threads, bdh_model **out);
+/* 0 for a vocab_size 256 model, else EXIT_RUNTIME after saying so. */
+int need_byte_model(const char *cmd, const bdh_model *m);
+double mib(size_t bytes);
+
+/* ------------------------------------------- json.c: a growing string */
+
+typedef struct sbuf {
+    char *p;
+    size_t n, cap;
+    int failed; /* out of memory: later additions do nothing */
+} sbuf;
+
+void sb_add(sbuf *b, const char *fmt, ...) CLI_PRINTF(2, 3);
+/* s as a JSON string (quotes included), escaped as docs/trace-format.md
+ * says (Python's json.dumps with ensure_ascii=False). */
+void sb_json_string(sbuf *b, const char *s);
+
+/* ------------------------------- safetensors_write.c: the file writer */
+
+typedef struct tensor_out {
+    const char *name, *dtype; /* plain ASCII names, written unescaped */
+    int rank;                 /* 0..3 */
+    int64_t shape[3];
+    const void *data;         /* little-endian, C order */
+    size_t bytes;
+} tensor_out;
+
+/* meta: n_meta (key, value) string pairs, in file order; the tensors in
+ * file order. The header in the canonical form of docs/trace-format.md.
+ * 0, or EXIT_RUNTIME after printing why (a file may be left half written). */
+int write_safetensors(const char *path, const char *const *meta, int n_meta, const tensor_out *t, int n);
+
+/* ---------------------------------------- plot.c: bdh trace --png DIR */
+
+/* python3 -m bdh.plot TRACE --out DIR; 0 or EXIT_RUNTIME after saying why. */
+int draw_pictures(const char *trace_path, const char *dir);
+
+#endif /* BDH_CLI_H */

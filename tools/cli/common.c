@@ -1,0 +1,181 @@
+/* What the commands share: error messages and exit codes, option values,
+ * reading files, finding and loading the model. */
+#include "cli.h"
+
+#include <errno.h>
+#include <getopt.h>
+#include <limits.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+/* --------------------------------------------------------------- errors */
+
+void err(const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    fputs("bdh: ", stderr);
+    vfprintf(stderr, fmt, ap);
+    fputc('\n', stderr);
+    va_end(ap);
+}
+
+int lib_fail(const char *what, bdh_status rc)
+{
+    err("%s: %s (%s)", what, bdh_last_error(), bdh_status_name(rc));
+    return EXIT_RUNTIME;
+}
+
+int usage_fail(const char *cmd, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    fputs("bdh: ", stderr);
+    vfprintf(stderr, fmt, ap);
+    va_end(ap);
+    fprintf(stderr, "\nTry 'bdh %s--help' for more information.\n", cmd);
+    return EXIT_USAGE;
+}
+
+int bad_option(const char *cmd, int c, char **argv)
+{
+    if (c == ':') return usage_fail(cmd, "option '%s' needs a value", argv[optind - 1]);
+    if (optopt > 0 && optopt < 256) return usage_fail(cmd, "unknown option '-%c'", optopt);
+    return usage_fail(cmd, "unknown or ambiguous option '%s'", argv[optind - 1]);
+}
+
+/* -------------------------------------------------------- option values */
+
+int parse_long(const char *s, long lo, long hi, long *out)
+{
+    char *end;
+    errno = 0;
+    long v = strtol(s, &end, 10);
+    if (errno || end == s || *end || v < lo || v > hi) return -1;
+    *out = v;
+    return 0;
+}
+
+int parse_u64(const char *s, uint64_t *out)
+{
+    char *end;
+    errno = 0;
+    if (*s == '-') return -1;
+    unsigned long long v = strtoull(s, &end, 0);
+    if (errno || end == s || *end) return -1;
+    *out = (uint64_t)v;
+    return 0;
+}
+
+int parse_float(const char *s, float *out)
+{
+    char *end;
+    errno = 0;
+    double v = strtod(s, &end);
+    if (errno || end == s || *end || !isfinite(v)) return -1;
+    *out = (float)v;
+    return 0;
+}
+
+int parse_text_option(const char *U, int c, text_span *t)
+{
+    if (c == OPT_OFFSET && parse_long(optarg, 0, LONG_MAX, &t->offset))
+        return usage_fail(U, "--offset needs bytes >= 0, not '%s'", optarg);
+    if (c == OPT_LENGTH && parse_long(optarg, 1, LONG_MAX, &t->length))
+        return usage_fail(U, "--length needs bytes >= 1, not '%s'", optarg);
+    if (c == OPT_THREADS && parse_long(optarg, 0, 4096, &t->threads))
+        return usage_fail(U, "--threads needs a count >= 0, not '%s'", optarg);
+    return 0;
+}
+
+/* ---------------------------------------------------------------- files */
+
+char *read_all(const char *path, size_t *len)
+{
+    FILE *f = path ? fopen(path, "rb") : stdin;
+    if (!f) {
+        err("cannot open '%s': %s", path, strerror(errno));
+        return NULL;
+    }
+    size_t cap = 1 << 16, n = 0;
+    char *buf = malloc(cap);
+    for (;;) {
+        if (!buf) break;
+        n += fread(buf + n, 1, cap - n, f);
+        if (n < cap) break;
+        char *bigger = realloc(buf, cap *= 2);
+        if (!bigger) free(buf);
+        buf = bigger;
+    }
+    int bad = buf ? ferror(f) : 1;
+    if (path) fclose(f);
+    if (bad) {
+        err("cannot read '%s': %s", path ? path : "standard input", buf ? strerror(errno) : "out of memory");
+        free(buf);
+        return NULL;
+    }
+    *len = n;
+    return buf;
+}
+
+int file_exists(const char *path) { return access(path, R_OK) == 0; }
+
+void exe_dir(char *buf, size_t cap)
+{
+    ssize_t n = readlink("/proc/self/exe", buf, cap - 1);
+    buf[n > 0 ? n : 0] = '\0';
+    char *slash = strrchr(buf, '/');
+    if (slash) *slash = '\0';
+    else buf[0] = '\0';
+}
+
+/* ---------------------------------------------------------------- model */
+
+/* <exe>/../models is right for build/bdh in a checkout. */
+const char *default_model(char *buf, size_t cap)
+{
+    const char *env = getenv("BDH_MODEL");
+    if (env && *env) return env;
+    char here[PATH_MAX];
+    exe_dir(here, sizeof here);
+    if (*here) {
+        snprintf(buf, cap, "%s/../models/" DEFAULT_MODEL_NAME, here);
+        if (file_exists(buf)) return buf;
+    } else {
+        snprintf(buf, cap, "models/" DEFAULT_MODEL_NAME);
+    }
+#ifdef BDH_DATADIR
+    char shared[PATH_MAX];
+    snprintf(shared, sizeof shared, "%s/" DEFAULT_MODEL_NAME, BDH_DATADIR);
+    if (file_exists(shared)) return strcpy(buf, shared);
+#endif
+    err("no model given (-m), BDH_MODEL is not set, and the default model is not at '%s'; pass -m MODEL", buf);
+    return NULL;
+}
+
+int load_model(const char *path, int threads, bdh_model **out)
+{
+    bdh_model_params mp = bdh_model_default_params();
+    mp.n_threads = threads;
+    bdh_status rc = bdh_model_load(path, &mp, out);
+    if (rc != BDH_OK) {
+        err("cannot load model '%s': %s", path, bdh_last_error());
+        return EXIT_RUNTIME;
+    }
+    return 0;
+}
+
+int need_byte_model(const char *cmd, const bdh_model *m)
+{
+    bdh_config c;
+    bdh_model_config(m, &c);
+    if (c.vocab_size == 256) return 0;
+    err("'bdh %s' needs a byte-level model (vocab_size 256); this one has %d", cmd, (int)c.vocab_size);
+    return EXIT_RUNTIME;
+}
+
+double mib(size_t bytes) { return (double)bytes / (1024.0 * 1024.0); }
