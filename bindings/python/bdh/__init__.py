@@ -18,8 +18,10 @@ from ._lib import version as _library_version
 from ._model import Generation, Model, Sampler, State
 from ._observe import Activation
 from ._trace import Trace, load_trace, trace
+from ._version import package_version as _package_version
 
-__version__ = "0.1.0"
+#: The package's version: include/bdh.h's, like the library it was built with.
+__version__ = _package_version()
 
 __all__ = [
     "Activation",

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 import bdh
-from bdh import _lib, _model
+from bdh import _lib, _model, _version
 from conftest import PY_ROOT, REPO, TINY, have_cc
 
 HEADER = REPO / "include" / "bdh.h"
@@ -232,15 +232,32 @@ def test_gil_released():
     assert type(_lib.lib) is ctypes.CDLL
 
 
+def _header_version() -> str:
+    text = HEADER.read_text()
+    parts = [re.search(rf"^#define BDH_VERSION_{k} (\d+)$", text, re.M).group(1) for k in ("MAJOR", "MINOR", "PATCH")]
+    return ".".join(parts)
+
+
 def test_version_and_exports():
-    assert re.fullmatch(r"\d+\.\d+\.\d+", bdh.library_version())
-    assert bdh.library_version().split(".")[:2] == bdh.__version__.split(".")[:2]
-    for name in ("Model", "State", "Sampler", "Generation", "BDHError", "library_path", "library_version"):
-        assert hasattr(bdh, name)
+    """include/bdh.h is the one source: the package and the library built
+    from this checkout both report its version."""
+    want = _header_version()
+    assert bdh.library_version() == want
+    assert bdh.__version__ == want
+    assert _version.from_header(HEADER.read_text()) == want
+    for name in ("Model", "State", "Sampler", "Generation", "BDHError", "library_path", "library_version",
+                 "trace", "load_trace", "Trace", "Activation"):
+        assert hasattr(bdh, name) and name in bdh.__all__, name
     assert (PY_ROOT / "bdh" / "py.typed").exists()
     for obj in (bdh.Model, bdh.Model.generate, bdh.State.step, bdh.State.prefill, bdh.State.save,
-                bdh.State.load, bdh.Model.new_state, bdh.BDHError):
+                bdh.State.load, bdh.Model.new_state, bdh.BDHError, bdh.Generation):
         assert obj.__doc__, obj
+
+
+def test_pyproject_version_is_dynamic():
+    text = (PY_ROOT / "pyproject.toml").read_text()
+    assert re.search(r'^dynamic\s*=\s*\[\s*"version"\s*\]', text, re.M)
+    assert not re.search(r"^version\s*=", text, re.M)
 
 
 # ------------------------------------------------------------------ lookup
