@@ -13,10 +13,13 @@ variable, a copy inside this package, the checkout's build/ directory (for
 """
 from __future__ import annotations
 
+from ._generation import Generation
 from ._lib import BDHError, library_path
 from ._lib import version as _library_version
-from ._model import Generation, Model, Sampler, State
+from ._model import Model
 from ._observe import Activation
+from ._sampler import Sampler
+from ._state import State
 from ._trace import Trace, load_trace, trace
 from ._version import package_version as _package_version
 
