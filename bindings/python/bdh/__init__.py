@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from ._generation import Generation
 from ._lib import BDHError, library_path
+from ._lib import system_info as _system_info
 from ._lib import version as _library_version
 from ._model import Model
 from ._observe import Activation
@@ -37,6 +38,7 @@ __all__ = [
     "library_path",
     "library_version",
     "load_trace",
+    "system_info",
     "trace",
     "__version__",
 ]
@@ -45,3 +47,10 @@ __all__ = [
 def library_version() -> str:
     """Version ("MAJOR.MINOR.PATCH") of the libbdh actually loaded."""
     return _library_version()
+
+
+def system_info() -> str:
+    """One line about the loaded libbdh and this machine (version, build
+    options, CPU features, BLAS, CUDA devices), for bug reports; the wording
+    may change between versions."""
+    return _system_info()

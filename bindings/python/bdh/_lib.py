@@ -28,7 +28,7 @@ from ctypes import (
 )
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
-__all__ = ["BDHError", "lib", "library_path", "STATUS_NAMES", "version"]
+__all__ = ["BDHError", "lib", "library_path", "STATUS_NAMES", "system_info", "version"]
 
 # --------------------------------------------------------------------------
 # the binding's exception
@@ -390,3 +390,8 @@ STATUS_CODES: Dict[str, int] = {name: code for code, name in STATUS_NAMES.items(
 def version() -> str:
     """Version of the library loaded (bdh_version)."""
     return str(lib.bdh_version().decode())
+
+
+def system_info() -> str:
+    """One line about the library's build and this machine (bdh_system_info)."""
+    return str(lib.bdh_system_info().decode("utf-8", "replace"))

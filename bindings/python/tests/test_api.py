@@ -270,12 +270,18 @@ def test_version_and_exports():
     assert bdh.__version__ == want
     assert _version.from_header(HEADER.read_text()) == want
     for name in ("Model", "State", "Sampler", "Generation", "BDHError", "library_path", "library_version",
-                 "trace", "load_trace", "Trace", "Activation"):
+                 "system_info", "trace", "load_trace", "Trace", "Activation"):
         assert hasattr(bdh, name) and name in bdh.__all__, name
     assert (PY_ROOT / "bdh" / "py.typed").exists()
     for obj in (bdh.Model, bdh.Model.generate, bdh.State.step, bdh.State.prefill, bdh.State.save,
-                bdh.State.load, bdh.Model.new_state, bdh.BDHError, bdh.Generation):
+                bdh.State.load, bdh.Model.new_state, bdh.BDHError, bdh.Generation, bdh.system_info):
         assert obj.__doc__, obj
+
+
+def test_system_info():
+    info = bdh.system_info()
+    assert isinstance(info, str) and info and "\n" not in info.strip()
+    assert bdh.library_version() in info
 
 
 def test_pyproject_version_is_dynamic():
