@@ -13,13 +13,19 @@ variable, a copy inside this package, the checkout's build/ directory (for
 """
 from __future__ import annotations
 
+from ._generation import Generation
 from ._lib import BDHError, library_path
+from ._lib import system_info as _system_info
 from ._lib import version as _library_version
-from ._model import Generation, Model, Sampler, State
+from ._model import Model
 from ._observe import Activation
+from ._sampler import Sampler
+from ._state import State
 from ._trace import Trace, load_trace, trace
+from ._version import package_version as _package_version
 
-__version__ = "0.1.0"
+#: The package's version: include/bdh.h's, like the library it was built with.
+__version__ = _package_version()
 
 __all__ = [
     "Activation",
@@ -32,6 +38,7 @@ __all__ = [
     "library_path",
     "library_version",
     "load_trace",
+    "system_info",
     "trace",
     "__version__",
 ]
@@ -40,3 +47,10 @@ __all__ = [
 def library_version() -> str:
     """Version ("MAJOR.MINOR.PATCH") of the libbdh actually loaded."""
     return _library_version()
+
+
+def system_info() -> str:
+    """One line about the loaded libbdh and this machine (version, build
+    options, CPU features, BLAS, CUDA devices), for bug reports; the wording
+    may change between versions."""
+    return _system_info()

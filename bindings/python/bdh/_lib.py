@@ -26,53 +26,48 @@ from ctypes import (
     c_uint64,
     c_void_p,
 )
-from typing import Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
-__all__ = ["BDHError", "lib", "library_path", "STATUS_NAMES"]
+__all__ = ["BDHError", "lib", "library_path", "STATUS_NAMES", "system_info", "version"]
 
 # --------------------------------------------------------------------------
-# status codes (enum bdh_status)
-
-STATUS_NAMES: Dict[int, str] = {
-    0: "BDH_OK",
-    1: "BDH_ERR_INVALID_ARGUMENT",
-    2: "BDH_ERR_IO",
-    3: "BDH_ERR_FORMAT",
-    4: "BDH_ERR_CONFIG",
-    5: "BDH_ERR_OUT_OF_MEMORY",
-    6: "BDH_ERR_TOKEN",
-    7: "BDH_ERR_UNSUPPORTED",
-    8: "BDH_ERR_MODEL_MISMATCH",
-    9: "BDH_ERR_DEVICE",
-    10: "BDH_ERR_BUFFER_TOO_SMALL",
-}
-_STATUS_CODES = {name: code for code, name in STATUS_NAMES.items()}
+# the binding's exception
 
 
 class BDHError(Exception):
     """A libbdh call failed.
 
     Attributes:
-        status: the C status name, e.g. ``"BDH_ERR_IO"``.
-        code: the numeric ``bdh_status``.
+        status: the C status name, e.g. ``"BDH_ERR_IO"`` (as
+            ``bdh_status_name()`` spells it).
+        code: the numeric ``bdh_status`` (-1 for a name the library does not
+            know).
         message: the library's message (``bdh_last_error()``), or the
             binding's own for checks made before calling C.
     """
 
-    def __init__(self, status: str, message: str) -> None:
+    def __init__(self, status: str, message: str, code: Optional[int] = None) -> None:
         self.status = status
-        self.code = _STATUS_CODES.get(status, -1)
+        self.code = STATUS_CODES.get(status, -1) if code is None else code
         self.message = message
         super().__init__(f"{message} [{status}]" if message else status)
 
-    def __reduce__(self) -> Tuple[type, Tuple[str, str]]:  # picklable (e.g. across multiprocessing)
-        return (BDHError, (self.status, self.message))
+    def __reduce__(self) -> Tuple[type, Tuple[str, str, int]]:  # picklable (e.g. across multiprocessing)
+        return (BDHError, (self.status, self.message, self.code))
 
 
 # --------------------------------------------------------------------------
 # C structs, field for field as in include/bdh.h
 
 c_enum = c_int  # bdh_status, bdh_device, bdh_weight_type, bdh_kernels, bdh_stop_reason
+
+# The binding's names for the other enums' values (the tests compare them
+# with include/bdh.h).
+DEVICES = {"cpu": 0, "cuda": 1}  # bdh_device
+DEVICE_NAMES = {0: "cpu", 1: "cuda"}
+WEIGHTS = {"f32": 0, "float32": 0, "as_stored": 1, "bf16": 2, "bfloat16": 2, "f16": 3, "float16": 3}  # bdh_weight_type
+KERNELS = {"fast": 0, "reference": 1}  # bdh_kernels
+STOP_REASONS = {0: "length", 1: "callback", 2: "stop"}  # bdh_stop_reason
 
 
 class ModelParams(Structure):
@@ -253,8 +248,8 @@ PROTOTYPES: Dict[str, Tuple[object, List[object]]] = {
 }
 
 #: Newer functions the binding uses when the library has them (older
-#: libraries and headers may lack them; the features that need them then
-#: raise BDHError BDH_ERR_UNSUPPORTED).
+#: libraries and headers may lack them; calling one then raises BDHError
+#: BDH_ERR_UNSUPPORTED).
 OPTIONAL: "set[str]" = set()
 
 # --------------------------------------------------------------------------
@@ -315,27 +310,17 @@ def _load() -> Tuple[ctypes.CDLL, str]:
 
 lib, library_path = _load()
 
+#: Functions whose bdh_status result errcheck turns into BDHError: every
+#: function that returns an enum, except these (the tests check the set
+#: against include/bdh.h).
+_ENUM_NOT_STATUS = {"bdh_model_device"}
+STATUS_FUNCTIONS = frozenset(
+    name for name, (res, _) in PROTOTYPES.items() if res is c_enum and name not in _ENUM_NOT_STATUS
+)
+
 #: C functions the loaded library does not export (an older libbdh); calling
-#: the binding feature that needs one raises BDHError(BDH_ERR_UNSUPPORTED).
+#: one raises BDHError(BDH_ERR_UNSUPPORTED) instead.
 missing: List[str] = []
-
-for _name, (_res, _args) in PROTOTYPES.items():
-    try:
-        _f = getattr(lib, _name)
-    except AttributeError:
-        missing.append(_name)
-        continue
-    _f.restype = _res
-    _f.argtypes = _args
-
-
-def require(name: str) -> None:
-    """Raise BDHError if the library lacks function `name`."""
-    if name in missing:
-        raise BDHError(
-            "BDH_ERR_UNSUPPORTED",
-            f"the loaded libbdh ({library_path}) does not export {name}; rebuild it",
-        )
 
 
 def last_error() -> str:
@@ -344,22 +329,69 @@ def last_error() -> str:
 
 
 def status_name(code: int) -> str:
-    return STATUS_NAMES.get(code) or lib.bdh_status_name(code).decode()
+    """The library's name for status `code` (bdh_status_name)."""
+    return str(lib.bdh_status_name(code).decode())
 
 
-def error(code: int, context: Optional[str] = None) -> BDHError:
-    """The BDHError for status `code`; call right after the failing C call,
-    on the same thread (the message is per thread)."""
-    msg = last_error()
-    if not msg and context:
-        msg = context
-    return BDHError(status_name(code), msg)
+def _raise_on_failure(result: int, func: Any, args: Tuple[Any, ...]) -> int:
+    """errcheck of every bdh_status function: runs right after the call, on
+    its thread, so bdh_last_error() is that call's message."""
+    if result == 0:
+        return result
+    message = last_error()  # first: the pointer lasts until the next libbdh call
+    raise BDHError(status_name(result), message, result)
 
 
-def check(code: int, context: Optional[str] = None) -> None:
-    if code != 0:
-        raise error(code, context)
+def _unsupported(name: str) -> Callable[..., Any]:
+    def call(*args: Any) -> Any:
+        raise BDHError(
+            "BDH_ERR_UNSUPPORTED",
+            f"the loaded libbdh ({library_path}) does not export {name}; rebuild it",
+        )
+
+    return call
+
+
+def _declare() -> None:
+    for name, (res, args) in PROTOTYPES.items():
+        try:
+            f = getattr(lib, name)
+        except AttributeError:
+            missing.append(name)
+            setattr(lib, name, _unsupported(name))
+            continue
+        f.restype = res
+        f.argtypes = args
+        if name in STATUS_FUNCTIONS:
+            f.errcheck = _raise_on_failure
+
+
+_declare()
+
+
+def _status_names() -> Dict[int, str]:
+    """code -> name for every status the library names (the enum is dense
+    and small; codes past it get the library's catch-all name)."""
+    unknown = status_name(-1)
+    names = {}
+    for code in range(256):
+        name = status_name(code)
+        if name == unknown:
+            break
+        names[code] = name
+    return names
+
+
+#: bdh_status code -> name, from the library (bdh_status_name)
+STATUS_NAMES: Dict[int, str] = _status_names()
+STATUS_CODES: Dict[str, int] = {name: code for code, name in STATUS_NAMES.items()}
 
 
 def version() -> str:
+    """Version of the library loaded (bdh_version)."""
     return str(lib.bdh_version().decode())
+
+
+def system_info() -> str:
+    """One line about the library's build and this machine (bdh_system_info)."""
+    return str(lib.bdh_system_info().decode("utf-8", "replace"))

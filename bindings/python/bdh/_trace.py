@@ -8,6 +8,8 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tupl
 import numpy as np
 
 from . import _safetensors
+from ._args import token_array
+from ._model import Model
 from ._observe import Activation
 
 __all__ = ["Trace", "trace", "load_trace", "FORMAT"]
@@ -324,12 +326,10 @@ def trace(model: Any, text: Any, *, synapses: Iterable[Sequence[int]] = (), thre
         (``trace.save()`` writes the same bytes, given the same model path
         and thread count).
     """
-    from ._model import Model, _tokens
-
     own = not isinstance(model, Model)
     m = Model(model, threads=threads) if own else model
     try:
-        toks = _tokens(text, m.vocab_size, "text")
+        toks = token_array(text, m.vocab_size, "text")
         if toks.size == 0:
             raise ValueError("the text is empty")
         syn = [tuple(int(v) for v in s) for s in synapses]

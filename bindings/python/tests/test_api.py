@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 import bdh
-from bdh import _lib, _model
+from bdh import _lib, _version
 from conftest import PY_ROOT, REPO, TINY, have_cc
 
 HEADER = REPO / "include" / "bdh.h"
@@ -180,19 +180,43 @@ def test_structs_match_header(header):
 
 def test_enums_match_header(header):
     status = header.enums["bdh_status"]
+    # the binding's names come from the library (bdh_status_name): they must be the header's
     assert {v: k for k, v in status.items()} == _lib.STATUS_NAMES
     dev = header.enums["bdh_device"]
-    assert _model._DEVICES == {"cpu": dev["BDH_DEVICE_CPU"], "cuda": dev["BDH_DEVICE_CUDA"]}
+    assert _lib.DEVICES == {"cpu": dev["BDH_DEVICE_CPU"], "cuda": dev["BDH_DEVICE_CUDA"]}
+    assert _lib.DEVICE_NAMES == {v: k for k, v in _lib.DEVICES.items()}
     wt = header.enums["bdh_weight_type"]
-    assert set(_model._WEIGHTS.values()) == set(wt.values())
-    assert _model._WEIGHTS["f32"] == wt["BDH_WEIGHTS_F32"] and _model._WEIGHTS["bf16"] == wt["BDH_WEIGHTS_BF16"]
-    assert _model._WEIGHTS["f16"] == wt["BDH_WEIGHTS_F16"] and _model._WEIGHTS["as_stored"] == wt["BDH_WEIGHTS_AS_STORED"]
+    assert set(_lib.WEIGHTS.values()) == set(wt.values())
+    assert _lib.WEIGHTS["f32"] == wt["BDH_WEIGHTS_F32"] and _lib.WEIGHTS["bf16"] == wt["BDH_WEIGHTS_BF16"]
+    assert _lib.WEIGHTS["f16"] == wt["BDH_WEIGHTS_F16"] and _lib.WEIGHTS["as_stored"] == wt["BDH_WEIGHTS_AS_STORED"]
     sr = header.enums["bdh_stop_reason"]
-    assert _model._STOP_REASONS == {sr["BDH_STOP_LENGTH"]: "length", sr["BDH_STOP_CALLBACK"]: "callback",
-                                    sr["BDH_STOP_SEQUENCE"]: "stop"}
+    assert _lib.STOP_REASONS == {sr["BDH_STOP_LENGTH"]: "length", sr["BDH_STOP_CALLBACK"]: "callback",
+                                 sr["BDH_STOP_SEQUENCE"]: "stop"}
     if "bdh_kernels" in header.enums:
         k = header.enums["bdh_kernels"]
-        assert _model._KERNELS == {"fast": k["BDH_KERNELS_FAST"], "reference": k["BDH_KERNELS_REFERENCE"]}
+        assert _lib.KERNELS == {"fast": k["BDH_KERNELS_FAST"], "reference": k["BDH_KERNELS_REFERENCE"]}
+
+
+def test_status_functions_are_checked(header):
+    """errcheck turns the status of exactly the functions that return
+    bdh_status into BDHError."""
+    want = {name for name, (ret, _) in header.functions.items() if ret == "bdh_status"}
+    assert set(_lib.STATUS_FUNCTIONS) == want
+    for name in want:
+        f = getattr(_lib.lib, name)
+        assert f.errcheck is _lib._raise_on_failure, name
+    assert getattr(_lib.lib.bdh_model_device, "errcheck", None) is None
+
+
+def test_failed_call_raises_with_library_message(tiny):
+    s = tiny.new_state()
+    with s._h.use() as ptr:
+        with pytest.raises(bdh.BDHError) as ei:
+            _lib.lib.bdh_step(ptr, 999, None)
+    e = ei.value
+    assert e.code == 6 and e.status == _lib.lib.bdh_status_name(6).decode() == "BDH_ERR_TOKEN"
+    assert "999" in e.message and str(e) == f"{e.message} [BDH_ERR_TOKEN]"
+    assert _lib.STATUS_CODES["BDH_ERR_TOKEN"] == 6
 
 
 def test_struct_layout_compiled(tmp_path):
@@ -232,15 +256,38 @@ def test_gil_released():
     assert type(_lib.lib) is ctypes.CDLL
 
 
+def _header_version() -> str:
+    text = HEADER.read_text()
+    parts = [re.search(rf"^#define BDH_VERSION_{k} (\d+)$", text, re.M).group(1) for k in ("MAJOR", "MINOR", "PATCH")]
+    return ".".join(parts)
+
+
 def test_version_and_exports():
-    assert re.fullmatch(r"\d+\.\d+\.\d+", bdh.library_version())
-    assert bdh.library_version().split(".")[:2] == bdh.__version__.split(".")[:2]
-    for name in ("Model", "State", "Sampler", "Generation", "BDHError", "library_path", "library_version"):
-        assert hasattr(bdh, name)
+    """include/bdh.h is the one source: the package and the library built
+    from this checkout both report its version."""
+    want = _header_version()
+    assert bdh.library_version() == want
+    assert bdh.__version__ == want
+    assert _version.from_header(HEADER.read_text()) == want
+    for name in ("Model", "State", "Sampler", "Generation", "BDHError", "library_path", "library_version",
+                 "system_info", "trace", "load_trace", "Trace", "Activation"):
+        assert hasattr(bdh, name) and name in bdh.__all__, name
     assert (PY_ROOT / "bdh" / "py.typed").exists()
     for obj in (bdh.Model, bdh.Model.generate, bdh.State.step, bdh.State.prefill, bdh.State.save,
-                bdh.State.load, bdh.Model.new_state, bdh.BDHError):
+                bdh.State.load, bdh.Model.new_state, bdh.BDHError, bdh.Generation, bdh.system_info):
         assert obj.__doc__, obj
+
+
+def test_system_info():
+    info = bdh.system_info()
+    assert isinstance(info, str) and info and "\n" not in info.strip()
+    assert bdh.library_version() in info
+
+
+def test_pyproject_version_is_dynamic():
+    text = (PY_ROOT / "pyproject.toml").read_text()
+    assert re.search(r'^dynamic\s*=\s*\[\s*"version"\s*\]', text, re.M)
+    assert not re.search(r"^version\s*=", text, re.M)
 
 
 # ------------------------------------------------------------------ lookup

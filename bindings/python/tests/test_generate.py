@@ -1,7 +1,9 @@
-"""Streaming generation: reproducibility, parity with the C tool, stop
-sequences, streaming, text mode, continuing states, early stop, errors."""
+"""Streaming generation: reproducibility, parity with the C tool and the C
+callback loop, stop sequences, pull-style streaming in the calling thread,
+text mode, continuing states, early stop, errors."""
 from __future__ import annotations
 
+import ctypes
 import gc
 import subprocess
 import threading
@@ -11,6 +13,7 @@ import numpy as np
 import pytest
 
 import bdh
+from bdh import _lib
 from conftest import DATA, ODD, TINY, cli_path
 
 PROMPT = b"ROMEO:"
@@ -138,23 +141,84 @@ def test_stop_sequences(tiny):
         assert out.endswith(ascii_stop)
 
 
-def test_streaming_is_lockstep(tiny):
-    """The first chunk arrives while generation is still under way; the C loop
-    then waits for the consumer (nothing is generated ahead)."""
+def test_streaming_is_pull(tiny):
+    """Each next() generates one token and feeds it to the state before
+    returning it: nothing is generated ahead of the consumer."""
     s = tiny.new_state()
     g = tiny.generate(PROMPT, max_new_tokens=100, seed=3, state=s)
+    assert s.position == 0  # generate() feeds nothing
     first = next(g)
     assert isinstance(first, bytes)
     assert g.stats is None  # not finished
     time.sleep(0.05)
-    assert s.position == len(PROMPT)  # prompt fed, first token not yet
+    assert s.position == len(PROMPT) + 1  # prompt and the token returned, no more
     next(g)
     next(g)
-    assert s.position == len(PROMPT) + 2
+    assert s.position == len(PROMPT) + 3
     rest = b"".join(g)
     assert len(rest) == 97
     assert s.position == len(PROMPT) + 100
     assert g.stats["n_generated"] == 100 and g.stats["stop_reason"] == "length"
+    assert g.stats["n_prompt"] == len(PROMPT)
+
+
+def test_no_thread(tiny):
+    """The C generator runs in the calling thread: no worker thread, and an
+    observer sees the tokens on the consumer's thread."""
+    before = threading.active_count()
+    me = threading.get_ident()
+    seen = set()
+    s = tiny.new_state()
+    s.set_observer(lambda a: seen.add(threading.get_ident()))
+    counts = []
+    for _ in tiny.generate(PROMPT, max_new_tokens=50, seed=8, state=s):
+        counts.append(threading.active_count())
+    assert counts == [before] * 50
+    assert seen == {me}
+    assert threading.active_count() == before
+
+
+def _c_generate(model, prompt, n, seed, stop=None):
+    """Tokens that the C loop bdh_generate hands to its callback."""
+    got = []
+
+    @_lib.TokenCallback
+    def on_token(token, user):
+        got.append(token)
+        return 0
+
+    params = _lib.lib.bdh_generate_default_params()
+    params.sampler.seed = seed
+    params.sampler.temperature = 0.8
+    params.max_new_tokens = n
+    stops = None
+    if stop is not None:
+        stops = ((ctypes.c_char_p * 1)(stop), (ctypes.c_size_t * 1)(len(stop)))
+        params.stop = ctypes.cast(stops[0], ctypes.POINTER(ctypes.c_char_p))
+        params.stop_len = ctypes.cast(stops[1], ctypes.POINTER(ctypes.c_size_t))
+        params.n_stop = 1
+    toks = np.frombuffer(prompt, np.uint8).astype(np.int32)
+    stats = _lib.GenerateStats()
+    s = model.new_state()
+    with s._h.use() as ptr:
+        _lib.lib.bdh_generate(ptr, toks.ctypes.data_as(ctypes.POINTER(ctypes.c_int32)), toks.size,
+                              ctypes.byref(params), on_token, None, ctypes.byref(stats))
+    return got, s.save()
+
+
+def test_same_tokens_as_c_callback_path(tiny):
+    """The binding's pull loop and bdh_generate's callback loop give the same
+    tokens and leave the same state, for the same seed."""
+    want, want_blob = _c_generate(tiny, PROMPT, 120, seed=77)
+    s = tiny.new_state()
+    got = list(tiny.generate(PROMPT, max_new_tokens=120, seed=77, state=s, tokens=True))
+    assert got == want and len(got) == 120
+    assert s.save() == want_blob
+    # with a stop sequence: the same stopping point
+    stop = bytes(want[50:52])
+    want, _ = _c_generate(tiny, PROMPT, 120, seed=77, stop=stop)
+    assert bytes(want).endswith(stop)
+    assert gen(tiny, max_new_tokens=120, seed=77, stop=stop) == bytes(want)
 
 
 def test_streaming_first_chunk_early():
@@ -216,7 +280,7 @@ def test_break_stops_early(tiny):
         if i == 9:
             break
     gc.collect()
-    # exactly the yielded tokens were fed (the 10th by the stopping call)
+    # exactly the yielded tokens were fed; the generation let go of the state
     assert s.position == len(PROMPT) + 10
     assert threading.active_count() == before
     s.step(1)  # the state is free again
@@ -228,34 +292,76 @@ def test_close_and_stats(tiny):
         got = [next(g) for _ in range(5)]
         with pytest.raises(RuntimeError):
             s.step(1)  # busy: the generation holds it
-        assert s.position == len(PROMPT) + 4
+        assert s.position == len(PROMPT) + 5
     assert g.stats["stop_reason"] == "callback" and g.stats["n_generated"] == 5
     assert s.position == len(PROMPT) + 5
     assert list(g) == []
     g.close()
+    assert "finished" in repr(g)
     want = gen(tiny, max_new_tokens=5, seed=4)
     assert b"".join(got) == want
+    s.step(1)  # free again
 
 
 def test_dropped_generation_is_collected(tiny):
     before = threading.active_count()
-    n_states = tiny._h.n_states
     g = tiny.generate(PROMPT, max_new_tokens=1000, seed=4)
     next(g)
-    assert threading.active_count() == before + 1
+    own = g.state
+    assert threading.active_count() == before
+    assert not own.closed and own.position == len(PROMPT) + 1
     del g
     gc.collect()
-    assert threading.active_count() == before
-    assert tiny._h.n_states == n_states  # its own state was freed
+    assert own.closed  # its own state was freed with it
+
+
+def test_break_then_close_frees_the_generator(tiny):
+    s = tiny.new_state()
+    g = tiny.generate(PROMPT, max_new_tokens=1000, seed=4, state=s)
+    for i, _ in enumerate(g):
+        if i == 2:
+            break
+    with pytest.raises(RuntimeError):
+        s.step(1)  # g is still alive and holds the state
+    g.close()
+    assert g.stats["n_generated"] == 3 and g._gen.closed
+    s.step(1)
 
 
 def test_unstarted_generation_does_nothing(tiny):
     s = tiny.new_state()
+    s.step(1)
     g = tiny.generate(PROMPT, max_new_tokens=10, state=s)
     assert "not started" in repr(g)
-    s.step(1)
+    assert s.position == 1  # generate() feeds nothing
+    with pytest.raises(RuntimeError):
+        s.step(2)  # but holds the state from the start (the C generator borrows it)
     del g
     assert s.position == 1
+    s.step(2)
+    assert s.position == 2
+    g = tiny.generate(PROMPT, max_new_tokens=10, state=s)
+    g.close()
+    assert g.stats["n_prompt"] == 0 and g.stats["n_generated"] == 0
+    assert s.position == 2
+
+
+def test_observer_error_ends_the_generation(tiny):
+    def boom(a):
+        if a.position == len(PROMPT) + 3:
+            raise KeyError("from the observer")
+
+    s = tiny.new_state()
+    s.set_observer(boom)
+    g = tiny.generate(PROMPT, max_new_tokens=50, seed=1, state=s)
+    with pytest.raises(KeyError, match="from the observer"):
+        for _ in g:
+            pass
+    assert g.stats is not None and g.stats["n_generated"] == 4
+    assert s.position == len(PROMPT) + 4
+    assert list(g) == []
+    s.set_observer(None)
+    s.step(1)  # released
 
 
 def test_zero_tokens(tiny):
@@ -287,13 +393,23 @@ def test_generate_errors(tiny):
         tiny.generate(5)
     with pytest.raises(TypeError):
         tiny.generate(["a"])
+    s = tiny.new_state()
     with pytest.raises(bdh.BDHError) as ei:
-        tiny.generate([1, 300])
-    assert ei.value.status == "BDH_ERR_TOKEN"
+        tiny.generate([1, 300], state=s)
+    assert ei.value.status == "BDH_ERR_TOKEN" and "300" in ei.value.message
     for kw in (dict(temperature=-1), dict(top_p=1.5), dict(top_k=-3), dict(min_p=2.0), dict(repeat_penalty=0)):
         with pytest.raises(bdh.BDHError) as ei:
-            tiny.generate(PROMPT, **kw)
+            tiny.generate(PROMPT, state=s, **kw)
         assert ei.value.status == "BDH_ERR_INVALID_ARGUMENT", kw
+        assert ei.value.message, kw
+    s.step(1)  # a refused generate() leaves the state untouched and free
+    assert s.position == 1
+    with tiny.generate(PROMPT, state=s):
+        with pytest.raises(RuntimeError):
+            tiny.generate(PROMPT, state=s)  # held by the first
+    s.close()
+    with pytest.raises(ValueError):
+        tiny.generate(PROMPT, state=s)
     with pytest.raises(ValueError):
         tiny.generate(PROMPT, max_new_tokens=-1)
     with pytest.raises(TypeError):

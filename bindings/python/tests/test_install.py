@@ -13,7 +13,7 @@ import textwrap
 import pytest
 
 import bdh
-from conftest import PY_ROOT, TINY
+from conftest import PY_ROOT, REPO, TINY
 
 pytestmark = pytest.mark.skipif(os.environ.get("BDH_SKIP_INSTALL_TEST", "") not in ("", "0"),
                                 reason="BDH_SKIP_INSTALL_TEST is set")
@@ -24,10 +24,13 @@ def _run(cmd, **kw):
 
 
 def test_pip_install_into_fresh_venv(tmp_path):
-    # a copy of the source, so the build leaves nothing in the checkout
-    src = tmp_path / "src"
+    # a copy of the source, so the build leaves nothing in the checkout; laid
+    # out as in the checkout, where setup.py reads the version from include/bdh.h
+    src = tmp_path / "checkout" / "bindings" / "python"
     shutil.copytree(PY_ROOT, src, ignore=shutil.ignore_patterns("build", "dist", "*.egg-info", "__pycache__",
                                                                  "tests", "libbdh.so*"))
+    (tmp_path / "checkout" / "include").mkdir()
+    shutil.copy(REPO / "include" / "bdh.h", tmp_path / "checkout" / "include" / "bdh.h")
     venv = tmp_path / "venv"
     # system site packages: numpy and setuptools without a download where the
     # system has them; the package itself goes into the venv
@@ -53,6 +56,11 @@ def test_pip_install_into_fresh_venv(tmp_path):
         assert os.path.realpath(bdh.__file__).startswith(site), bdh.__file__
         assert os.path.realpath(bdh.library_path).startswith(site), bdh.library_path
         assert os.path.exists(os.path.join(os.path.dirname(bdh.__file__), "py.typed"))
+        # the version came from the header at build time, not from a header now
+        assert os.path.exists(os.path.join(os.path.dirname(bdh.__file__), "_build_version.py"))
+        assert bdh.__version__ == {bdh.__version__!r} == bdh.library_version(), bdh.__version__
+        from importlib.metadata import version
+        assert version("bdh") == bdh.__version__
         import bdh.plot, bdh._safetensors  # the optional-matplotlib module imports without it
         assert callable(bdh.trace) and callable(bdh.load_trace)
         with bdh.Model({str(TINY)!r}) as m:

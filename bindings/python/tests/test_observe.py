@@ -296,8 +296,8 @@ def test_observer_during_generate(tiny):
         s.set_observer(seen.append)
         out = b"".join(tiny.generate(b"hi", max_new_tokens=5, seed=1, state=s))
     assert len(out) == 5
-    # prompt (2) and the generated tokens but the last (fed only if continued)
-    assert len({a.position for a in seen}) >= 6
+    # the prompt (2) and every generated token (5): the state consumed all
+    assert sorted({a.position for a in seen}) == list(range(7))
 
 
 def test_observer_callback_survives_gc(tiny):
