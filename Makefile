@@ -101,12 +101,12 @@ $(BUILD)/tests/header_cxx: tests/header_cxx.cpp include/bdh.h $(BUILD)/libbdh.so
 # (the sanitizer build is not installed, nor loaded into Python)
 test: test-c test-cxx test-cli $(if $(SANITIZE),,test-install test-python)
 
-# test_fastpath again with the dot kernels capped (AVX2, plain C): every
-# variant this machine can run is checked against the reference.
+# test_fastpath and test_q8 again with the dot kernels capped (AVX2, plain
+# C): every variant this machine can run is checked against the reference.
 test-c: $(TESTS)
 	@set -e; for t in $(TESTS); do echo "== $$t"; $$t; done
-	@set -e; for k in avx2 c; do echo "== $(BUILD)/tests/test_fastpath (BDH_CPU_KERNEL=$$k)"; \
-	  BDH_CPU_KERNEL=$$k $(BUILD)/tests/test_fastpath; done
+	@set -e; for k in avx2 c; do for t in test_fastpath test_q8; do echo "== $(BUILD)/tests/$$t (BDH_CPU_KERNEL=$$k)"; \
+	  BDH_CPU_KERNEL=$$k $(BUILD)/tests/$$t; done; done
 
 test-install: lib
 	bash tests/install_test.sh $(BUILD)

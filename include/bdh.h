@@ -99,9 +99,12 @@ typedef enum bdh_device {
 /* How weights are held in memory. Computation is always float32. */
 typedef enum bdh_weight_type {
     BDH_WEIGHTS_F32 = 0,      /* convert every tensor to float32 (default) */
-    BDH_WEIGHTS_AS_STORED = 1,/* keep the file's F32/F16/BF16 */
+    BDH_WEIGHTS_AS_STORED = 1,/* keep the file's F32/F16/BF16/Q8_0 */
     BDH_WEIGHTS_BF16 = 2,     /* round to bfloat16 at load */
-    BDH_WEIGHTS_F16 = 3       /* round to float16 at load (CPU only) */
+    BDH_WEIGHTS_F16 = 3,      /* round to float16 at load (CPU only) */
+    BDH_WEIGHTS_Q8_0 = 4      /* encoder, encoder_v, decoder as int8 blocks of 32
+                                 along D with an F16 scale each, quantized at
+                                 load (or as stored); embed, lm_head float32 */
 } bdh_weight_type;
 
 /* Which CPU code computes a step. */
@@ -160,6 +163,15 @@ BDH_API uint64_t bdh_model_fingerprint(const bdh_model *model);
  * for the tensor whose state_dict name (without _orig_mod.) is given;
  * NULL if there is no such tensor. */
 BDH_API const char *bdh_model_file_dtype(const bdh_model *model, const char *tensor);
+
+/* Write a quantized copy of the model file at in_path to out_path (type:
+ * BDH_WEIGHTS_Q8_0): the same tensors and metadata, with encoder, encoder_v
+ * and decoder as int8 blocks plus their scales (docs/format.md). Loaded with
+ * BDH_WEIGHTS_AS_STORED or BDH_WEIGHTS_Q8_0, the copy gives exactly the
+ * logits of in_path loaded with BDH_WEIGHTS_Q8_0. The file is written beside
+ * out_path and renamed into place: on failure an existing out_path is left
+ * as it was. */
+BDH_API bdh_status bdh_model_quantize(const char *in_path, const char *out_path, bdh_weight_type type);
 
 /* ---------------------------------------------------------------- state */
 

@@ -32,6 +32,9 @@ static bool is_cuda_model(const bdh_model *m) { return m && m->backend == &bdh_c
 static bdh_status cuda_check_params(const bdh_model_params *p)
 {
     if (p->weight_type == BDH_WEIGHTS_F16) return F16_REFUSED;
+    if (p->weight_type == BDH_WEIGHTS_Q8_0)
+        return bdh_fail(BDH_ERR_UNSUPPORTED, "params.weight_type = BDH_WEIGHTS_Q8_0: the CUDA path holds float32 or bfloat16 "
+                                             "weights (a Q8_0 file loads there with BDH_WEIGHTS_F32 or BDH_WEIGHTS_BF16)");
     if (p->cuda_device < 0)
         return bdh_fail(BDH_ERR_INVALID_ARGUMENT, "params.cuda_device = %d is negative (a CUDA device ordinal)",
                         (int)p->cuda_device);

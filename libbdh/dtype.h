@@ -25,24 +25,42 @@ typedef enum bdh_elem {
     BDH_ELEM_F64,  /* file only */
     BDH_ELEM_I32,  /* file only */
     BDH_ELEM_I64,  /* file only */
+    BDH_ELEM_I8,   /* file only: the values of Q8_0 blocks */
+    BDH_ELEM_Q8_0, /* held weights: int8 values in blocks of BDH_Q8_BLOCK along a
+                      row, one F16 scale per block (value = scale * q) */
     BDH_ELEM_COUNT
 } bdh_elem;
 
+/* Q8_0: a row of n values is ceil(n / 32) blocks; the last may be short. */
+#define BDH_Q8_BLOCK 32
+static inline size_t bdh_q8_blocks(size_t n) { return (n + BDH_Q8_BLOCK - 1) / BDH_Q8_BLOCK; }
+
 /* "F32", "F16", ... as safetensors spells them; "?" for no such type. */
 __attribute__((visibility("hidden"))) const char *bdh_elem_name(bdh_elem e);
-/* Bytes per element; 0 for no such type. */
+/* Bytes per element (Q8_0: 1, its int8 values; the scales come on top); 0
+ * for no such type. */
 __attribute__((visibility("hidden"))) size_t bdh_elem_size(bdh_elem e);
 /* The type named s (safetensors spelling); false if none. */
 __attribute__((visibility("hidden"))) bool bdh_elem_parse(const char *s, bdh_elem *out);
-/* A type weights can be held in (F32, F16, BF16). */
+/* A float type (F32, F16, BF16): what a file's weights may be. */
 static inline bool bdh_elem_is_float(bdh_elem e) { return e == BDH_ELEM_F32 || e == BDH_ELEM_F16 || e == BDH_ELEM_BF16; }
 
 /* n elements of a F32/F16/BF16 array (src may be unaligned) to float32. */
 __attribute__((visibility("hidden"))) void bdh_elem_to_f32(bdh_elem e, const void *src, float *dst, size_t n);
 /* n float32 values into a F32/F16/BF16 array (dst may be unaligned). */
 __attribute__((visibility("hidden"))) void bdh_elem_from_f32(bdh_elem e, const float *src, void *dst, size_t n);
-/* Round n float32 values in place to what type e can hold (a no-op for F32). */
+/* Round n float32 values in place to what type e can hold (a no-op for F32;
+ * Q8_0: the n values are one row, quantized and dequantized). */
 __attribute__((visibility("hidden"))) void bdh_elem_round_f32(bdh_elem e, float *v, size_t n);
+
+/* Q8_0 quantization of one row of n values (x finite): per block, scale =
+ * F16(absmax / 127), q = round(x / scale) clamped to [-127, 127] (0 when the
+ * scale is 0). q: n int8 values, scales: bdh_q8_blocks(n) F16 bits. The one
+ * quantizer: load-time quantization and `bdh quantize` files agree bit for
+ * bit. */
+__attribute__((visibility("hidden"))) void bdh_q8_quantize_row(const float *x, size_t n, int8_t *q, uint16_t *scales);
+/* The row back to float32: x = F16 scale * q. */
+__attribute__((visibility("hidden"))) void bdh_q8_dequantize_row(const int8_t *q, const uint16_t *scales, size_t n, float *x);
 
 static inline float bdh_bits_f32(uint32_t u)
 {

@@ -2,8 +2,8 @@
  * written to be read next to the equations (docs/architecture.md). The fast
  * paths are tested against it, so it shares nothing with them but the
  * LayerNorm and RoPE math (math.c): its weights are float32 copies in the
- * file's own layouts (rounded to the requested 16-bit type, so a 16-bit fast
- * path can be checked against the same values), its products are plain
+ * file's own layouts (rounded to the requested 16-bit or Q8_0 type, so a fast
+ * path holding those types can be checked against the same values), its products are plain
  * loops with double accumulators, its state is one calloc'd array.
  * Select it with bdh_model_params.kernels = BDH_KERNELS_REFERENCE.
  *
@@ -145,14 +145,25 @@ static void ref_model_free(bdh_model *m)
     m->impl = NULL;
 }
 
-/* A float32 copy of tensor t as laid out in the file, rounded to `type`. */
-static float *copy_tensor(const bdh_tensor_view *t, bdh_elem type)
+/* A float32 copy of tensor `which` laid out as in the file, each held row
+ * rounded to `type` (a Q8_0 file dequantized), so the reference computes
+ * with exactly the values a fast path holds. */
+static float *copy_tensor(const bdh_model *m, const bdh_weight_views *w, int which, bdh_elem type)
 {
-    const size_t n = t->nbytes / bdh_elem_size(t->dtype);
-    float *v = malloc(n * sizeof(float));
-    if (!v) return NULL;
-    bdh_elem_to_f32(t->dtype, t->data, v, n);
-    bdh_elem_round_f32(type, v, n);
+    bdh_file_rows f;
+    bdh_file_rows_init(&f, w, which, &m->cfg);
+    float *v = malloc((size_t)(f.rows * f.cols) * sizeof(float)), *row = malloc((size_t)f.cols * sizeof(float));
+    if (v && row)
+        for (int64_t r = 0; r < f.rows; r++) {
+            bdh_file_row_f32(&f, r, row);
+            bdh_elem_round_f32(type, row, (size_t)f.cols);
+            bdh_file_row_scatter(&f, r, row, v);
+        }
+    free(row);
+    if (!row) {
+        free(v);
+        return NULL;
+    }
     return v;
 }
 
@@ -162,9 +173,10 @@ static bdh_status ref_model_init(bdh_model *m, const bdh_weight_views *w)
     if (!W) return bdh_fail(BDH_ERR_OUT_OF_MEMORY, "out of memory");
     m->impl = W;
     const bdh_elem type = bdh_weight_elem(m->params.weight_type, w->t[BDH_T_ENCODER]->dtype);
+    const bdh_elem small = type == BDH_ELEM_Q8_0 ? BDH_ELEM_F32 : type; /* embed, lm_head */
     float **dst[] = {&W->embed, &W->encoder, &W->encoder_v, &W->decoder, &W->lm_head};
     for (int i = BDH_T_EMBED; i <= BDH_T_LM_HEAD; i++)
-        if (!(*dst[i] = copy_tensor(w->t[i], type))) {
+        if (!(*dst[i] = copy_tensor(m, w, i, bdh_quantizable(i) ? type : small))) {
             ref_model_free(m);
             return bdh_fail(BDH_ERR_OUT_OF_MEMORY, "out of memory copying %s", bdh_tensor_name(i));
         }
@@ -227,6 +239,7 @@ static bdh_status ref_check_params(const bdh_model_params *p)
 const bdh_backend bdh_reference_backend = {
     .name = "reference",
     .observes = true,
+    .reads_q8_files = true,
     .check_params = ref_check_params,
     .model_init = ref_model_init,
     .model_free = ref_model_free,

@@ -85,8 +85,61 @@ BDH_INTERNAL const char *bdh_tensor_name(int which);
  *   lm_head [D][V]; t[BDH_T_FREQS] may be NULL (model->freqs has the values). */
 typedef struct bdh_weight_views {
     const bdh_tensor_view *t[BDH_T_COUNT];
+    const bdh_tensor_view *scale[BDH_T_COUNT]; /* Q8_0 files: the F16 scales of an I8 t[i] */
     const bdh_safetensors *file; /* for bdh_safetensors_release */
 } bdh_weight_views;
+
+/* Whether tensor `which` is held quantized when the model holds Q8_0
+ * (encoder, encoder_v, decoder; embed and lm_head stay float32). */
+static inline bool bdh_quantizable(int which)
+{
+    return which == BDH_T_ENCODER || which == BDH_T_ENCODER_V || which == BDH_T_DECODER;
+}
+
+/* The file at path opened, its tensors found and checked (shapes, metadata,
+ * Q8_0 scales, finite values): what a load and a quantization start from.
+ * On success st is open (bdh_safetensors_close it). */
+BDH_INTERNAL bdh_status bdh_weights_open(const char *path, bdh_safetensors *st, bdh_weight_views *w, bdh_config *c);
+
+/* -------------------------------------------------------------- quant.c */
+
+/* A Q8_0 file (docs/format.md): I8 tensors with F16 scales "<name>.scale"
+ * beside them, and metadata quantization = q8_0. Finds and checks the scales
+ * of every I8 tensor in w (shapes against c); refuses an I8 tensor without
+ * scales, scales without their I8 tensor, and a file whose metadata does not
+ * say q8_0. */
+BDH_INTERNAL bdh_status bdh_q8_find_scales(const bdh_safetensors *st, bdh_weight_views *w, const bdh_config *c);
+
+/* float32 copies of a Q8_0 file's tensors for a backend that does not read
+ * them (CUDA): w's I8 views are replaced by views of these copies. */
+typedef struct bdh_q8_copies {
+    bdh_tensor_view views[BDH_T_COUNT];
+    float *data[BDH_T_COUNT];
+} bdh_q8_copies;
+BDH_INTERNAL bdh_status bdh_q8_dequantized_views(const bdh_config *c, bdh_weight_views *w, bdh_q8_copies *copies);
+BDH_INTERNAL void bdh_q8_copies_free(bdh_q8_copies *copies);
+
+/* ------------------------------------------------------------ weights.c */
+
+/* A weight matrix of the file read by held rows: one row of D values per
+ * neuron or token, whatever the file's layout and element type. */
+typedef struct bdh_file_rows {
+    const bdh_tensor_view *t, *scale; /* scale: Q8_0 files */
+    int64_t rows, cols;               /* held rows, D */
+    int64_t count;                    /* 0: rows as stored; else `count` [D][rows/count] matrices */
+} bdh_file_rows;
+
+BDH_INTERNAL void bdh_file_rows_init(bdh_file_rows *f, const bdh_weight_views *w, int which, const bdh_config *c);
+/* Row r as float32 (Q8_0 dequantized). */
+BDH_INTERNAL void bdh_file_row_f32(const bdh_file_rows *f, int64_t r, float *out);
+/* Elements d0..d0+n of row r of a Q8_0 tensor as stored (d0 a multiple of 32). */
+BDH_INTERNAL void bdh_file_row_q8_part(const bdh_file_rows *f, int64_t r, int64_t d0, int64_t n, int8_t *q, uint16_t *s);
+/* Row r written back into a float32 array laid out as the file's tensor. */
+BDH_INTERNAL void bdh_file_row_scatter(const bdh_file_rows *f, int64_t r, const float *row, float *dst);
+/* Row r's Q8_0 values and scales written into arrays laid out as the file's
+ * I8 tensor and its scale tensor. */
+BDH_INTERNAL void bdh_file_row_scatter_q8(const bdh_file_rows *f, int64_t r, const int8_t *q, const uint16_t *s,
+                                          int8_t *qdst, uint16_t *sdst);
 
 typedef struct bdh_backend bdh_backend;
 
@@ -140,6 +193,7 @@ BDH_INTERNAL bdh_status bdh_check_token(const bdh_model *m, int32_t token);
 struct bdh_backend {
     const char *name;
     bool observes;             /* steps report layers to observers/monitors */
+    bool reads_q8_files;       /* model_init takes I8 views with scales (else model.c dequantizes) */
     /* parameters this backend refuses, before any file is read */
     bdh_status (*check_params)(const bdh_model_params *p);
     /* pack the weights into m->impl and set m->weight_bytes */

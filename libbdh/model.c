@@ -25,7 +25,8 @@ bdh_elem bdh_weight_elem(bdh_weight_type requested, bdh_elem file)
     switch (requested) {
     case BDH_WEIGHTS_BF16: return BDH_ELEM_BF16;
     case BDH_WEIGHTS_F16: return BDH_ELEM_F16;
-    case BDH_WEIGHTS_AS_STORED: return bdh_elem_is_float(file) ? file : BDH_ELEM_F32;
+    case BDH_WEIGHTS_Q8_0: return BDH_ELEM_Q8_0;
+    case BDH_WEIGHTS_AS_STORED: return file == BDH_ELEM_I8 ? BDH_ELEM_Q8_0 : bdh_elem_is_float(file) ? file : BDH_ELEM_F32;
     default: return BDH_ELEM_F32;
     }
 }
@@ -75,9 +76,9 @@ static bdh_status check_dims(const bdh_tensor_view *t, int which, int n_dims)
         if (t->shape[i] < 1 || t->shape[i] > MAX_DIM)
             return bdh_fail(BDH_ERR_CONFIG, "tensor %s has dimension %d of size %lld (expected 1..%d)",
                             tensor_names[which], i, (long long)t->shape[i], MAX_DIM);
-    if (!bdh_elem_is_float(t->dtype))
-        return bdh_fail(BDH_ERR_CONFIG, "tensor %s has dtype %s; weights must be F32, F16 or BF16",
-                        tensor_names[which], bdh_elem_name(t->dtype));
+    if (!bdh_elem_is_float(t->dtype) && !(t->dtype == BDH_ELEM_I8 && bdh_quantizable(which)))
+        return bdh_fail(BDH_ERR_CONFIG, "tensor %s has dtype %s; weights must be F32, F16 or BF16%s", tensor_names[which],
+                        bdh_elem_name(t->dtype), bdh_quantizable(which) ? " (or I8 with Q8_0 scales)" : "");
     return BDH_OK;
 }
 
@@ -182,8 +183,9 @@ static bdh_status load_freqs(bdh_model *m, const bdh_tensor_view *t)
 /* NaN and inf in weights make every later result meaningless: refuse them
  * at load, by the exponent bits of each element (a pass over the file's bytes
  * at memory speed). */
-static bdh_status check_finite(const bdh_tensor_view *t, int which)
+static bdh_status check_finite(const bdh_tensor_view *t, const char *name)
 {
+    if (!bdh_elem_is_float(t->dtype)) return BDH_OK; /* I8 values are always finite */
     const uint8_t *p = t->data;
     const size_t n = t->nbytes / bdh_elem_size(t->dtype);
     const uint32_t exp_mask = t->dtype == BDH_ELEM_F32 ? 0x7f800000u : t->dtype == BDH_ELEM_F16 ? 0x7c00u : 0x7f80u;
@@ -204,24 +206,33 @@ static bdh_status check_finite(const bdh_tensor_view *t, int which)
     if (bad == n) return BDH_OK;
     float v;
     bdh_elem_to_f32(t->dtype, p + bad * bdh_elem_size(t->dtype), &v, 1);
-    return bdh_fail(BDH_ERR_FORMAT, "tensor %s has a non-finite value (%s) at index %zu", tensor_names[which],
+    return bdh_fail(BDH_ERR_FORMAT, "tensor %s has a non-finite value (%s) at index %zu", name,
                     v != v ? "NaN" : v > 0 ? "inf" : "-inf", bad);
 }
 
-/* Fingerprint: configuration, then each tensor's dtype, shape and bytes. */
-static uint64_t fingerprint(const bdh_config *c, const bdh_tensor_view *const *t)
+static void hash_tensor(XXH3_state_t *h, const char *name, const bdh_tensor_view *t)
+{
+    XXH3_64bits_update(h, name, strlen(name));
+    XXH3_64bits_update(h, &t->dtype, sizeof t->dtype);
+    XXH3_64bits_update(h, t->shape, sizeof(int64_t) * (size_t)t->n_dims);
+    XXH3_64bits_update(h, t->data, t->nbytes);
+}
+
+/* Fingerprint: configuration, then each tensor's dtype, shape and bytes (and
+ * a Q8_0 file's scales). Weights quantized at load are other weights: their
+ * fingerprint differs from the file's; F32/BF16/F16 holdings of one file
+ * share it (docs/format.md). */
+static uint64_t fingerprint(const bdh_config *c, const bdh_weight_views *w, bool quantized_at_load)
 {
     XXH3_state_t *h = XXH3_createState();
     if (!h) return 0;
     XXH3_64bits_reset(h);
     XXH3_64bits_update(h, c, sizeof *c);
     for (int i = 0; i < BDH_T_COUNT; i++) {
-        if (!t[i]) continue;
-        XXH3_64bits_update(h, tensor_names[i], strlen(tensor_names[i]));
-        XXH3_64bits_update(h, &t[i]->dtype, sizeof t[i]->dtype);
-        XXH3_64bits_update(h, t[i]->shape, sizeof(int64_t) * (size_t)t[i]->n_dims);
-        XXH3_64bits_update(h, t[i]->data, t[i]->nbytes);
+        if (w->t[i]) hash_tensor(h, tensor_names[i], w->t[i]);
+        if (w->scale[i]) hash_tensor(h, "scale", w->scale[i]);
     }
+    if (quantized_at_load) XXH3_64bits_update(h, "q8_0", 4);
     uint64_t v = XXH3_64bits_digest(h);
     XXH3_freeState(h);
     return v;
@@ -233,37 +244,57 @@ static bdh_status check_params(const bdh_model_params *p)
         return bdh_fail(BDH_ERR_INVALID_ARGUMENT, "params.device = %d is not a bdh_device", (int)p->device);
     if (p->n_threads < 0)
         return bdh_fail(BDH_ERR_INVALID_ARGUMENT, "params.n_threads = %d is negative (0 = all cores)", (int)p->n_threads);
-    if ((int)p->weight_type < BDH_WEIGHTS_F32 || p->weight_type > BDH_WEIGHTS_F16)
+    if ((int)p->weight_type < BDH_WEIGHTS_F32 || p->weight_type > BDH_WEIGHTS_Q8_0)
         return bdh_fail(BDH_ERR_INVALID_ARGUMENT, "params.weight_type = %d is not a bdh_weight_type", (int)p->weight_type);
     if ((int)p->kernels < BDH_KERNELS_FAST || p->kernels > BDH_KERNELS_REFERENCE)
         return bdh_fail(BDH_ERR_INVALID_ARGUMENT, "params.kernels = %d is not a bdh_kernels", (int)p->kernels);
     return BDH_OK;
 }
 
+bdh_status bdh_weights_open(const char *path, bdh_safetensors *st, bdh_weight_views *w, bdh_config *c)
+{
+    bdh_status rc = bdh_safetensors_open(path, st);
+    if (rc != BDH_OK) return rc;
+    memset(w, 0, sizeof *w);
+    w->file = st;
+    for (int i = 0; i < BDH_T_COUNT; i++) w->t[i] = find_tensor(st, i);
+    if ((rc = config_from_shapes(w->t, c)) == BDH_OK && (rc = config_from_metadata(st, c)) == BDH_OK)
+        rc = bdh_q8_find_scales(st, w, c);
+    for (int i = 0; i < BDH_T_COUNT && rc == BDH_OK; i++) {
+        if (w->t[i]) rc = check_finite(w->t[i], tensor_names[i]);
+        if (w->scale[i] && rc == BDH_OK) rc = check_finite(w->scale[i], w->scale[i]->name);
+    }
+    if (rc != BDH_OK) bdh_safetensors_close(st);
+    return rc;
+}
+
+/* "'path': reason", keeping the reason */
+static bdh_status with_path(bdh_status rc, const char *path)
+{
+    char reason[400];
+    snprintf(reason, sizeof reason, "%s", bdh_last_error());
+    return strstr(reason, path) ? rc : bdh_fail(rc, "'%s': %s", path, reason);
+}
+
 static bdh_status load_from_file(bdh_model *m, const char *path)
 {
     bdh_safetensors st;
-    bdh_status rc = bdh_safetensors_open(path, &st);
-    if (rc != BDH_OK) return rc;
-    bdh_weight_views w = {.file = &st};
-    for (int i = 0; i < BDH_T_COUNT; i++) w.t[i] = find_tensor(&st, i);
-    if ((rc = config_from_shapes(w.t, &m->cfg)) == BDH_OK && (rc = config_from_metadata(&st, &m->cfg)) == BDH_OK)
-        for (int i = 0; i < BDH_T_COUNT && rc == BDH_OK; i++)
-            if (w.t[i]) rc = check_finite(w.t[i], i);
-    if (rc == BDH_OK && (rc = load_freqs(m, w.t[BDH_T_FREQS])) == BDH_OK) {
+    bdh_weight_views w;
+    bdh_status rc = bdh_weights_open(path, &st, &w, &m->cfg);
+    if (rc != BDH_OK) return with_path(rc, path);
+    bdh_q8_copies q8 = {0};
+    if ((rc = load_freqs(m, w.t[BDH_T_FREQS])) == BDH_OK) {
         const int64_t D = m->cfg.n_embd, V = m->cfg.vocab_size, HN = (int64_t)m->cfg.n_head * m->cfg.n_neurons;
+        const bool file_q8 = w.t[BDH_T_ENCODER]->dtype == BDH_ELEM_I8;
         m->n_params = 2 * V * D + 3 * HN * D;
-        m->fingerprint = fingerprint(&m->cfg, w.t); /* before pages are released */
+        m->fingerprint = fingerprint(&m->cfg, &w, !file_q8 && m->params.weight_type == BDH_WEIGHTS_Q8_0); /* before pages are released */
         for (int i = 0; i < BDH_T_COUNT; i++)
-            if (w.t[i]) m->file_dtype[i] = bdh_elem_name(w.t[i]->dtype);
-        rc = m->backend->model_init(m, &w);
+            if (w.t[i]) m->file_dtype[i] = w.scale[i] ? "Q8_0" : bdh_elem_name(w.t[i]->dtype);
+        if (file_q8 && !m->backend->reads_q8_files) rc = bdh_q8_dequantized_views(&m->cfg, &w, &q8);
+        if (rc == BDH_OK) rc = m->backend->model_init(m, &w);
     }
-    if (rc != BDH_OK) {
-        /* keep the reason, add the file */
-        char reason[400];
-        snprintf(reason, sizeof reason, "%s", bdh_last_error());
-        bdh_fail(rc, "'%s': %s", path, reason);
-    }
+    bdh_q8_copies_free(&q8);
+    if (rc != BDH_OK) rc = with_path(rc, path);
     bdh_safetensors_close(&st);
     return rc;
 }

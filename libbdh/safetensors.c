@@ -62,7 +62,7 @@ static bdh_status parse_tensor(const cJSON *entry, const uint8_t *data, uint64_t
     if (!cJSON_IsString(dt) || !cJSON_IsArray(shape) || !cJSON_IsArray(offs))
         return bdh_fail(BDH_ERR_FORMAT, "safetensors: tensor \"%s\" lacks a string dtype, a shape array or a data_offsets array", name);
     if (!bdh_elem_parse(dt->valuestring, &t->dtype))
-        return bdh_fail(BDH_ERR_FORMAT, "safetensors: tensor \"%s\" has unsupported dtype \"%s\" (expected F32, F16, BF16, F64, I32 or I64)", name, dt->valuestring);
+        return bdh_fail(BDH_ERR_FORMAT, "safetensors: tensor \"%s\" has unsupported dtype \"%s\" (expected F32, F16, BF16, F64, I32, I64 or I8)", name, dt->valuestring);
 
     int nd = cJSON_GetArraySize(shape);
     if (nd > BDH_MAX_DIMS)

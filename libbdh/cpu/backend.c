@@ -2,9 +2,10 @@
  *
  * Packing: every matrix is repacked at load so that each product of the step
  * reads whole rows of D values, one row per neuron (h*N + j) or per token,
- * held as F32, BF16 or F16. Tensors are converted a row or a head at a time
- * straight from the file's bytes, and each one's file pages are dropped once
- * it is packed, so the load's peak memory stays near the weights as held. */
+ * held as F32, BF16, F16 or Q8_0 (weights.c reads the file by those rows).
+ * Tensors are converted a row at a time straight from the file's bytes, and
+ * each one's file pages are dropped once it is packed, so the load's peak
+ * memory stays near the weights as held. */
 #include "cpu.h"
 
 #include <stdlib.h>
@@ -15,51 +16,43 @@
 static bdh_status alloc_matrix(bdh_matrix *mat, bdh_elem type, int64_t rows, int64_t cols, int which)
 {
     const size_t bytes = (size_t)rows * (size_t)cols * bdh_elem_size(type);
-    *mat = (bdh_matrix){type, rows, cols, bdh_alloc_large(bytes)};
-    if (!mat->data)
-        return bdh_fail(BDH_ERR_OUT_OF_MEMORY, "out of memory allocating %zu bytes for %s", bytes, bdh_tensor_name(which));
+    const size_t scale_bytes = type == BDH_ELEM_Q8_0 ? (size_t)rows * bdh_q8_blocks((size_t)cols) * sizeof(uint16_t) : 0;
+    *mat = (bdh_matrix){type, rows, cols, bdh_alloc_large(bytes), scale_bytes ? bdh_alloc_large(scale_bytes) : NULL};
+    if (!mat->data || (scale_bytes && !mat->scales))
+        return bdh_fail(BDH_ERR_OUT_OF_MEMORY, "out of memory allocating %zu bytes for %s", bytes + scale_bytes,
+                        bdh_tensor_name(which));
     return BDH_OK;
 }
 
-/* `count` matrices [r][c] of the file, each transposed into c rows of r. */
-static bdh_status pack_transposed(bdh_matrix *dst, const bdh_tensor_view *t, int64_t count, int64_t r, int64_t c)
+/* Held row r of dst from the file: a Q8_0 file's blocks are copied as they
+ * are (so a pre-quantized file and quantizing at load give the same bits),
+ * anything else goes through float32. */
+static void pack_row(bdh_matrix *dst, const bdh_file_rows *f, int64_t r, float *tmp)
 {
-    float *src = malloc((size_t)(r * c) * sizeof(float)), *tmp = malloc((size_t)(r * c) * sizeof(float));
-    bdh_status rc = src && tmp ? BDH_OK : bdh_fail(BDH_ERR_OUT_OF_MEMORY, "out of memory repacking weights");
-    const size_t es = bdh_elem_size(t->dtype), ws = bdh_elem_size(dst->type);
-    for (int64_t i = 0; i < count && rc == BDH_OK; i++) {
-        bdh_elem_to_f32(t->dtype, (const uint8_t *)t->data + (size_t)(i * r * c) * es, src, (size_t)(r * c));
-        for (int64_t a = 0; a < r; a++)
-            for (int64_t b = 0; b < c; b++) tmp[b * r + a] = src[a * c + b];
-        bdh_elem_from_f32(dst->type, tmp, (uint8_t *)dst->data + (size_t)(i * r * c) * ws, (size_t)(r * c));
+    const size_t D = (size_t)dst->cols, nb = bdh_q8_blocks(D);
+    if (dst->type != BDH_ELEM_Q8_0) {
+        bdh_file_row_f32(f, r, tmp);
+        bdh_elem_from_f32(dst->type, tmp, (uint8_t *)dst->data + (size_t)r * D * bdh_elem_size(dst->type), D);
+    } else if (f->t->dtype == BDH_ELEM_I8) {
+        bdh_file_row_q8_part(f, r, 0, (int64_t)D, (int8_t *)dst->data + (size_t)r * D, dst->scales + (size_t)r * nb);
+    } else {
+        bdh_file_row_f32(f, r, tmp);
+        bdh_q8_quantize_row(tmp, D, (int8_t *)dst->data + (size_t)r * D, dst->scales + (size_t)r * nb);
     }
-    free(src);
+}
+
+/* One matrix: allocate, pack row by row, drop its file pages. */
+static bdh_status pack(bdh_matrix *dst, bdh_elem type, const bdh_model *m, const bdh_weight_views *w, int which)
+{
+    bdh_file_rows f;
+    bdh_file_rows_init(&f, w, which, &m->cfg);
+    bdh_status rc = alloc_matrix(dst, type, f.rows, f.cols, which);
+    float *tmp = rc == BDH_OK ? malloc((size_t)f.cols * sizeof(float)) : NULL;
+    if (rc == BDH_OK && !tmp) rc = bdh_fail(BDH_ERR_OUT_OF_MEMORY, "out of memory repacking weights");
+    for (int64_t r = 0; rc == BDH_OK && r < f.rows; r++) pack_row(dst, &f, r, tmp);
     free(tmp);
-    return rc;
-}
-
-/* Rows kept as they are in the file, converted to the storage type. */
-static bdh_status pack_rows(bdh_matrix *dst, const bdh_tensor_view *t)
-{
-    const size_t D = (size_t)dst->cols, es = bdh_elem_size(t->dtype), ws = bdh_elem_size(dst->type);
-    float *row = malloc(D * sizeof(float));
-    if (!row) return bdh_fail(BDH_ERR_OUT_OF_MEMORY, "out of memory repacking weights");
-    for (int64_t i = 0; i < dst->rows; i++) {
-        bdh_elem_to_f32(t->dtype, (const uint8_t *)t->data + (size_t)i * D * es, row, D);
-        bdh_elem_from_f32(dst->type, row, (uint8_t *)dst->data + (size_t)i * D * ws, D);
-    }
-    free(row);
-    return BDH_OK;
-}
-
-/* One matrix: allocate, pack (transposed when `count` > 0), drop its pages. */
-static bdh_status pack(bdh_matrix *dst, bdh_elem type, int64_t rows, int64_t cols, const bdh_weight_views *w, int which,
-                       int64_t count)
-{
-    const bdh_tensor_view *t = w->t[which];
-    bdh_status rc = alloc_matrix(dst, type, rows, cols, which);
-    if (rc == BDH_OK) rc = count > 0 ? pack_transposed(dst, t, count, cols, rows / count) : pack_rows(dst, t);
-    bdh_safetensors_release(w->file, t);
+    bdh_safetensors_release(w->file, w->t[which]);
+    bdh_safetensors_release(w->file, w->scale[which]);
     return rc;
 }
 
@@ -68,30 +61,38 @@ static void cpu_model_free(bdh_model *m)
     cpu_model *c = m->impl;
     if (!c) return;
     bdh_matrix *mats[] = {&c->embed, &c->encoder, &c->encoder_v, &c->decoder, &c->lm_head};
-    for (size_t i = 0; i < sizeof mats / sizeof mats[0]; i++) free(mats[i]->data);
+    for (size_t i = 0; i < sizeof mats / sizeof mats[0]; i++) {
+        free(mats[i]->data);
+        free(mats[i]->scales);
+    }
     bdh_pool_free(c->pool);
     free(c);
     m->impl = NULL;
 }
 
+static size_t matrix_bytes(const bdh_matrix *mat)
+{
+    const size_t n = (size_t)mat->rows * (size_t)mat->cols;
+    return n * bdh_elem_size(mat->type) + (mat->scales ? (size_t)mat->rows * bdh_q8_blocks((size_t)mat->cols) * 2 : 0);
+}
+
 static bdh_status cpu_model_init(bdh_model *m, const bdh_weight_views *w)
 {
-    const int64_t D = m->cfg.n_embd, H = m->cfg.n_head, N = m->cfg.n_neurons, V = m->cfg.vocab_size;
     cpu_model *c = calloc(1, sizeof *c);
     if (!c) return bdh_fail(BDH_ERR_OUT_OF_MEMORY, "out of memory");
     m->impl = c;
     const bdh_elem type = bdh_weight_elem(m->params.weight_type, w->t[BDH_T_ENCODER]->dtype);
-    bdh_status rc;
-    if ((rc = pack(&c->embed, type, V, D, w, BDH_T_EMBED, 0)) != BDH_OK ||
-        (rc = pack(&c->encoder, type, H * N, D, w, BDH_T_ENCODER, H)) != BDH_OK ||     /* [H][D][N] -> [H*N][D] */
-        (rc = pack(&c->encoder_v, type, H * N, D, w, BDH_T_ENCODER_V, H)) != BDH_OK || /* likewise */
-        (rc = pack(&c->decoder, type, H * N, D, w, BDH_T_DECODER, 0)) != BDH_OK ||
-        (rc = pack(&c->lm_head, type, V, D, w, BDH_T_LM_HEAD, 1)) != BDH_OK ||          /* [D][V] -> [V][D] */
-        (rc = bdh_pool_new(m->n_threads, &c->pool)) != BDH_OK) {
+    const bdh_elem small = type == BDH_ELEM_Q8_0 ? BDH_ELEM_F32 : type; /* embed, lm_head */
+    bdh_matrix *mats[BDH_T_FREQS] = {&c->embed, &c->encoder, &c->encoder_v, &c->decoder, &c->lm_head};
+    bdh_status rc = BDH_OK;
+    for (int i = 0; i < BDH_T_FREQS && rc == BDH_OK; i++) rc = pack(mats[i], bdh_quantizable(i) ? type : small, m, w, i);
+    if (rc == BDH_OK) rc = bdh_pool_new(m->n_threads, &c->pool);
+    if (rc != BDH_OK) {
         cpu_model_free(m);
         return rc;
     }
-    m->weight_bytes = (size_t)m->n_params * bdh_elem_size(type) + (size_t)N * sizeof(float);
+    m->weight_bytes = (size_t)m->cfg.n_neurons * sizeof(float);
+    for (int i = 0; i < BDH_T_FREQS; i++) m->weight_bytes += matrix_bytes(mats[i]);
     return BDH_OK;
 }
 
@@ -185,6 +186,7 @@ static bdh_status cpu_check_params(const bdh_model_params *p)
 const bdh_backend bdh_cpu_backend = {
     .name = "cpu",
     .observes = true,
+    .reads_q8_files = true,
     .check_params = cpu_check_params,
     .model_init = cpu_model_init,
     .model_free = cpu_model_free,

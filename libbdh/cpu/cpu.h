@@ -5,6 +5,7 @@
  *   forward.c   the sparse-aware, threaded, batched step
  *   prefill.c   chunked GEMM prefill
  *   matrix.c    row kernels (AVX-512 / AVX2 / plain C) and GEMM helpers
+ *   q8.c        the same kernels for Q8_0 rows
  *   pool.c      worker threads */
 #ifndef BDH_CPU_H
 #define BDH_CPU_H
@@ -13,9 +14,10 @@
 
 /* Row-major [rows][cols]; one row per neuron (or vocabulary entry). */
 typedef struct bdh_matrix {
-    bdh_elem type;     /* F32, BF16 or F16 */
+    bdh_elem type;     /* F32, BF16, F16 or Q8_0 */
     int64_t rows, cols;
-    void *data;
+    void *data;        /* [rows][cols] of type (Q8_0: int8) */
+    uint16_t *scales;  /* Q8_0 only: [rows][ceil(cols/32)] F16 */
 } bdh_matrix;
 
 /* The weights, one row of D values per neuron (h*N + j) or per token. */
@@ -51,6 +53,12 @@ BDH_INTERNAL void bdh_state_row_update(float *S_row, float q, const float *x, fl
 #define BDH_GEMM_BLOCK 256
 BDH_INTERNAL void bdh_gemm_rows_t(const bdh_matrix *m, int64_t row0, int nrows, const float *X, int T, float *out, int ldo, float *scratch);
 BDH_INTERNAL void bdh_gemm_rows_n(const bdh_matrix *m, int64_t row0, int nrows, const float *A, int T, int lda, float *out, float *scratch);
+
+/* ----------------------------------------------------------------- q8.c */
+
+BDH_INTERNAL void bdh_q8_rows_dot(const bdh_matrix *m, const int32_t *rows, int64_t row0, int n, const float *x, float *out);
+BDH_INTERNAL void bdh_q8_axpy(const bdh_matrix *m, int64_t row, float a, float *acc);
+BDH_INTERNAL void bdh_q8_row_f32(const bdh_matrix *m, int64_t row, float *out);
 
 /* --------------------------------------------------------------- pool.c */
 

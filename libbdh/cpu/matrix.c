@@ -57,6 +57,7 @@ void bdh_row_axpy(const bdh_matrix *m, int64_t row, float a, float *acc)
     switch (m->type) {
     case BDH_ELEM_F32: axpy_f32(acc, a, (const float *)m->data + row * n, n); break;
     case BDH_ELEM_BF16: axpy_bf16(acc, a, (const uint16_t *)m->data + row * n, n); break;
+    case BDH_ELEM_Q8_0: bdh_q8_axpy(m, row, a, acc); break;
     default: axpy_f16(acc, a, (const half_t *)m->data + row * n, n); break;
     }
 }
@@ -66,6 +67,8 @@ void bdh_row_f32(const bdh_matrix *m, int64_t row, float *out)
     const size_t n = (size_t)m->cols;
     if (m->type == BDH_ELEM_F32) {
         memcpy(out, (const float *)m->data + row * n, n * 4);
+    } else if (m->type == BDH_ELEM_Q8_0) {
+        bdh_q8_row_f32(m, row, out);
     } else if (m->type == BDH_ELEM_BF16) {
         const uint16_t *w = (const uint16_t *)m->data + row * n;
         for (size_t i = 0; i < n; i++) out[i] = bdh_bf16_to_f32(w[i]);
@@ -194,6 +197,10 @@ const char *bdh_cpu_kernel_name(void)
 /* out[k] = dot(row rows[k] (or row0 + k when rows is NULL), x), k < n */
 void bdh_rows_dot(const bdh_matrix *m, const int32_t *rows, int64_t row0, int n, const float *x, float *out)
 {
+    if (m->type == BDH_ELEM_Q8_0) {
+        bdh_q8_rows_dot(m, rows, row0, n, x, out);
+        return;
+    }
     pthread_once(&dot4_once, pick_dot4);
     const size_t stride = (size_t)m->cols * bdh_elem_size(m->type);
     const uint8_t *base = m->data;
@@ -222,7 +229,7 @@ HOT void bdh_state_row_update(float *restrict S_row, float q, const float *restr
 }
 
 /* ---- GEMMs over a matrix slice (prefill): float32 rows are used in place,
- * 16-bit rows are widened a block at a time into scratch. */
+ * 16-bit and Q8_0 rows are widened a block at a time into scratch. */
 
 
 /* out[T][ldo] (columns 0..nrows) = X[T][D] @ m[row0 .. row0+nrows]^T */

@@ -1,0 +1,283 @@
+/* Q8_0 weight files (docs/format.md, "Quantized files"): reading their
+ * scales, dequantized copies for backends that hold floats, and writing them
+ * (bdh_model_quantize, behind `bdh quantize`).
+ *
+ * A quantized file keeps the reference's tensor names and layouts; encoder,
+ * encoder_v and decoder become I8 with an F16 tensor "<name>.scale" beside
+ * each, one scale per block of 32 values along D:
+ *   encoder, encoder_v  I8 [H][D][N]    scale [H][ceil(D/32)][N]
+ *   decoder             I8 [H*N][D]     scale [H*N][ceil(D/32)]
+ * and metadata quantization = "q8_0", q8_0_block = "32". */
+#include "internal.h"
+
+#include <cjson/cJSON.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+/* ------------------------------------------------------------------ reading */
+
+/* The scale tensor's expected shape for tensor `which` of config c. */
+static int scale_shape(int which, const bdh_config *c, int64_t shape[3])
+{
+    const int64_t nb = (int64_t)bdh_q8_blocks((size_t)c->n_embd);
+    if (which == BDH_T_DECODER) {
+        shape[0] = (int64_t)c->n_head * c->n_neurons;
+        shape[1] = nb;
+        return 2;
+    }
+    shape[0] = c->n_head;
+    shape[1] = nb;
+    shape[2] = c->n_neurons;
+    return 3;
+}
+
+static bdh_status find_scale(const bdh_safetensors *st, bdh_weight_views *w, int which, const bdh_config *c)
+{
+    const bdh_tensor_view *t = w->t[which];
+    char name[300];
+    snprintf(name, sizeof name, "%s.scale", t->name);
+    const bdh_tensor_view *s = bdh_safetensors_find(st, name);
+    if (t->dtype != BDH_ELEM_I8) {
+        if (s) return bdh_fail(BDH_ERR_FORMAT, "tensor %s has scales (%s) but is %s, not I8", t->name, name, bdh_elem_name(t->dtype));
+        return BDH_OK;
+    }
+    if (!s) return bdh_fail(BDH_ERR_FORMAT, "tensor %s is I8 (Q8_0) but the file has no %s", t->name, name);
+    int64_t shape[3];
+    const int nd = scale_shape(which, c, shape);
+    bool ok = s->dtype == BDH_ELEM_F16 && s->n_dims == nd;
+    for (int i = 0; ok && i < nd; i++) ok = s->shape[i] == shape[i];
+    if (!ok)
+        return bdh_fail(BDH_ERR_FORMAT, "tensor %s must be F16 of shape [%lld, %lld%s%lld] (one scale per 32 values along n_embd)",
+                        name, (long long)shape[0], (long long)shape[1], nd == 3 ? ", " : "", nd == 3 ? (long long)shape[2] : 0LL);
+    w->scale[which] = s;
+    return BDH_OK;
+}
+
+bdh_status bdh_q8_find_scales(const bdh_safetensors *st, bdh_weight_views *w, const bdh_config *c)
+{
+    bool any = false;
+    for (int i = 0; i < BDH_T_COUNT; i++) {
+        if (!w->t[i] || !bdh_quantizable(i)) continue;
+        bdh_status rc = find_scale(st, w, i, c);
+        if (rc != BDH_OK) return rc;
+        any |= w->scale[i] != NULL;
+    }
+    const char *q = bdh_safetensors_meta(st, "quantization");
+    if (any && (!q || strcmp(q, "q8_0") != 0))
+        return bdh_fail(BDH_ERR_FORMAT, "the file has I8 weights but its metadata quantization is %s%s%s, not \"q8_0\"",
+                        q ? "\"" : "", q ? q : "missing", q ? "\"" : "");
+    if (!any && q) return bdh_fail(BDH_ERR_FORMAT, "metadata says quantization \"%s\" but no weight is I8 with scales", q);
+    return BDH_OK;
+}
+
+bdh_status bdh_q8_dequantized_views(const bdh_config *c, bdh_weight_views *w, bdh_q8_copies *copies)
+{
+    for (int i = 0; i < BDH_T_COUNT; i++) {
+        if (!w->scale[i]) continue;
+        bdh_file_rows f;
+        bdh_file_rows_init(&f, w, i, c);
+        float *row = malloc((size_t)f.cols * sizeof(float));
+        copies->data[i] = malloc((size_t)(f.rows * f.cols) * sizeof(float));
+        if (!row || !copies->data[i]) {
+            free(row);
+            return bdh_fail(BDH_ERR_OUT_OF_MEMORY, "out of memory dequantizing %s", bdh_tensor_name(i));
+        }
+        for (int64_t r = 0; r < f.rows; r++) {
+            bdh_file_row_f32(&f, r, row);
+            bdh_file_row_scatter(&f, r, row, copies->data[i]);
+        }
+        free(row);
+        copies->views[i] = *w->t[i];
+        copies->views[i].dtype = BDH_ELEM_F32;
+        copies->views[i].data = copies->data[i];
+        copies->views[i].nbytes = (size_t)(f.rows * f.cols) * sizeof(float);
+        bdh_safetensors_release(w->file, w->t[i]);
+        bdh_safetensors_release(w->file, w->scale[i]);
+        w->t[i] = &copies->views[i];
+        w->scale[i] = NULL;
+    }
+    return BDH_OK;
+}
+
+void bdh_q8_copies_free(bdh_q8_copies *copies)
+{
+    for (int i = 0; i < BDH_T_COUNT; i++) free(copies->data[i]);
+}
+
+/* ------------------------------------------------------------------ writing */
+
+typedef struct out_tensor {
+    const char *name;
+    bdh_elem dtype;
+    int n_dims;
+    int64_t shape[BDH_MAX_DIMS];
+    const void *data;
+    size_t nbytes;
+} out_tensor;
+
+/* The JSON header: metadata, then each tensor with its offsets; padded with
+ * spaces to a multiple of 8 bytes (as the safetensors library writes it). */
+static char *header_json(const bdh_safetensors *in, const out_tensor *t, int n, size_t *len)
+{
+    cJSON *root = cJSON_CreateObject(), *meta = cJSON_AddObjectToObject(root, "__metadata__");
+    for (int i = 0; i < in->n_meta; i++)
+        if (strcmp(in->meta_keys[i], "quantization") != 0 && strcmp(in->meta_keys[i], "q8_0_block") != 0)
+            cJSON_AddStringToObject(meta, in->meta_keys[i], in->meta_values[i]);
+    cJSON_AddStringToObject(meta, "quantization", "q8_0");
+    cJSON_AddStringToObject(meta, "q8_0_block", "32");
+    size_t off = 0;
+    for (int i = 0; i < n; i++) {
+        cJSON *e = cJSON_AddObjectToObject(root, t[i].name);
+        cJSON_AddStringToObject(e, "dtype", bdh_elem_name(t[i].dtype));
+        double dims[BDH_MAX_DIMS], offs[2] = {(double)off, (double)(off + t[i].nbytes)};
+        for (int d = 0; d < t[i].n_dims; d++) dims[d] = (double)t[i].shape[d];
+        cJSON_AddItemToObject(e, "shape", cJSON_CreateDoubleArray(dims, t[i].n_dims));
+        cJSON_AddItemToObject(e, "data_offsets", cJSON_CreateDoubleArray(offs, 2));
+        off += t[i].nbytes;
+    }
+    char *json = cJSON_PrintUnformatted(root);
+    cJSON_Delete(root);
+    if (!json) return NULL;
+    const size_t raw = strlen(json), padded = (raw + 7) / 8 * 8;
+    char *out = realloc(json, padded + 1);
+    if (!out) {
+        free(json);
+        return NULL;
+    }
+    memset(out + raw, ' ', padded - raw);
+    out[padded] = '\0';
+    *len = padded;
+    return out;
+}
+
+static bool write_all(int fd, const void *p, size_t n)
+{
+    const uint8_t *b = p;
+    while (n > 0) {
+        const ssize_t w = write(fd, b, n);
+        if (w < 0 && errno == EINTR) continue;
+        if (w <= 0) return false;
+        b += w;
+        n -= (size_t)w;
+    }
+    return true;
+}
+
+/* Write the file next to its destination, then rename it into place: a
+ * failure leaves any existing file at `path` as it was. */
+static bdh_status write_file(const char *path, const bdh_safetensors *in, const out_tensor *t, int n)
+{
+    size_t hlen;
+    char *json = header_json(in, t, n, &hlen);
+    if (!json) return bdh_fail(BDH_ERR_OUT_OF_MEMORY, "out of memory writing the header of '%s'", path);
+    char tmp[4200];
+    if (snprintf(tmp, sizeof tmp, "%s.tmp-XXXXXX", path) >= (int)sizeof tmp) {
+        free(json);
+        return bdh_fail(BDH_ERR_INVALID_ARGUMENT, "output path is too long");
+    }
+    const int fd = mkstemp(tmp);
+    if (fd < 0) {
+        free(json);
+        return bdh_fail(BDH_ERR_IO, "cannot create a file beside '%s': %s", path, strerror(errno));
+    }
+    uint8_t len8[8];
+    for (int i = 0; i < 8; i++) len8[i] = (uint8_t)((uint64_t)hlen >> (8 * i));
+    bool ok = write_all(fd, len8, 8) && write_all(fd, json, hlen);
+    for (int i = 0; ok && i < n; i++) ok = write_all(fd, t[i].data, t[i].nbytes);
+    const int err = errno;
+    ok = ok && fsync(fd) == 0 && fchmod(fd, 0644) == 0;
+    ok = close(fd) == 0 && ok;
+    free(json);
+    if (!ok || rename(tmp, path) != 0) {
+        const int e = ok ? errno : err;
+        unlink(tmp);
+        return bdh_fail(BDH_ERR_IO, "cannot write '%s': %s (nothing was replaced)", path, strerror(e));
+    }
+    return BDH_OK;
+}
+
+/* Quantize tensor `which` of w in its file layout into q and s. */
+static bdh_status quantize_tensor(const bdh_config *c, const bdh_weight_views *w, int which, int8_t *q, uint16_t *s)
+{
+    bdh_file_rows f;
+    bdh_file_rows_init(&f, w, which, c);
+    const size_t D = (size_t)f.cols;
+    float *row = malloc(D * sizeof(float));
+    int8_t *rq = malloc(D);
+    uint16_t *rs = malloc(bdh_q8_blocks(D) * sizeof *rs);
+    bdh_status rc = row && rq && rs ? BDH_OK : bdh_fail(BDH_ERR_OUT_OF_MEMORY, "out of memory quantizing");
+    for (int64_t r = 0; rc == BDH_OK && r < f.rows; r++) {
+        bdh_file_row_f32(&f, r, row);
+        bdh_q8_quantize_row(row, D, rq, rs);
+        bdh_file_row_scatter_q8(&f, r, rq, rs, q, s);
+    }
+    free(row);
+    free(rq);
+    free(rs);
+    return rc;
+}
+
+static bool same_file(const char *a, const char *b)
+{
+    struct stat sa, sb;
+    return stat(a, &sa) == 0 && stat(b, &sb) == 0 && sa.st_dev == sb.st_dev && sa.st_ino == sb.st_ino;
+}
+
+static void describe(out_tensor *o, const char *name, const bdh_tensor_view *t, bdh_elem dtype, const void *data, size_t nbytes)
+{
+    *o = (out_tensor){name, dtype, t->n_dims, {0}, data, nbytes};
+    memcpy(o->shape, t->shape, sizeof o->shape);
+}
+
+bdh_status bdh_model_quantize(const char *in_path, const char *out_path, bdh_weight_type type)
+{
+    if (!in_path || !out_path) return bdh_fail(BDH_ERR_INVALID_ARGUMENT, "bdh_model_quantize: a path is NULL");
+    if (type != BDH_WEIGHTS_Q8_0)
+        return bdh_fail(BDH_ERR_INVALID_ARGUMENT, "bdh_model_quantize: type %d: only BDH_WEIGHTS_Q8_0 is written", (int)type);
+    if (strcmp(in_path, out_path) == 0 || same_file(in_path, out_path))
+        return bdh_fail(BDH_ERR_INVALID_ARGUMENT, "bdh_model_quantize: the output '%s' is the input", out_path);
+    bdh_safetensors st;
+    bdh_weight_views w;
+    bdh_config c;
+    bdh_status rc = bdh_weights_open(in_path, &st, &w, &c);
+    if (rc != BDH_OK) return rc;
+    if (w.scale[BDH_T_ENCODER]) {
+        bdh_safetensors_close(&st);
+        return bdh_fail(BDH_ERR_INVALID_ARGUMENT, "bdh_model_quantize: '%s' is already Q8_0", in_path);
+    }
+    static const char *const scale_names[BDH_T_COUNT] = {NULL, "encoder.scale", "encoder_v.scale", "decoder.scale"};
+    out_tensor o[BDH_T_COUNT * 2];
+    int8_t *q[BDH_T_COUNT] = {0};
+    uint16_t *s[BDH_T_COUNT] = {0};
+    int n = 0;
+    for (int i = 0; i < BDH_T_COUNT && rc == BDH_OK; i++) {
+        const bdh_tensor_view *t = w.t[i];
+        if (!t) continue;
+        if (!bdh_quantizable(i)) {
+            describe(&o[n++], bdh_tensor_name(i), t, t->dtype, t->data, t->nbytes);
+            continue;
+        }
+        const size_t numel = t->nbytes / bdh_elem_size(t->dtype), nb = numel / (size_t)c.n_embd * bdh_q8_blocks((size_t)c.n_embd);
+        q[i] = malloc(numel);
+        s[i] = malloc(nb * sizeof(uint16_t));
+        rc = q[i] && s[i] ? quantize_tensor(&c, &w, i, q[i], s[i]) : bdh_fail(BDH_ERR_OUT_OF_MEMORY, "out of memory quantizing");
+        if (rc != BDH_OK) break;
+        describe(&o[n++], bdh_tensor_name(i), t, BDH_ELEM_I8, q[i], numel);
+        describe(&o[n], scale_names[i], t, BDH_ELEM_F16, s[i], nb * sizeof(uint16_t));
+        int64_t shape[3];
+        o[n].n_dims = scale_shape(i, &c, shape);
+        memcpy(o[n++].shape, shape, sizeof shape);
+    }
+    if (rc == BDH_OK) rc = write_file(out_path, &st, o, n);
+    for (int i = 0; i < BDH_T_COUNT; i++) {
+        free(q[i]);
+        free(s[i]);
+    }
+    bdh_safetensors_close(&st);
+    return rc;
+}
