@@ -11,6 +11,7 @@
 #include "traffic.h"
 
 #include <getopt.h>
+#include <pthread.h>
 #include <stdbool.h>
 #include <math.h>
 #include <stdio.h>
@@ -180,9 +181,9 @@ static decode_result decode(const opts *o, bdh_weight_type wt, double wsize, boo
     return r;
 }
 
-static double batch_tokens_per_s(const opts *o, int B)
+static double batch_tokens_per_s(const opts *o, int B, bdh_weight_type wt)
 {
-    bdh_model *m = load(o, BDH_WEIGHTS_F32);
+    bdh_model *m = load(o, wt);
     bdh_state **s = calloc((size_t)B, sizeof *s);
     int32_t *tok = tokens_for(o, 4096), step_tok[64];
     for (int b = 0; b < B; b++) {
@@ -204,9 +205,9 @@ static double batch_tokens_per_s(const opts *o, int B)
     return tps;
 }
 
-static double prefill_tokens_per_s(const opts *o, int n)
+static double prefill_tokens_per_s(const opts *o, int n, bdh_weight_type wt)
 {
-    bdh_model *m = load(o, BDH_WEIGHTS_F32);
+    bdh_model *m = load(o, wt);
     bdh_state *s;
     if (bdh_state_new(m, &s) != BDH_OK) die("state");
     int32_t *tok = tokens_for(o, (size_t)n);
@@ -230,7 +231,6 @@ static void *copy_part(void *p)
     memcpy(a->dst, a->src, a->n);
     return NULL;
 }
-#include <pthread.h>
 static double copy_bandwidth(int threads)
 {
     const size_t n = (size_t)1 << 30;
@@ -253,6 +253,125 @@ static double copy_bandwidth(int threads)
     free(src);
     free(dst);
     return best;
+}
+
+/* Streaming read and read+write bandwidth with n threads, on a buffer larger
+ * than any cache: the two bounds a decode step's traffic meets (weights are
+ * only read; state rows are read and written back in place). */
+typedef struct stream_arg { float *p; size_t n; int write; double sum; } stream_arg;
+static void *stream_part(void *v)
+{
+    stream_arg *a = v;
+    float acc[16] = {0};
+    if (a->write) {
+        for (size_t i = 0; i < a->n; i++) a->p[i] = a->p[i] * 0.5f + 1.0f;
+    } else {
+        for (size_t i = 0; i + 16 <= a->n; i += 16)
+            for (int k = 0; k < 16; k++) acc[k] += a->p[i + k];
+    }
+    for (int k = 0; k < 16; k++) a->sum += acc[k];
+    return NULL;
+}
+
+/* bytes moved per second: read only (write 0) or read and written (write 1) */
+static double stream_bandwidth(int threads, int write)
+{
+    const size_t n = (size_t)1 << 28; /* floats: 1 GiB */
+    float *buf = malloc(n * sizeof(float));
+    for (size_t i = 0; i < n; i++) buf[i] = (float)(i & 1023);
+    double best = 0;
+    for (int rep = 0; rep < 3; rep++) {
+        pthread_t th[64];
+        stream_arg a[64];
+        double t0 = now();
+        for (int i = 0; i < threads; i++) {
+            a[i] = (stream_arg){buf + n / threads * i, n / threads, write, 0.0};
+            pthread_create(&th[i], NULL, stream_part, &a[i]);
+        }
+        for (int i = 0; i < threads; i++) pthread_join(th[i], NULL);
+        const double bw = (write ? 2.0 : 1.0) * n * sizeof(float) / (now() - t0);
+        if (bw > best) best = bw;
+    }
+    free(buf);
+    return best;
+}
+
+/* ---------------------------------------------------------- fidelity */
+
+/* Quantized against float32 weights on text: bits per byte over windows of
+ * 256 bytes from a zero state (how the shipped model was trained and is
+ * scored), and on the first `cmp_windows` windows the mean KL(f32 || q) and
+ * how often both pick the same most likely byte. */
+typedef struct fidelity { double bpb_f32, bpb_q, kl, top1; long predictions; } fidelity;
+
+static double log_softmax_at(const float *l, int V, int at, double *lse_out)
+{
+    double mx = l[0], sum = 0.0;
+    for (int i = 1; i < V; i++) mx = l[i] > mx ? l[i] : mx;
+    for (int i = 0; i < V; i++) sum += exp(l[i] - mx);
+    *lse_out = mx + log(sum);
+    return l[at] - *lse_out;
+}
+
+static int argmax(const float *l, int V)
+{
+    int b = 0;
+    for (int i = 1; i < V; i++) b = l[i] > l[b] ? i : b;
+    return b;
+}
+
+static fidelity measure_fidelity(const opts *o, bdh_weight_type wq, size_t offset, int cmp_windows)
+{
+    bdh_model *mf = load(o, BDH_WEIGHTS_F32), *mq = load(o, wq);
+    FILE *f = fopen(o->text, "rb");
+    if (!f) die(o->text);
+    fseek(f, 0, SEEK_END);
+    const long len = ftell(f);
+    fseek(f, (long)offset, SEEK_SET);
+    const size_t n = (size_t)len - offset, W = 256, V = 256;
+    unsigned char *text = malloc(n);
+    if (fread(text, 1, n, f) != n) die("read text");
+    fclose(f);
+    int32_t *tok = malloc(W * sizeof *tok);
+    float *lf = malloc(W * V * sizeof(float)), *lq = malloc(W * V * sizeof(float));
+    bdh_state *sf, *sq;
+    if (bdh_state_new(mf, &sf) != BDH_OK || bdh_state_new(mq, &sq) != BDH_OK) die("state");
+    fidelity r = {0};
+    long compared = 0, agree = 0;
+    for (size_t w0 = 0, k = 0; w0 + 1 < n; w0 += W, k++) {
+        const size_t T = n - w0 - 1 < W ? n - w0 - 1 : W; /* predictions in this window */
+        for (size_t t = 0; t < T; t++) tok[t] = text[w0 + t];
+        bdh_state_reset(sf);
+        bdh_state_reset(sq);
+        if (bdh_prefill_all(sf, tok, T, lf) != BDH_OK || bdh_prefill_all(sq, tok, T, lq) != BDH_OK) die("prefill_all");
+        for (size_t t = 0; t < T; t++) {
+            const float *a = lf + t * V, *b = lq + t * V;
+            double lse_a, lse_b;
+            const int next = text[w0 + t + 1];
+            r.bpb_f32 -= log_softmax_at(a, (int)V, next, &lse_a) / log(2.0);
+            r.bpb_q -= log_softmax_at(b, (int)V, next, &lse_b) / log(2.0);
+            r.predictions++;
+            if ((int)k >= cmp_windows) continue;
+            double kl = 0.0;
+            for (size_t i = 0; i < V; i++) kl += exp(a[i] - lse_a) * ((a[i] - lse_a) - (b[i] - lse_b));
+            r.kl += kl;
+            agree += argmax(a, (int)V) == argmax(b, (int)V);
+            compared++;
+        }
+    }
+    r.bpb_f32 /= (double)r.predictions;
+    r.bpb_q /= (double)r.predictions;
+    r.kl /= (double)compared;
+    r.top1 = (double)agree / (double)compared;
+    bdh_state_free(sf);
+    bdh_state_free(sq);
+    bdh_model_free(mf);
+    bdh_model_free(mq);
+    free(text);
+    free(tok);
+    free(lf);
+    free(lq);
+    return r;
 }
 
 /* Peak RSS of a fresh process (this program again, --rss-probe) that loads
@@ -346,7 +465,8 @@ int main(int argc, char **argv)
     bdh_model_free(m);
 
     double copy_bw = copy_bandwidth(threads);
-    printf("  \"copy_bytes_per_s\": %.4g,\n", copy_bw);
+    printf("  \"copy_bytes_per_s\": %.4g, \"read_bytes_per_s\": %.4g, \"read_write_bytes_per_s\": %.4g,\n", copy_bw,
+           stream_bandwidth(threads, 0), stream_bandwidth(threads, 1));
     decode_result f32 = decode(&o, BDH_WEIGHTS_F32, 4.0, false);
     printf("  \"decode_f32_ms\": %.4f, \"bytes_per_token_f32\": %.4g,\n", f32.ms_per_token, f32.bytes);
     printf("  \"density_xs\": %.4f, \"density_pairs\": %.4f, \"density_xy\": %.4f,\n", f32.density[0], f32.density[1],
@@ -355,9 +475,27 @@ int main(int argc, char **argv)
     printf("  \"decode_observed_ms\": %.4f,\n", decode(&o, BDH_WEIGHTS_F32, 4.0, true).ms_per_token);
     printf("  \"decode_bf16_ms\": %.4f, \"bytes_per_token_bf16\": %.4g,\n", bf16.ms_per_token, bf16.bytes);
     printf("  \"batch1_tokens_per_s\": %.2f,\n", 1e3 / f32.ms_per_token);
-    printf("  \"batch8_tokens_per_s\": %.2f,\n", batch_tokens_per_s(&o, 8));
-    printf("  \"batch32_tokens_per_s\": %.2f,\n", batch_tokens_per_s(&o, 32));
-    printf("  \"prefill512_tokens_per_s\": %.2f,\n", prefill_tokens_per_s(&o, 512));
+    /* Q8_0: one byte a weight plus an F16 scale per 32 (embed, lm_head stay
+     * float32: under 0.1% of the bytes, counted at this size too) */
+    decode_result q8 = decode(&o, BDH_WEIGHTS_Q8_0, 1.0 + 2.0 / 32, false);
+    printf("  \"decode_q8_ms\": %.4f, \"bytes_per_token_q8\": %.4g,\n", q8.ms_per_token, q8.bytes);
+    printf("  \"batch8_tokens_per_s\": %.2f, \"batch8_q8_tokens_per_s\": %.2f,\n", batch_tokens_per_s(&o, 8, BDH_WEIGHTS_F32),
+           batch_tokens_per_s(&o, 8, BDH_WEIGHTS_Q8_0));
+    printf("  \"batch32_tokens_per_s\": %.2f, \"batch32_q8_tokens_per_s\": %.2f,\n",
+           batch_tokens_per_s(&o, 32, BDH_WEIGHTS_F32), batch_tokens_per_s(&o, 32, BDH_WEIGHTS_Q8_0));
+    printf("  \"prefill512_tokens_per_s\": %.2f, \"prefill512_q8_tokens_per_s\": %.2f,\n",
+           prefill_tokens_per_s(&o, 512, BDH_WEIGHTS_F32), prefill_tokens_per_s(&o, 512, BDH_WEIGHTS_Q8_0));
+    if (o.text) {
+        /* the validation split: the last 10% of the text (models/README.md) */
+        FILE *tf = fopen(o.text, "rb");
+        if (!tf) die(o.text);
+        fseek(tf, 0, SEEK_END);
+        const size_t offset = (size_t)(0.9 * (double)ftell(tf));
+        fclose(tf);
+        const fidelity fq = measure_fidelity(&o, BDH_WEIGHTS_Q8_0, offset, 8);
+        printf("  \"fidelity_q8\": {\"bpb_f32\": %.5f, \"bpb_q8\": %.5f, \"predictions\": %ld, \"kl_2048\": %.4g, \"top1_2048\": %.5f},\n",
+               fq.bpb_f32, fq.bpb_q, fq.predictions, fq.kl, fq.top1);
+    }
     double peak, held;
     peak_rss_one_stream(&o, &peak, &held);
     printf("  \"peak_rss_bytes\": %.0f, \"held_bytes\": %.0f\n}\n", peak, held);

@@ -49,21 +49,35 @@ def model_rows(name: str, c: dict, t: dict | None) -> list[str]:
     copy = c["copy_bytes_per_s"]
     f32_gbs = c["bytes_per_token_f32"] / (c["decode_f32_ms"] / 1e3)
     bf_gbs = c["bytes_per_token_bf16"] / (c["decode_bf16_ms"] / 1e3)
+    q8_gbs = c["bytes_per_token_q8"] / (c["decode_q8_ms"] / 1e3)
     bound_ms = c["bytes_per_token_f32"] / copy * 1e3
+    # the stream bounds: weights are read, state rows read and written back
+    read_bw, rw_bw = c["read_bytes_per_s"], c["read_write_bytes_per_s"]
     rows = [
         f"| decode batch 1, float32 weights | {c['decode_f32_ms']:.2f} ms/token ({c['batch1_tokens_per_s']:.1f} tok/s) |"
         + (f" PyTorch recurrent step {t['step_ms']:.2f} ms/token: **{t['step_ms'] / c['decode_f32_ms']:.1f}x** |" if t else " |"),
         f"| decode batch 1, with an observer and 4 monitors | {c['decode_observed_ms']:.2f} ms/token | "
         f"**{c['decode_observed_ms'] / c['decode_f32_ms']:.2f}x** without (observers off cost nothing: see below) |",
         f"| decode batch 1, bfloat16 weights | {c['decode_bf16_ms']:.2f} ms/token | **{c['decode_f32_ms'] / c['decode_bf16_ms']:.2f}x** float32 |",
-        f"| bytes touched per token (f32 / bf16) | {c['bytes_per_token_f32'] / 1e6:.1f} / {c['bytes_per_token_bf16'] / 1e6:.1f} MB | from the measured activity |",
-        f"| achieved bandwidth (f32 / bf16) | {gb(f32_gbs)} / {gb(bf_gbs)} GB/s | copy bandwidth {gb(copy)} GB/s (read+write, same run) |",
-        f"| memory-traffic bound, f32 | {bound_ms:.2f} ms/token | decode is **{c['decode_f32_ms'] / bound_ms:.2f}x** the bound |",
-        f"| decode batch 8, aggregate | {c['batch8_tokens_per_s']:.1f} tok/s | **{c['batch8_tokens_per_s'] / c['batch1_tokens_per_s']:.2f}x** batch 1 |",
-        f"| decode batch 32, aggregate | {c['batch32_tokens_per_s']:.1f} tok/s | **{c['batch32_tokens_per_s'] / c['batch1_tokens_per_s']:.2f}x** batch 1 |",
-        f"| prefill 512 tokens | {c['prefill512_tokens_per_s']:.1f} tok/s |"
+        f"| decode batch 1, Q8_0 weights | {c['decode_q8_ms']:.2f} ms/token | **{c['decode_f32_ms'] / c['decode_q8_ms']:.2f}x** float32"
+        + (f", **{t['step_ms'] / c['decode_q8_ms']:.1f}x** the PyTorch float32 step |" if t else " |"),
+        f"| bytes touched per token (f32 / bf16 / q8) | {c['bytes_per_token_f32'] / 1e6:.1f} / {c['bytes_per_token_bf16'] / 1e6:.1f} / {c['bytes_per_token_q8'] / 1e6:.1f} MB | from the measured activity |",
+        f"| achieved bandwidth (f32 / bf16 / q8) | {gb(f32_gbs)} / {gb(bf_gbs)} / {gb(q8_gbs)} GB/s | streaming read {gb(read_bw)} GB/s, read+write {gb(rw_bw)} GB/s, copy {gb(copy)} GB/s (same run) |",
+        f"| memory-traffic bound, f32 | {bound_ms:.2f} ms/token | decode is **{c['decode_f32_ms'] / bound_ms:.2f}x** the bound (copy bandwidth) |",
+        f"| memory-traffic bound, f32 / q8 (read bandwidth) | {c['bytes_per_token_f32'] / read_bw * 1e3:.2f} / {c['bytes_per_token_q8'] / read_bw * 1e3:.2f} ms/token |"
+        f" decode is **{c['decode_f32_ms'] / (c['bytes_per_token_f32'] / read_bw * 1e3):.2f}x** / **{c['decode_q8_ms'] / (c['bytes_per_token_q8'] / read_bw * 1e3):.2f}x** the bound |",
+        f"| decode batch 8, aggregate (f32 / q8) | {c['batch8_tokens_per_s']:.1f} / {c['batch8_q8_tokens_per_s']:.1f} tok/s | **{c['batch8_tokens_per_s'] / c['batch1_tokens_per_s']:.2f}x** batch 1 (f32) |",
+        f"| decode batch 32, aggregate (f32 / q8) | {c['batch32_tokens_per_s']:.1f} / {c['batch32_q8_tokens_per_s']:.1f} tok/s | **{c['batch32_tokens_per_s'] / c['batch1_tokens_per_s']:.2f}x** batch 1 (f32) |",
+        f"| prefill 512 tokens (f32 / q8) | {c['prefill512_tokens_per_s']:.1f} / {c['prefill512_q8_tokens_per_s']:.1f} tok/s |"
         + (f" PyTorch parallel forward {t['prefill512_tps']:.1f} tok/s: **{c['prefill512_tokens_per_s'] / t['prefill512_tps']:.2f}x** |" if t else " |"),
     ]
+    fq = c.get("fidelity_q8")
+    if fq:
+        rows += [
+            f"| Q8_0 fidelity: validation bits per byte (windows of 256, {fq['predictions']} predictions) | {fq['bpb_q8']:.4f} |"
+            f" float32 {fq['bpb_f32']:.4f}: **{100 * (fq['bpb_q8'] / fq['bpb_f32'] - 1):+.3f}%** |",
+            f"| Q8_0 fidelity: mean KL(f32 \\|\\| q8), top-1 agreement (first 2048 validation bytes) | {fq['kl_2048']:.2e} nats | {100 * fq['top1_2048']:.2f}% the same top byte |",
+        ]
     if t:
         for ctx, ms in t["recompute_ms"].items():
             rows.append(f"| reference generate(), per token at context {ctx} | {ms:.1f} ms/token (full recompute) |"
