@@ -16,7 +16,13 @@
  * gives a message for the calling thread. The library never aborts or exits on
  * bad input. A call refused for a bad argument leaves its arguments as they
  * were; where a failure can come later (out of memory, a device error), the
- * call's comment says what it leaves.
+ * call's comment says what it leaves. Every constructor (a function with an
+ * `out` parameter: bdh_model_load, bdh_state_new, bdh_state_copy,
+ * bdh_sampler_new, bdh_generator_new) sets *out to NULL when it fails.
+ *
+ * Positions: a state's position can reach 2^53. RoPE phases are computed in
+ * float32 exactly as the reference computes them, so past 2^24 tokens
+ * (16.7M) consecutive positions share phases, as they do in the reference.
  *
  * See docs/api.md for a walk-through and docs/format.md for the file format.
  */

@@ -46,7 +46,6 @@ typedef struct ref_work {
     float *q, *ys;         /* [N] */
     float *xs, *xy;        /* [H*N] */
     float *cos, *sin;      /* [N] */
-    float *logits;         /* [V] */
     double *acc;           /* [max(D, N, V)] */
 } ref_work;
 
@@ -84,20 +83,22 @@ static void layer(const bdh_model *m, const ref_model *W, ref_work *w, float *S_
     if (bdh_observing(s)) bdh_observe_layer(s, l, token, w->xs, w->xy);
 }
 
+/* A state: S [L][H][N][D], and the step's buffers (allocated with it, so a
+ * step never allocates and cannot fail half-way). */
+typedef struct ref_state {
+    float *S;
+    float *buf;  /* x, a, y [D]; q, ys, cos, sin [N]; xs, xy [H*N] */
+    double *acc; /* [max(D, N, V)] */
+} ref_state;
+
 static bdh_status ref_step(bdh_state *s, int32_t token, float *logits)
 {
     const bdh_model *m = s->model;
     const ref_model *W = m->impl;
+    ref_state *rs = s->impl;
     const int D = m->cfg.n_embd, N = m->cfg.n_neurons, H = m->cfg.n_head, V = m->cfg.vocab_size;
-    const size_t HN = (size_t)H * N, big = (size_t)(D > N ? (D > V ? D : V) : (N > V ? N : V));
-    float *buf = malloc((3 * (size_t)D + 4 * (size_t)N + 2 * HN + (size_t)V) * sizeof(float));
-    double *acc = malloc(big * sizeof(double));
-    if (!buf || !acc) {
-        free(buf);
-        free(acc);
-        return bdh_fail(BDH_ERR_OUT_OF_MEMORY, "out of memory in the reference step");
-    }
-    ref_work w = {.x = buf, .acc = acc};
+    const size_t HN = (size_t)H * N;
+    ref_work w = {.x = rs->buf, .acc = rs->acc};
     w.a = w.x + D;
     w.y = w.a + D;
     w.q = w.y + D;
@@ -106,17 +107,13 @@ static bdh_status ref_step(bdh_state *s, int32_t token, float *logits)
     w.sin = w.cos + N;
     w.xs = w.sin + N;
     w.xy = w.xs + HN;
-    w.logits = w.xy + HN;
 
     memcpy(w.x, W->embed + (size_t)token * D, (size_t)D * sizeof(float));
     bdh_layernorm(w.x, D);
     bdh_rope_tables(m->freqs, N, s->position, w.cos, w.sin);
-    float *S = s->impl;
-    for (int l = 0; l < m->cfg.n_layer; l++) layer(m, W, &w, S + (size_t)l * HN * D, s, l, token);
+    for (int l = 0; l < m->cfg.n_layer; l++) layer(m, W, &w, rs->S + (size_t)l * HN * D, s, l, token);
     if (logits) matmul(w.x, W->lm_head, D, V, w.acc, logits); /* x @ lm_head */
     s->position++;
-    free(buf);
-    free(acc);
     return BDH_OK;
 }
 
@@ -187,47 +184,66 @@ static bdh_status ref_model_init(bdh_model *m, const bdh_weight_views *w)
 /* ------------------------------------------------------------------ state */
 
 static size_t state_bytes(const bdh_state *s) { return bdh_state_floats(&s->model->cfg) * sizeof(float); }
-
-static bdh_status ref_state_init(bdh_state *s)
-{
-    s->impl = calloc(bdh_state_floats(&s->model->cfg), sizeof(float));
-    return s->impl ? BDH_OK : bdh_fail(BDH_ERR_OUT_OF_MEMORY, "out of memory allocating a %zu-byte state", state_bytes(s));
-}
+static float *S_of(const bdh_state *s) { return ((const ref_state *)s->impl)->S; }
 
 static void ref_state_free(bdh_state *s)
 {
-    free(s->impl);
+    ref_state *rs = s->impl;
+    if (!rs) return;
+    free(rs->S);
+    free(rs->buf);
+    free(rs->acc);
+    free(rs);
     s->impl = NULL;
+}
+
+static bdh_status ref_state_init(bdh_state *s)
+{
+    const bdh_config *c = &s->model->cfg;
+    const size_t D = (size_t)c->n_embd, N = (size_t)c->n_neurons, HN = (size_t)c->n_head * N, V = (size_t)c->vocab_size;
+    const size_t big = D > N ? (D > V ? D : V) : (N > V ? N : V);
+    ref_state *rs = calloc(1, sizeof *rs);
+    s->impl = rs;
+    if (rs) {
+        rs->S = calloc(bdh_state_floats(c), sizeof(float));
+        rs->buf = malloc((3 * D + 4 * N + 2 * HN) * sizeof(float));
+        rs->acc = malloc(big * sizeof(double));
+    }
+    if (!rs || !rs->S || !rs->buf || !rs->acc) {
+        ref_state_free(s);
+        return bdh_fail(BDH_ERR_OUT_OF_MEMORY, "out of memory allocating a %zu-byte state", state_bytes(s));
+    }
+    return BDH_OK;
 }
 
 static bdh_status ref_state_reset(bdh_state *s)
 {
-    memset(s->impl, 0, state_bytes(s));
+    memset(S_of(s), 0, state_bytes(s));
     return BDH_OK;
 }
 
 static bdh_status ref_state_copy(bdh_state *dst, const bdh_state *src)
 {
-    memcpy(dst->impl, src->impl, state_bytes(src));
+    memcpy(S_of(dst), S_of(src), state_bytes(src));
     return BDH_OK;
 }
 
 static bdh_status ref_state_read(const bdh_state *s, void *dst)
 {
-    memcpy(dst, s->impl, state_bytes(s));
+    memcpy(dst, S_of(s), state_bytes(s));
     return BDH_OK;
 }
 
 static bdh_status ref_state_write(bdh_state *s, const void *src)
 {
-    memcpy(s->impl, src, state_bytes(s));
+    memcpy(S_of(s), src, state_bytes(s));
     return BDH_OK;
 }
 
 static const float *ref_state_rows(const bdh_state *s, int layer, int head)
 {
     const bdh_config *c = &s->model->cfg;
-    return (const float *)s->impl + ((size_t)layer * c->n_head + head) * c->n_neurons * c->n_embd;
+    return S_of(s) + ((size_t)layer * c->n_head + head) * c->n_neurons * c->n_embd;
 }
 
 static bdh_status ref_check_params(const bdh_model_params *p)

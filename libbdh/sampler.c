@@ -103,6 +103,7 @@ static bdh_status check_params(const bdh_sampler_params *p)
 bdh_status bdh_sampler_new(const bdh_sampler_params *params, int32_t vocab_size, bdh_sampler **out)
 {
     if (!out) return bdh_fail(BDH_ERR_INVALID_ARGUMENT, "bdh_sampler_new: out is NULL");
+    *out = NULL; /* every constructor's rule: NULL on failure */
     bdh_sampler_params p = params ? *params : bdh_sampler_default_params();
     bdh_status rc = check_params(&p);
     if (rc != BDH_OK) return rc;

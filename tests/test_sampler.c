@@ -344,8 +344,10 @@ static void test_bad_params(void **unused)
     REJECT(repeat_window, -1);
 #undef REJECT
 
-    bdh_sampler *s = NULL;
+    bdh_sampler *s = (bdh_sampler *)&d; /* a failed constructor writes NULL */
     assert_int_equal(bdh_sampler_new(&d, 0, &s), BDH_ERR_INVALID_ARGUMENT);
+    assert_null(s);
+    s = (bdh_sampler *)&d;
     assert_int_equal(bdh_sampler_new(&d, -5, &s), BDH_ERR_INVALID_ARGUMENT);
     assert_int_equal(bdh_sampler_new(&d, 16, NULL), BDH_ERR_INVALID_ARGUMENT);
     assert_null(s);
