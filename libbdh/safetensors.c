@@ -1,5 +1,6 @@
-/* Reading safetensors files: mmap the file, parse the JSON header with cJSON,
- * and validate every tensor entry before anything points into the data.
+/* Reading safetensors files: read the file into memory, parse the JSON header
+ * with cJSON, and validate every tensor entry before anything points into the
+ * data.
  *
  * Layout: u64 little-endian header length n, n bytes of JSON, then the data
  * section. Each tensor's data_offsets are relative to the data section. */
@@ -150,6 +151,28 @@ done:
     return rc;
 }
 
+/* The whole file into anonymous memory with read(), not a mapping of the
+ * file: a file that shrinks while it is read is then a short read and an
+ * error, where a mapping would raise SIGBUS in whatever touched the missing
+ * pages. The pages are released tensor by tensor as the backend packs them
+ * (bdh_safetensors_release), so the load's peak memory is what a mapping
+ * gave. */
+static bdh_status read_into(int fd, const char *path, void *dst, size_t size)
+{
+    uint8_t *p = dst;
+    size_t done = 0;
+    while (done < size) {
+        const ssize_t got = pread(fd, p + done, size - done, (off_t)done);
+        if (got < 0 && errno == EINTR) continue;
+        if (got < 0) return bdh_fail(BDH_ERR_IO, "cannot read '%s': %s", path, strerror(errno));
+        if (got == 0)
+            return bdh_fail(BDH_ERR_IO, "'%s' shrank while it was read (%zu of %zu bytes there): it is being written?", path,
+                            done, size);
+        done += (size_t)got;
+    }
+    return BDH_OK;
+}
+
 /* Open without blocking (a FIFO or a device would block a plain open), then
  * accept only a regular file. */
 static bdh_status map_file(const char *path, void **map, size_t *size)
@@ -169,10 +192,13 @@ static bdh_status map_file(const char *path, void **map, size_t *size)
                       path, (long long)sb.st_size);
     } else {
         *size = (size_t)sb.st_size;
-        *map = mmap(NULL, *size, PROT_READ, MAP_PRIVATE, fd, 0);
+        *map = mmap(NULL, *size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
         if (*map == MAP_FAILED) {
             *map = NULL;
-            rc = bdh_fail(BDH_ERR_IO, "cannot map '%s': %s", path, strerror(errno));
+            rc = bdh_fail(BDH_ERR_OUT_OF_MEMORY, "out of memory reading '%s' (%zu bytes)", path, *size);
+        } else if ((rc = read_into(fd, path, *map, *size)) != BDH_OK) {
+            munmap(*map, *size);
+            *map = NULL;
         }
     }
     close(fd);
@@ -215,8 +241,8 @@ void bdh_safetensors_close(bdh_safetensors *st)
     memset(st, 0, sizeof *st);
 }
 
-/* Drop the mapping's pages that hold only this tensor: after a tensor is
- * copied, this keeps the load's peak memory near the weights as held. */
+/* Drop the pages that hold only this tensor: after a tensor is packed, this
+ * keeps the load's peak memory near the weights as held. */
 void bdh_safetensors_release(const bdh_safetensors *st, const bdh_tensor_view *t)
 {
     if (!t || !st->map) return;
