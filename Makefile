@@ -5,7 +5,9 @@
 #   make CUDA=1               also compile kernels/*.cu into the same library
 #   make install PREFIX=/usr/local
 #   make deps                 install what a fresh Debian machine lacks (root)
-#   make check                everything CI runs: tests, valgrind, sanitizer tests, CUDA build
+#   make test-tsan            the threaded tests under ThreadSanitizer (clang, build-tsan/)
+#   make fuzz                 libFuzzer targets (tests/fuzz/), FUZZ_SECONDS each (build-fuzz/)
+#   make check                everything CI runs: tests, valgrind, TSan, ASan+UBSan, fuzzing, CUDA build
 # BUILD=dir puts objects elsewhere (default build/, build-san/ with SANITIZE=1).
 
 CC      ?= cc
@@ -23,6 +25,12 @@ SOVERSION := $(call version_part,MAJOR)
 ifeq ($(SANITIZE),1)
 BUILD   ?= build-san
 SANFLAGS := -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
+else ifeq ($(SANITIZE),thread)
+# ThreadSanitizer, with clang: gcc's TSan crashes in the ifunc resolvers of
+# the target_clones kernels, which clang builds leave out (matrix.c)
+BUILD   ?= build-tsan
+CC      := clang
+SANFLAGS := -fsanitize=thread -fno-omit-frame-pointer
 else
 BUILD   ?= build
 SANFLAGS :=
@@ -53,7 +61,7 @@ TESTS    := $(TEST_SRC:tests/%.c=$(BUILD)/tests/%)
 # the programs link to the shared library; rpath makes them run from the tree
 RUN_LDFLAGS := -L$(BUILD) -Wl,-rpath,'$$ORIGIN/..' -Wl,-rpath,'$$ORIGIN' -lbdh
 
-.PHONY: version bench all lib test test-valgrind test-c test-cxx test-cli test-install test-python install clean deps check check-cuda run
+.PHONY: fuzz test-tsan version bench all lib test test-valgrind test-c test-cxx test-cli test-install test-python install clean deps check check-cuda run
 all: lib $(if $(CLI_SRC),$(BUILD)/bdh)
 lib: $(BUILD)/libbdh.so $(BUILD)/libbdh.a
 
@@ -122,7 +130,7 @@ test-python: all
 	@if [ -d bindings/python/tests ]; then BDH_LIBRARY=$(CURDIR)/$(BUILD)/libbdh.so $(PYTHON) -m pytest -q bindings/python/tests; fi
 
 # Debian packages and Python modules the build and tests need.
-DEB_DEPS := build-essential pkg-config valgrind libopenblas-dev libcmocka-dev libcjson-dev libxxhash-dev python3 python3-pip python3-venv python3-numpy python3-pytest
+DEB_DEPS := build-essential pkg-config valgrind clang libclang-rt-14-dev libopenblas-dev libcmocka-dev libcjson-dev libxxhash-dev python3 python3-pip python3-venv python3-numpy python3-pytest
 deps:
 	@missing=$$(for p in $(DEB_DEPS); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
 	if [ -n "$$missing" ]; then \
@@ -134,9 +142,18 @@ deps:
 
 # Everything CI runs (.ci/run): the tests, the tests again under ASan+UBSan,
 # and the CUDA build with its tests (which skip where there is no GPU).
-check: test test-valgrind
+check: test test-valgrind test-tsan
 	$(MAKE) SANITIZE=1 test
+	$(MAKE) fuzz FUZZ_SECONDS=60
 	$(MAKE) check-cuda
+
+# The threaded tests under ThreadSanitizer (OpenBLAS is not instrumented:
+# one BLAS thread, so its own threads cannot hide or invent a race).
+TSAN_TESTS := test_threads test_fastpath test_q8 test_state
+test-tsan:
+	$(MAKE) SANITIZE=thread $(TSAN_TESTS:%=build-tsan/tests/%)
+	@set -e; for t in $(TSAN_TESTS); do echo "== build-tsan/tests/$$t (TSan)"; \
+	  OPENBLAS_NUM_THREADS=1 TSAN_OPTIONS="halt_on_error=1 second_deadlock_stack=1" build-tsan/tests/$$t; done
 
 # State lifetimes (a model freed before its states included) under valgrind too.
 test-valgrind: $(BUILD)/tests/test_state
@@ -149,6 +166,43 @@ check-cuda:
 
 version:
 	@echo $(VERSION)
+
+# ---- fuzzing (tests/fuzz/): libFuzzer + ASan + UBSan, built with clang.
+# make fuzz [FUZZ_SECONDS=60]: each target runs that long from its seeds
+# (the test models, a Q8_0 copy and a saved state written by make_seeds);
+# a crash, leak, timeout or sanitizer report fails the target, and its
+# reproducer is left in build-fuzz/.
+FUZZ_CC      ?= clang
+FUZZ_SECONDS ?= 60
+FUZZ_BUILD   := build-fuzz
+FUZZ_CFLAGS  := -std=c11 -D_DEFAULT_SOURCE -g -O1 -fno-omit-frame-pointer -fsanitize=address,undefined \
+                -fno-sanitize-recover=undefined -pthread -Iinclude -Ilibbdh $(shell pkg-config --cflags openblas 2>/dev/null)
+FUZZ_TARGETS := fuzz_load fuzz_state fuzz_sampler
+FUZZ_OBJ     := $(LIB_SRC:libbdh/%.c=$(FUZZ_BUILD)/obj/%.o)
+FUZZ_LIBS    := -lopenblas -lcjson -lxxhash -lm -pthread
+
+$(FUZZ_BUILD)/obj/%.o: libbdh/%.c $(LIB_HDR)
+	@mkdir -p $(dir $@)
+	$(FUZZ_CC) $(FUZZ_CFLAGS) -fsanitize=fuzzer-no-link -c $< -o $@
+
+$(FUZZ_BUILD)/%: tests/fuzz/%.c $(FUZZ_OBJ)
+	$(FUZZ_CC) $(FUZZ_CFLAGS) -fsanitize=fuzzer -o $@ $< $(FUZZ_OBJ) $(FUZZ_LIBS)
+
+$(FUZZ_BUILD)/make_seeds: tests/fuzz/make_seeds.c $(FUZZ_OBJ)
+	$(FUZZ_CC) $(FUZZ_CFLAGS) -fsanitize=fuzzer-no-link -o $@ $< $(FUZZ_OBJ) $(FUZZ_LIBS)
+
+fuzz: $(FUZZ_TARGETS:%=$(FUZZ_BUILD)/%) $(FUZZ_BUILD)/make_seeds
+	@rm -rf $(FUZZ_BUILD)/corpus && mkdir -p $(FUZZ_TARGETS:%=$(FUZZ_BUILD)/corpus/%)
+	cp tests/data/golden/*.model.safetensors $(FUZZ_BUILD)/corpus/fuzz_load/
+	printf 'First Citizen:\nBefore we proceed' > $(FUZZ_BUILD)/corpus/fuzz_load/text
+	$(FUZZ_BUILD)/make_seeds tests/data/golden/tiny.model.safetensors $(FUZZ_BUILD)/corpus/fuzz_load $(FUZZ_BUILD)/corpus/fuzz_state
+	head -c 1064 /dev/urandom > $(FUZZ_BUILD)/corpus/fuzz_sampler/random
+	@set -e; for t in $(FUZZ_TARGETS); do echo "== $$t, $(FUZZ_SECONDS) s"; \
+	  (cd $(FUZZ_BUILD) && BDH_FUZZ_MODEL=$(CURDIR)/tests/data/golden/tiny.model.safetensors ASAN_OPTIONS=detect_leaks=1 \
+	    ./$$t corpus/$$t -max_total_time=$(FUZZ_SECONDS) -timeout=20 -rss_limit_mb=2048 -max_len=400000 \
+	    -print_final_stats=1 -close_fd_mask=1 > $$t.log 2>&1) || { tail -40 $(FUZZ_BUILD)/$$t.log; exit 1; }; \
+	  grep -E "^(Done|stat::(number_of_executed_units|new_units_added|peak_rss_mb))" $(FUZZ_BUILD)/$$t.log; \
+	  grep -o "cov: [0-9]*" $(FUZZ_BUILD)/$$t.log | tail -1; done
 
 # The library's main job: stream Shakespeare-like text from the shipped model.
 RUN_PROMPT ?= ROMEO:
