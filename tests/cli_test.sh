@@ -82,7 +82,7 @@ expect_error 1 "at least 2" "$BDH" perplexity -m "$TINY" -f "$TMP/one.txt"
 BDH_MODEL="$TMP/missing.safetensors" expect_error 1 "cannot load model" "$BDH" generate -p hi
 
 # --- help and version: exit 0 on stdout
-for cmd in "" generate info perplexity trace; do
+for cmd in "" generate info perplexity quantize trace; do
     expect_ok "$BDH" $cmd --help
     check "bdh $cmd --help prints usage" grep -q "^Usage: bdh" "$TMP/out"
 done
@@ -232,6 +232,97 @@ open(sys.argv[2], "wb").write(struct.pack("<Q", len(h)) + h + raw[8 + n:])' "$TM
 else
     echo "cli: trace files not checked against docs/trace-format.md: no python3"
 fi
+
+# --- quantize and --weights
+SHAKE=models/shakespeare.safetensors
+VALID="models/tinyshakespeare.txt --offset 1003854 --length 6000 --window 256"
+for cmd in "generate -m $TINY -p hi" "perplexity -m $TINY -f $TINY" "trace -m $TINY -p hi -o $TMP/w.st" "info $TINY"; do
+    expect_error 2 "--weights needs f32, bf16, f16, q8_0 or stored, not 'int4'" "$BDH" $cmd --weights int4
+done
+expect_error 2 "--weights needs f32, bf16, f16, q8_0 or stored, not 'Q8_0'" "$BDH" generate -m "$TINY" -p hi --weights Q8_0
+expect_error 2 "needs a value" "$BDH" info "$TINY" --weights
+expect_error 2 "quantize needs two arguments, IN and OUT" "$BDH" quantize
+expect_error 2 "quantize needs two arguments, IN and OUT" "$BDH" quantize "$TINY"
+expect_error 2 "quantize needs two arguments, IN and OUT" "$BDH" quantize "$TINY" "$TMP/a.st" "$TMP/b.st"
+expect_error 2 "--type needs q8_0 (the one quantization written), not 'bf16'" "$BDH" quantize --type bf16 "$TINY" "$TMP/q.st"
+expect_error 2 "unknown or ambiguous option '--bogus'" "$BDH" quantize --bogus "$TINY" "$TMP/q.st"
+expect_error 1 "cannot quantize '$TMP/missing.safetensors': cannot open" "$BDH" quantize "$TMP/missing.safetensors" "$TMP/q.st"
+expect_error 1 "cannot quantize '$TMP/junk.safetensors': .*is not a safetensors file" "$BDH" quantize "$TMP/junk.safetensors" "$TMP/q.st"
+expect_error 1 "the output '$TINY' is the input (BDH_ERR_INVALID_ARGUMENT)" "$BDH" quantize "$TINY" "$TINY"
+ln -s "$PWD/$TINY" "$TMP/tiny-link.safetensors"
+expect_error 1 "is the input" "$BDH" quantize "$TINY" "$TMP/tiny-link.safetensors"
+check "quantize onto its input leaves the input as it was" cmp -s "$TINY" "$TMP/tiny-link.safetensors"
+expect_error 1 "cannot create a file beside '$TMP/no/such/dir/q.st'" "$BDH" quantize "$TINY" "$TMP/no/such/dir/q.st"
+check "a failed quantize writes no file" test ! -e "$TMP/q.st"
+echo keep >"$TMP/kept.st"
+expect_error 1 "cannot quantize" "$BDH" quantize "$TMP/missing.safetensors" "$TMP/kept.st"
+check "a failed quantize leaves an existing OUT as it was" test "$(cat "$TMP/kept.st")" = keep
+
+expect_ok "$BDH" quantize "$TINY" "$TMP/tiny.q8.st"
+check "quantize reports what it wrote" grep -Eq "^wrote $TMP/tiny.q8.st: encoder, encoder_v, decoder as Q8_0; [0-9.]+ MiB \(from 0.16 MiB\)$" "$TMP/out"
+check "quantize leaves no temporary file" test "$(ls "$TMP" | grep -c tmp-)" -eq 0
+expect_ok "$BDH" quantize --type q8_0 "$TINY" "$TMP/tiny.q8.again.st"
+check "quantizing twice gives the same bytes" cmp -s "$TMP/tiny.q8.st" "$TMP/tiny.q8.again.st"
+expect_error 1 "'$TMP/tiny.q8.st' is already Q8_0" "$BDH" quantize "$TMP/tiny.q8.st" "$TMP/q.st"
+expect_ok "$BDH" quantize tests/data/golden/bf16.model.safetensors "$TMP/bf16.q8.st"
+expect_ok "$BDH" info "$TMP/tiny.q8.st"
+check "info shows the Q8_0 tensors of a quantized file" \
+    grep -q "^dtypes: *embed.weight=F32 encoder=Q8_0 encoder_v=Q8_0 decoder=Q8_0 lm_head=F32" "$TMP/out"
+check "info holds a quantized file as f32 by default" grep -q "^weights: *164352 bytes .* held as f32$" "$TMP/out"
+expect_ok "$BDH" info --weights stored "$TMP/tiny.q8.st"
+q8_bytes=$(sed -n 's/^weights: *\([0-9]*\) bytes.*held as stored$/\1/p' "$TMP/out")
+check "info --weights stored holds Q8_0: fewer bytes (${q8_bytes:-none})" test "${q8_bytes:-164352}" -lt 164352
+expect_ok "$BDH" info --weights q8_0 "$TINY"
+check "--weights q8_0 holds the float file in the bytes of the quantized one" grep -q "^weights: *$q8_bytes bytes .* held as q8_0$" "$TMP/out"
+for w in f32 bf16 f16 q8_0 stored; do
+    expect_ok "$BDH" info --weights "$w" "$TINY"
+    check "info --weights $w says how the weights are held" grep -q "^weights: .* held as $w$" "$TMP/out"
+done
+
+# generate: the quantized file as stored is the float file quantized at load
+expect_ok "$BDH" quantize "$SHAKE" "$TMP/shake.q8.st"
+expect_ok "$BDH" generate -m "$SHAKE" -p "ROMEO:" -n 200 --seed 11 --weights q8_0
+cp "$TMP/out" "$TMP/gen_q8"
+check "generate --weights q8_0 writes 200 bytes" test "$(size "$TMP/gen_q8")" -eq 200
+expect_ok "$BDH" generate -m "$TMP/shake.q8.st" -p "ROMEO:" -n 200 --seed 11 --weights stored
+check "a quantized file run as stored gives the text of --weights q8_0 on the original" cmp -s "$TMP/out" "$TMP/gen_q8"
+expect_ok "$BDH" generate -m "$TMP/shake.q8.st" -p "ROMEO:" -n 200 --seed 11 --weights q8_0
+check "a quantized file run as q8_0 gives the same text" cmp -s "$TMP/out" "$TMP/gen_q8"
+expect_ok "$BDH" generate -m "$SHAKE" -p "ROMEO:" -n 200 --seed 11 --weights f32
+cp "$TMP/out" "$TMP/gen_f32"
+expect_ok "$BDH" generate -m "$SHAKE" -p "ROMEO:" -n 200 --seed 11
+check "--weights f32 is the default" cmp -s "$TMP/out" "$TMP/gen_f32"
+for w in bf16 f16; do
+    expect_ok "$BDH" generate -m "$SHAKE" -p "ROMEO:" -n 50 --seed 11 --weights $w
+    check "generate --weights $w writes 50 bytes" test "$(size "$TMP/out")" -eq 50
+done
+"$BDH" generate -m "$TMP/tiny.q8.st" -p hello -n 5 -v --weights stored >"$TMP/out" 2>"$TMP/err" </dev/null
+check "-v says how the weights are held" grep -q "^weights: stored, 0.09 MiB in memory$" "$TMP/err"
+
+# perplexity: Q8_0 within a few percent of float32; as stored, exactly the at-load result
+bpb() { sed -n 's/^bits per byte: \([0-9.]*\) .*/\1/p' "$TMP/out"; }
+expect_ok "$BDH" perplexity -m "$SHAKE" -f $VALID
+f32_bpb=$(bpb)
+expect_ok "$BDH" perplexity -m "$SHAKE" -f $VALID --weights q8_0
+q8_bpb=$(bpb)
+expect_ok "$BDH" perplexity -m "$TMP/shake.q8.st" -f $VALID --weights stored
+stored_bpb=$(bpb)
+echo "cli: shakespeare validation, 6000 bytes in 256-byte windows: bits per byte f32 ${f32_bpb:-?}, q8_0 ${q8_bpb:-?}, q8_0 file as stored ${stored_bpb:-?}"
+check "perplexity q8_0 ($q8_bpb) within 3% of f32 ($f32_bpb)" \
+    awk -v a="${f32_bpb:-0}" -v b="${q8_bpb:-99}" 'BEGIN { d = (b - a) / a; exit !(a > 0 && d < 0.03 && d > -0.03) }'
+check "perplexity of the quantized file as stored equals q8_0 at load" test -n "$q8_bpb" -a "$stored_bpb" = "$q8_bpb"
+expect_ok "$BDH" perplexity -m "$TMP/shake.q8.st" -f $VALID --weights f32
+check "the quantized file as f32 (dequantized) scores like q8_0 (got $(bpb))" \
+    awk -v a="${q8_bpb:-0}" -v b="$(bpb)" 'BEGIN { d = b - a; exit !(a > 0 && d < 0.001 && d > -0.001) }'
+
+# trace: --weights reaches the model (one model path for both: the trace holds it)
+cp "$TINY" "$TMP/model.st"
+expect_ok "$BDH" trace -m "$TMP/model.st" -p hello -o "$TMP/q8a.st" --weights q8_0 --threads 1
+expect_ok "$BDH" trace -m "$TMP/model.st" -p hello -o "$TMP/f32.st" --threads 1
+cp "$TMP/tiny.q8.st" "$TMP/model.st"
+expect_ok "$BDH" trace -m "$TMP/model.st" -p hello -o "$TMP/q8b.st" --weights stored --threads 1
+check "trace of the quantized file as stored equals trace --weights q8_0 of the original" cmp -s "$TMP/q8a.st" "$TMP/q8b.st"
+check "trace --weights q8_0 is not the float32 trace" test -n "$(cmp "$TMP/q8a.st" "$TMP/f32.st" 2>&1)"
 
 # --png: Python missing, matplotlib missing (a stand-in interpreter), and,
 # where Python has matplotlib, the pictures themselves

@@ -5,6 +5,7 @@
  *   generate.c           bdh generate
  *   info.c               bdh info
  *   perplexity.c         bdh perplexity
+ *   quantize.c           bdh quantize
  *   trace.c              bdh trace: recording the activations, the trace file's tensors
  *   safetensors_write.c  the canonical safetensors writer the trace file goes through
  *   json.c               a growing string, the JSON string escaper the header needs
@@ -36,6 +37,7 @@ enum { EXIT_RUNTIME = 1, EXIT_USAGE = 2 };
 int cmd_generate(int argc, char **argv);
 int cmd_info(int argc, char **argv);
 int cmd_perplexity(int argc, char **argv);
+int cmd_quantize(int argc, char **argv);
 int cmd_trace(int argc, char **argv);
 
 /* ---------------------------------------------------- common.c: errors */
@@ -59,9 +61,9 @@ int parse_u64(const char *s, uint64_t *out); /* decimal, 0x hex or 0 octal; no s
 int parse_float(const char *s, float *out);  /* finite */
 
 /* getopt values of the long options without a short form. The ones below
- * OPT_COMMAND are shared (parse_text_option); each command numbers its own
- * from OPT_COMMAND up. */
-enum { OPT_THREADS = 256, OPT_OFFSET, OPT_LENGTH, OPT_COMMAND };
+ * OPT_COMMAND are shared (parse_text_option, parse_weights); each command
+ * numbers its own from OPT_COMMAND up. */
+enum { OPT_THREADS = 256, OPT_OFFSET, OPT_LENGTH, OPT_WEIGHTS, OPT_COMMAND };
 
 /* --offset, --length, --threads: shared by perplexity and trace. */
 typedef struct text_span {
@@ -71,6 +73,14 @@ typedef struct text_span {
 /* One of OPT_OFFSET, OPT_LENGTH, OPT_THREADS with its value in optarg;
  * 0 or an exit code. U is the command as for usage_fail. */
 int parse_text_option(const char *U, int c, text_span *t);
+
+/* --weights f32|bf16|f16|q8_0|stored: how the loaded model holds its
+ * weights (the names below, in this order, are the help's and docs/cli.md's). */
+#define WEIGHTS_NAMES "f32, bf16, f16, q8_0 or stored"
+/* 0 and *out set, or EXIT_USAGE after naming the choices. */
+int parse_weights(const char *U, const char *arg, bdh_weight_type *out);
+/* The --weights name of a weight type ("f32", ..., "stored"). */
+const char *weights_name(bdh_weight_type type);
 
 /* ------------------------------------------------------ common.c: files */
 
@@ -87,8 +97,9 @@ void exe_dir(char *buf, size_t cap);
  * the install's data directory (-DBDH_DATADIR); buf (PATH_MAX + 64 bytes)
  * may hold the answer. NULL after printing why there is none. */
 const char *default_model(char *buf, size_t cap);
-/* Load with n_threads = threads; 0 or EXIT_RUNTIME after printing why. */
-int load_model(const char *path, int threads, bdh_model **out);
+/* Load with n_threads = threads and weight_type = weights; 0 or
+ * EXIT_RUNTIME after printing why. */
+int load_model(const char *path, int threads, bdh_weight_type weights, bdh_model **out);
 /* 0 for a vocab_size 256 model, else EXIT_RUNTIME after saying so. */
 int need_byte_model(const char *cmd, const bdh_model *m);
 double mib(size_t bytes);

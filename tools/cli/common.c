@@ -1,5 +1,5 @@
-/* What the commands share: error messages and exit codes, option values,
- * reading files, finding and loading the model. */
+/* What the commands share: error messages and exit codes, option values
+ * (--weights among them), reading files, finding and loading the model. */
 #include "cli.h"
 
 #include <errno.h>
@@ -92,6 +92,31 @@ int parse_text_option(const char *U, int c, text_span *t)
     return 0;
 }
 
+static const struct weights_choice {
+    const char *name;
+    bdh_weight_type type;
+} weights_choices[] = {
+    {"f32", BDH_WEIGHTS_F32},   {"bf16", BDH_WEIGHTS_BF16},       {"f16", BDH_WEIGHTS_F16},
+    {"q8_0", BDH_WEIGHTS_Q8_0}, {"stored", BDH_WEIGHTS_AS_STORED},
+};
+
+int parse_weights(const char *U, const char *arg, bdh_weight_type *out)
+{
+    for (size_t i = 0; i < sizeof weights_choices / sizeof *weights_choices; i++)
+        if (strcmp(arg, weights_choices[i].name) == 0) {
+            *out = weights_choices[i].type;
+            return 0;
+        }
+    return usage_fail(U, "--weights needs " WEIGHTS_NAMES ", not '%s'", arg);
+}
+
+const char *weights_name(bdh_weight_type type)
+{
+    for (size_t i = 0; i < sizeof weights_choices / sizeof *weights_choices; i++)
+        if (weights_choices[i].type == type) return weights_choices[i].name;
+    return "?";
+}
+
 /* ---------------------------------------------------------------- files */
 
 char *read_all(const char *path, size_t *len)
@@ -157,10 +182,11 @@ const char *default_model(char *buf, size_t cap)
     return NULL;
 }
 
-int load_model(const char *path, int threads, bdh_model **out)
+int load_model(const char *path, int threads, bdh_weight_type weights, bdh_model **out)
 {
     bdh_model_params mp = bdh_model_default_params();
     mp.n_threads = threads;
+    mp.weight_type = weights;
     bdh_status rc = bdh_model_load(path, &mp, out);
     if (rc != BDH_OK) {
         err("cannot load model '%s': %s", path, bdh_last_error());

@@ -32,7 +32,9 @@ static void generate_help(FILE *out)
           "      --seed S            random seed (default: from the clock; -v shows it)\n"
           "      --stop STR          stop after STR is generated (repeatable)\n"
           "      --threads N         CPU threads (default 0 = all cores)\n"
-          "  -v, --verbose           seed and speed statistics on standard error\n"
+          "      --weights TYPE      hold the weights as f32 (default), bf16, f16, q8_0,\n"
+          "                          or as stored in the file (stored)\n"
+          "  -v, --verbose           seed, weights and speed statistics on standard error\n"
           "  -h, --help              this help\n",
           out);
 }
@@ -40,6 +42,7 @@ static void generate_help(FILE *out)
 typedef struct gen_opts {
     const char *model, *prompt, *prompt_file;
     long n_tokens, threads;
+    bdh_weight_type weights;
     int seeded, verbose;
     bdh_sampler_params sp;
     const char **stop;
@@ -85,6 +88,7 @@ static int generate_opt(gen_opts *o, int c, const char *arg)
     case OPT_THREADS:
         if (parse_long(arg, 0, 4096, &o->threads)) return usage_fail(U, "--threads needs a count >= 0, not '%s'", arg);
         return 0;
+    case OPT_WEIGHTS: return parse_weights(U, arg, &o->weights);
     case OPT_TOPK:
         if (parse_long(arg, 0, INT32_MAX, &v)) return usage_fail(U, "--top-k needs an integer >= 0, not '%s'", arg);
         o->sp.top_k = (int32_t)v;
@@ -123,7 +127,7 @@ static int generate_parse(int argc, char **argv, gen_opts *o)
         {"repeat-penalty", required_argument, NULL, OPT_REPP},
         {"repeat-window", required_argument, NULL, OPT_REPW},
         {"seed", required_argument, NULL, OPT_SEED},    {"stop", required_argument, NULL, OPT_STOP},
-        {"threads", required_argument, NULL, OPT_THREADS},
+        {"threads", required_argument, NULL, OPT_THREADS}, {"weights", required_argument, NULL, OPT_WEIGHTS},
         {"verbose", no_argument, NULL, 'v'},            {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0}};
     int c;
@@ -199,7 +203,7 @@ static int generate_run(const gen_opts *o, const char *model_path, const char *t
         err("out of memory");
         return EXIT_RUNTIME;
     }
-    int rc = load_model(model_path, (int)o->threads, &m);
+    int rc = load_model(model_path, (int)o->threads, o->weights, &m);
     if (!rc) rc = need_byte_model("generate", m);
     bdh_status st = BDH_OK;
     if (!rc && (st = bdh_state_new(m, &s)) != BDH_OK) rc = lib_fail("cannot create a state", st);
@@ -211,7 +215,9 @@ static int generate_run(const gen_opts *o, const char *model_path, const char *t
         gp.stop = o->stop;
         gp.stop_len = o->stop_len;
         gp.n_stop = o->n_stop;
-        if (o->verbose) fprintf(stderr, "model: %s\nseed:  %" PRIu64 "\n", model_path, o->sp.seed);
+        if (o->verbose)
+            fprintf(stderr, "model:   %s\nweights: %s, %.2f MiB in memory\nseed:    %" PRIu64 "\n", model_path,
+                    weights_name(o->weights), mib(bdh_model_weight_bytes(m)), o->sp.seed);
         bdh_generate_stats stats;
         rc = stream(s, prompt, len, &gp, &stats);
         if (!rc && o->verbose) print_gen_stats(m, &stats);
@@ -224,7 +230,7 @@ static int generate_run(const gen_opts *o, const char *model_path, const char *t
 
 int cmd_generate(int argc, char **argv)
 {
-    gen_opts o = {.n_tokens = 256, .sp = bdh_sampler_default_params()};
+    gen_opts o = {.n_tokens = 256, .weights = BDH_WEIGHTS_F32, .sp = bdh_sampler_default_params()};
     o.sp.temperature = 0.8f;
     int rc = generate_parse(argc, argv, &o);
     if (rc) {

@@ -7,18 +7,21 @@
 
 static void info_help(FILE *out)
 {
-    fputs("Usage: bdh info MODEL\n"
+    fputs("Usage: bdh info [--weights TYPE] MODEL\n"
           "\n"
           "Print a model's configuration, parameter count, the dtype of each tensor\n"
-          "in the file, the bytes its weights take in memory, the bytes of one\n"
-          "stream's state, and its fingerprint; then a line about the library and\n"
-          "this machine (build options, CPU kernels, BLAS, CUDA devices).\n"
+          "in the file (Q8_0 for a file 'bdh quantize' wrote), the bytes its weights\n"
+          "take in memory when held as --weights says, the bytes of one stream's\n"
+          "state, and its fingerprint; then a line about the library and this\n"
+          "machine (build options, CPU kernels, BLAS, CUDA devices).\n"
           "\n"
-          "  -h, --help   this help\n",
+          "      --weights TYPE  hold the weights as f32 (default), bf16, f16, q8_0,\n"
+          "                      or as stored in the file (stored)\n"
+          "  -h, --help          this help\n",
           out);
 }
 
-static void print_info(const char *path, const bdh_model *m)
+static void print_info(const char *path, const bdh_model *m, bdh_weight_type weights)
 {
     static const char *const tensors[] = {"embed.weight", "encoder", "encoder_v", "decoder", "lm_head", "attn.freqs"};
     bdh_config c;
@@ -36,7 +39,8 @@ static void print_info(const char *path, const bdh_model *m)
         const char *dt = bdh_model_file_dtype(m, tensors[i]);
         printf(" %s=%s", tensors[i], dt ? dt : "absent");
     }
-    printf("\nweights:      %zu bytes (%.2f MiB) in memory\n", bdh_model_weight_bytes(m), mib(bdh_model_weight_bytes(m)));
+    printf("\nweights:      %zu bytes (%.2f MiB) in memory, held as %s\n", bdh_model_weight_bytes(m),
+           mib(bdh_model_weight_bytes(m)), weights_name(weights));
     printf("state:        %zu bytes (%.2f MiB) per stream\n", bdh_model_state_bytes(m), mib(bdh_model_state_bytes(m)));
     printf("fingerprint:  %016" PRIx64 "\n", bdh_model_fingerprint(m));
     printf("system:       %s\n", bdh_system_info());
@@ -44,20 +48,23 @@ static void print_info(const char *path, const bdh_model *m)
 
 int cmd_info(int argc, char **argv)
 {
-    static const struct option longopts[] = {{"help", no_argument, NULL, 'h'}, {NULL, 0, NULL, 0}};
-    int c;
+    static const struct option longopts[] = {
+        {"weights", required_argument, NULL, OPT_WEIGHTS}, {"help", no_argument, NULL, 'h'}, {NULL, 0, NULL, 0}};
+    bdh_weight_type weights = BDH_WEIGHTS_F32;
+    int c, rc;
     while ((c = getopt_long(argc, argv, ":h", longopts, NULL)) != -1) {
         if (c == 'h') {
             info_help(stdout);
             return 0;
         }
-        return bad_option("info ", c, argv);
+        if (c != OPT_WEIGHTS) return bad_option("info ", c, argv);
+        if ((rc = parse_weights("info ", optarg, &weights))) return rc;
     }
     if (argc - optind != 1) return usage_fail("info ", "info needs exactly one MODEL argument");
     bdh_model *m;
-    int rc = load_model(argv[optind], 1, &m);
+    rc = load_model(argv[optind], 1, weights, &m);
     if (rc) return rc;
-    print_info(argv[optind], m);
+    print_info(argv[optind], m, weights);
     bdh_model_free(m);
     return 0;
 }

@@ -27,6 +27,8 @@ static void perplexity_help(FILE *out)
           "                      scored from a zero state (byte i of a window predicted\n"
           "                      from the window's bytes before it); default: one stream\n"
           "      --threads N     CPU threads (default 0 = all cores)\n"
+          "      --weights TYPE  hold the weights as f32 (default), bf16, f16, q8_0,\n"
+          "                      or as stored in the file (stored)\n"
           "  -h, --help          this help\n"
           "\n"
           "The validation split of tiny Shakespeare (its last 10%%, from byte\n"
@@ -40,6 +42,7 @@ typedef struct ppl_opts {
     const char *model, *file;
     text_span span;
     long window; /* 0: one stream */
+    bdh_weight_type weights;
 } ppl_opts;
 
 enum { OPT_WINDOW = OPT_COMMAND };
@@ -51,7 +54,8 @@ static int perplexity_parse(int argc, char **argv, ppl_opts *o)
         {"model", required_argument, NULL, 'm'},    {"file", required_argument, NULL, 'f'},
         {"offset", required_argument, NULL, OPT_OFFSET}, {"length", required_argument, NULL, OPT_LENGTH},
         {"threads", required_argument, NULL, OPT_THREADS}, {"window", required_argument, NULL, OPT_WINDOW},
-        {"help", no_argument, NULL, 'h'}, {NULL, 0, NULL, 0}};
+        {"weights", required_argument, NULL, OPT_WEIGHTS}, {"help", no_argument, NULL, 'h'},
+        {NULL, 0, NULL, 0}};
     const char *U = "perplexity ";
     int c, rc;
     while ((c = getopt_long(argc, argv, ":m:f:h", longopts, NULL)) != -1) {
@@ -63,6 +67,9 @@ static int perplexity_parse(int argc, char **argv, ppl_opts *o)
         case OPT_LENGTH:
         case OPT_THREADS:
             if ((rc = parse_text_option(U, c, &o->span))) return rc;
+            break;
+        case OPT_WEIGHTS:
+            if ((rc = parse_weights(U, optarg, &o->weights))) return rc;
             break;
         case OPT_WINDOW:
             if (parse_long(optarg, 2, LONG_MAX, &o->window)) return usage_fail(U, "--window needs bytes >= 2, not '%s'", optarg);
@@ -126,7 +133,7 @@ static int score(bdh_state *s, const unsigned char *text, size_t n, double *bits
 
 int cmd_perplexity(int argc, char **argv)
 {
-    ppl_opts o = {0};
+    ppl_opts o = {.weights = BDH_WEIGHTS_F32};
     int rc = perplexity_parse(argc, argv, &o);
     if (rc) return rc < 0 ? 0 : rc;
     char buf[PATH_MAX + 64];
@@ -145,7 +152,7 @@ int cmd_perplexity(int argc, char **argv)
         err("'%s' has %zu bytes to score from offset %zu; at least 2 are needed", o.file, n, off);
         rc = EXIT_RUNTIME;
     }
-    if (!rc) rc = load_model(model_path, (int)o.span.threads, &m);
+    if (!rc) rc = load_model(model_path, (int)o.span.threads, o.weights, &m);
     if (!rc) rc = need_byte_model("perplexity", m);
     if (!rc && (st = bdh_state_new(m, &s)) != BDH_OK) rc = lib_fail("cannot create a state", st);
     /* one stream, or windows each from a zero state (the last may be shorter) */

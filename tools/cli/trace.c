@@ -36,6 +36,8 @@ static void trace_help(FILE *out)
           "      --png DIR          then draw the pictures into DIR with\n"
           "                         'python3 -m bdh.plot OUT --out DIR' (needs matplotlib)\n"
           "      --threads N        CPU threads (default 0 = all cores)\n"
+          "      --weights TYPE     hold the weights as f32 (default), bf16, f16, q8_0,\n"
+          "                         or as stored in the file (stored)\n"
           "  -h, --help             this help\n"
           "\n"
           "Example:\n"
@@ -48,6 +50,7 @@ static void trace_help(FILE *out)
 typedef struct trace_opts {
     const char *model, *file, *text, *output, *png;
     text_span span;
+    bdh_weight_type weights;
     int32_t (*syn)[3];
     int n_syn;
 } trace_opts;
@@ -96,8 +99,8 @@ static int trace_parse(int argc, char **argv, trace_opts *o)
         {"prompt", required_argument, NULL, 'p'},   {"output", required_argument, NULL, 'o'},
         {"synapse", required_argument, NULL, OPT_SYNAPSE}, {"png", required_argument, NULL, OPT_PNG},
         {"offset", required_argument, NULL, OPT_OFFSET}, {"length", required_argument, NULL, OPT_LENGTH},
-        {"threads", required_argument, NULL, OPT_THREADS}, {"help", no_argument, NULL, 'h'},
-        {NULL, 0, NULL, 0}};
+        {"threads", required_argument, NULL, OPT_THREADS}, {"weights", required_argument, NULL, OPT_WEIGHTS},
+        {"help", no_argument, NULL, 'h'},                {NULL, 0, NULL, 0}};
     int c, rc;
     while ((c = getopt_long(argc, argv, ":m:f:p:o:h", longopts, NULL)) != -1) {
         switch (c) {
@@ -112,6 +115,9 @@ static int trace_parse(int argc, char **argv, trace_opts *o)
             break;
         case OPT_SYNAPSE:
             if ((rc = parse_synapse(o, optarg))) return rc;
+            break;
+        case OPT_WEIGHTS:
+            if ((rc = parse_weights(U, optarg, &o->weights))) return rc;
             break;
         case OPT_OFFSET:
         case OPT_LENGTH:
@@ -247,7 +253,7 @@ static int trace_run(const trace_opts *o, const char *model_path, const unsigned
     int32_t *tokens = malloc(n * sizeof *tokens);
     double *sigma = NULL;
     int rc = tokens ? 0 : (err("out of memory"), EXIT_RUNTIME);
-    if (!rc) rc = load_model(model_path, (int)o->span.threads, &m);
+    if (!rc) rc = load_model(model_path, (int)o->span.threads, o->weights, &m);
     if (!rc) rc = need_byte_model("trace", m);
     bdh_status st = BDH_OK;
     if (!rc && (st = bdh_state_new(m, &s)) != BDH_OK) rc = lib_fail("cannot create a state", st);
@@ -296,7 +302,7 @@ static int trace_run(const trace_opts *o, const char *model_path, const unsigned
 
 int cmd_trace(int argc, char **argv)
 {
-    trace_opts o = {0};
+    trace_opts o = {.weights = BDH_WEIGHTS_F32};
     int rc = trace_parse(argc, argv, &o);
     if (rc) {
         free(o.syn);

@@ -65,7 +65,12 @@ c_enum = c_int  # bdh_status, bdh_device, bdh_weight_type, bdh_kernels, bdh_stop
 # with include/bdh.h).
 DEVICES = {"cpu": 0, "cuda": 1}  # bdh_device
 DEVICE_NAMES = {0: "cpu", 1: "cuda"}
-WEIGHTS = {"f32": 0, "float32": 0, "as_stored": 1, "bf16": 2, "bfloat16": 2, "f16": 3, "float16": 3}  # bdh_weight_type
+WEIGHTS = {  # bdh_weight_type
+    "f32": 0, "float32": 0, "stored": 1, "as_stored": 1, "bf16": 2, "bfloat16": 2, "f16": 3, "float16": 3,
+    "q8_0": 4,
+}
+#: The names error messages list (the others in WEIGHTS are aliases).
+WEIGHT_NAMES = ["f32", "bf16", "f16", "q8_0", "stored"]
 KERNELS = {"fast": 0, "reference": 1}  # bdh_kernels
 STOP_REASONS = {0: "length", 1: "callback", 2: "stop"}  # bdh_stop_reason
 
@@ -195,6 +200,7 @@ PROTOTYPES: Dict[str, Tuple[object, List[object]]] = {
     "bdh_model_device": (c_enum, [c_void_p]),
     "bdh_model_fingerprint": (c_uint64, [c_void_p]),
     "bdh_model_file_dtype": (c_char_p, [c_void_p, c_char_p]),
+    "bdh_model_quantize": (c_enum, [c_char_p, c_char_p, c_enum]),
     "bdh_state_new": (c_enum, [c_void_p, POINTER(c_void_p)]),
     "bdh_state_free": (None, [c_void_p]),
     "bdh_state_reset": (c_enum, [c_void_p]),

@@ -16,7 +16,30 @@ from ._handle import Handle, finalizer
 from ._lib import lib
 from ._state import State
 
-__all__ = ["Model"]
+__all__ = ["Model", "quantize"]
+
+
+def _choices(names: Sequence[str]) -> str:
+    """'a', 'b' or 'c'"""
+    quoted = [repr(n) for n in names]
+    return ", ".join(quoted[:-1]) + " or " + quoted[-1] if len(quoted) > 1 else quoted[0]
+
+
+def _weight_type(weights: Any) -> int:
+    """The bdh_weight_type of a weights= name (any case, aliases included)."""
+    if isinstance(weights, str) and weights.lower() in _lib.WEIGHTS:
+        return _lib.WEIGHTS[weights.lower()]
+    aliases = sorted(set(_lib.WEIGHTS) - set(_lib.WEIGHT_NAMES))
+    raise ValueError(
+        f"weights must be {_choices(_lib.WEIGHT_NAMES)} (or {_choices(aliases)}), not {weights!r}"
+    )
+
+
+def _c_path(path: PathLike, what: str) -> bytes:
+    cpath = os.fsencode(os.fspath(path))
+    if b"\0" in cpath:
+        raise ValueError(f"{what} contains a NUL byte")
+    return cpath
 
 
 def _model_params(device: str, threads: Optional[int], weights: str, kernels: str) -> _lib.ModelParams:
@@ -27,15 +50,14 @@ def _model_params(device: str, threads: Optional[int], weights: str, kernels: st
     dev, _, ordinal = device.strip().lower().partition(":")
     if dev not in _lib.DEVICES or (ordinal and dev != "cuda") or (ordinal and not ordinal.isdigit()):
         raise ValueError(f"device must be 'cpu', 'cuda' or 'cuda:N', not {device!r}")
-    if not isinstance(weights, str) or weights.lower() not in _lib.WEIGHTS:
-        raise ValueError(f"weights must be one of {sorted(set(_lib.WEIGHTS))}, not {weights!r}")
+    weight_type = _weight_type(weights)
     if not isinstance(kernels, str) or kernels.lower() not in _lib.KERNELS:
         raise ValueError(f"kernels must be 'fast' or 'reference', not {kernels!r}")
     params = lib.bdh_model_default_params()
     params.device = _lib.DEVICES[dev]
     params.cuda_device = int(ordinal) if ordinal else 0
     params.n_threads = 0 if threads is None else int32(threads, "threads")
-    params.weight_type = _lib.WEIGHTS[weights.lower()]
+    params.weight_type = weight_type
     params.kernels = _lib.KERNELS[kernels.lower()]
     return params
 
@@ -51,8 +73,13 @@ class Model:
             built with ``make CUDA=1``; otherwise BDHError BDH_ERR_UNSUPPORTED).
         threads: CPU worker threads; ``None`` or 0 = all cores.
         weights: how weights are held in memory: ``"f32"`` (default),
-            ``"as_stored"`` (the file's F32/F16/BF16), ``"bf16"``, ``"f16"``
-            (rounded at load); computation is float32 either way.
+            ``"bf16"``, ``"f16"`` (rounded at load), ``"q8_0"`` (encoder,
+            encoder_v and decoder as int8 blocks of 32 with a float16 scale
+            each, quantized at load or read from a file :func:`quantize`
+            wrote; embed and lm_head float32), or ``"stored"`` (also
+            ``"as_stored"``: the file's F32/F16/BF16/Q8_0 as they are). A
+            Q8_0 file loaded as ``"f32"`` is dequantized. Computation is
+            float32 either way.
         kernels: CPU step code: ``"fast"`` (sparse-aware, threaded; default)
             or ``"reference"`` (plain dense loops, for checking).
 
@@ -78,9 +105,7 @@ class Model:
     ) -> None:
         self._h: Optional[Handle] = None
         fspath = os.fspath(path)
-        cpath = os.fsencode(fspath)
-        if b"\0" in cpath:
-            raise ValueError("path contains a NUL byte")
+        cpath = _c_path(fspath, "path")
         self.path: str = os.fsdecode(fspath)
         params = _model_params(device, threads, weights, kernels)
         out = c_void_p()
@@ -129,7 +154,8 @@ class Model:
 
     def file_dtype(self, tensor: str) -> Optional[str]:
         """dtype of `tensor` as stored in the file (``"F32"``, ``"F16"``,
-        ``"BF16"``), or None if there is no such tensor."""
+        ``"BF16"``, or ``"Q8_0"`` for the int8 tensors of a quantized file),
+        or None if there is no such tensor."""
         with self._handle().peek() as ptr:
             r = lib.bdh_model_file_dtype(ptr, tensor.encode())
         return r.decode() if r is not None else None
@@ -357,3 +383,30 @@ class Model:
             tokens=tokens,
         )
 
+
+
+def quantize(in_path: PathLike, out_path: PathLike, type: str = "q8_0") -> None:
+    """Write a quantized copy of the model file `in_path` to `out_path`
+    (``bdh_model_quantize``): the same tensors and metadata, with encoder,
+    encoder_v and decoder as int8 blocks of 32 values along n_embd, each with
+    a float16 scale (docs/format.md). ``Model(out_path, weights="stored")``
+    (or ``"q8_0"``) gives exactly the logits of ``Model(in_path,
+    weights="q8_0")``, in less memory and file.
+
+    Args:
+        in_path: an F32, F16 or BF16 model file (not an already quantized one).
+        out_path: where to write; not `in_path`. The file is written beside
+            it and renamed into place, so on failure an existing file there is
+            left as it was.
+        type: ``"q8_0"``, the one quantization there is.
+
+    Raises:
+        ValueError: an unknown `type`, or a path with a NUL byte.
+        BDHError: the library's refusal: a missing or malformed input
+            (BDH_ERR_IO, BDH_ERR_FORMAT, BDH_ERR_CONFIG), `out_path` the same
+            file as `in_path` or an input already quantized
+            (BDH_ERR_INVALID_ARGUMENT), an unwritable `out_path` (BDH_ERR_IO).
+    """
+    if not isinstance(type, str) or type.lower() != "q8_0":
+        raise ValueError(f"type must be 'q8_0' (the one quantization written), not {type!r}")
+    lib.bdh_model_quantize(_c_path(in_path, "in_path"), _c_path(out_path, "out_path"), _lib.WEIGHTS["q8_0"])

@@ -189,6 +189,8 @@ def test_enums_match_header(header):
     assert set(_lib.WEIGHTS.values()) == set(wt.values())
     assert _lib.WEIGHTS["f32"] == wt["BDH_WEIGHTS_F32"] and _lib.WEIGHTS["bf16"] == wt["BDH_WEIGHTS_BF16"]
     assert _lib.WEIGHTS["f16"] == wt["BDH_WEIGHTS_F16"] and _lib.WEIGHTS["as_stored"] == wt["BDH_WEIGHTS_AS_STORED"]
+    assert _lib.WEIGHTS["stored"] == wt["BDH_WEIGHTS_AS_STORED"] and _lib.WEIGHTS["q8_0"] == wt["BDH_WEIGHTS_Q8_0"]
+    assert {_lib.WEIGHTS[n] for n in _lib.WEIGHT_NAMES} == set(wt.values())
     sr = header.enums["bdh_stop_reason"]
     assert _lib.STOP_REASONS == {sr["BDH_STOP_LENGTH"]: "length", sr["BDH_STOP_CALLBACK"]: "callback",
                                  sr["BDH_STOP_SEQUENCE"]: "stop"}
