@@ -109,6 +109,12 @@ BDH_INTERNAL bdh_status bdh_weights_open(const char *path, bdh_safetensors *st, 
  * scales, scales without their I8 tensor, and a file whose metadata does not
  * say q8_0. */
 BDH_INTERNAL bdh_status bdh_q8_find_scales(const bdh_safetensors *st, bdh_weight_views *w, const bdh_config *c);
+/* Refuses float weights too large for Q8_0 (|value| > 127 * 65504, the
+ * largest F16 scale), before quantizing them. */
+BDH_INTERNAL bdh_status bdh_q8_check_range(const bdh_weight_views *w);
+/* model.c's fingerprint of these views (quantized_at_load: held as Q8_0
+ * from a float file). */
+BDH_INTERNAL uint64_t bdh_weights_fingerprint(const bdh_config *c, const bdh_weight_views *w, bool quantized_at_load);
 
 /* float32 copies of a Q8_0 file's tensors for a backend that does not read
  * them (CUDA): w's I8 views are replaced by views of these copies. */

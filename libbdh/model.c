@@ -222,7 +222,7 @@ static void hash_tensor(XXH3_state_t *h, const char *name, const bdh_tensor_view
  * a Q8_0 file's scales). Weights quantized at load are other weights: their
  * fingerprint differs from the file's; F32/BF16/F16 holdings of one file
  * share it (docs/format.md). */
-static uint64_t fingerprint(const bdh_config *c, const bdh_weight_views *w, bool quantized_at_load)
+uint64_t bdh_weights_fingerprint(const bdh_config *c, const bdh_weight_views *w, bool quantized_at_load)
 {
     XXH3_state_t *h = XXH3_createState();
     if (!h) return 0;
@@ -268,6 +268,19 @@ bdh_status bdh_weights_open(const char *path, bdh_safetensors *st, bdh_weight_vi
     return rc;
 }
 
+/* A Q8_0 file written by bdh_model_quantize carries the fingerprint of its
+ * float source quantized at load (the same int8 blocks); other Q8_0 files
+ * are fingerprinted by their own bytes. */
+static uint64_t q8_file_fingerprint(const bdh_safetensors *st, const bdh_config *c, const bdh_weight_views *w)
+{
+    const char *fp = bdh_safetensors_meta(st, "q8_0_fingerprint");
+    char *end;
+    errno = 0;
+    const unsigned long long v = fp ? strtoull(fp, &end, 16) : 0;
+    if (fp && !errno && *fp && *end == '\0' && strlen(fp) == 16) return (uint64_t)v;
+    return bdh_weights_fingerprint(c, w, false);
+}
+
 /* "'path': reason", keeping the reason */
 static bdh_status with_path(bdh_status rc, const char *path)
 {
@@ -287,10 +300,12 @@ static bdh_status load_from_file(bdh_model *m, const char *path)
         const int64_t D = m->cfg.n_embd, V = m->cfg.vocab_size, HN = (int64_t)m->cfg.n_head * m->cfg.n_neurons;
         const bool file_q8 = w.t[BDH_T_ENCODER]->dtype == BDH_ELEM_I8;
         m->n_params = 2 * V * D + 3 * HN * D;
-        m->fingerprint = fingerprint(&m->cfg, &w, !file_q8 && m->params.weight_type == BDH_WEIGHTS_Q8_0); /* before pages are released */
+        const bool quantize = !file_q8 && m->params.weight_type == BDH_WEIGHTS_Q8_0;
+        m->fingerprint = file_q8 ? q8_file_fingerprint(&st, &m->cfg, &w) : bdh_weights_fingerprint(&m->cfg, &w, quantize);
+        if (quantize) rc = bdh_q8_check_range(&w);
         for (int i = 0; i < BDH_T_COUNT; i++)
             if (w.t[i]) m->file_dtype[i] = w.scale[i] ? "Q8_0" : bdh_elem_name(w.t[i]->dtype);
-        if (file_q8 && !m->backend->reads_q8_files) rc = bdh_q8_dequantized_views(&m->cfg, &w, &q8);
+        if (rc == BDH_OK && file_q8 && !m->backend->reads_q8_files) rc = bdh_q8_dequantized_views(&m->cfg, &w, &q8);
         if (rc == BDH_OK) rc = m->backend->model_init(m, &w);
     }
     bdh_q8_copies_free(&q8);

@@ -7,12 +7,16 @@
  * each, one scale per block of 32 values along D:
  *   encoder, encoder_v  I8 [H][D][N]    scale [H][ceil(D/32)][N]
  *   decoder             I8 [H*N][D]     scale [H*N][ceil(D/32)]
- * and metadata quantization = "q8_0", q8_0_block = "32". */
+ * and metadata quantization = "q8_0", q8_0_block = "32", and q8_0_fingerprint:
+ * the fingerprint of the float file quantized at load, which a model loaded
+ * from the quantized file takes, so the two share state blobs (they hold the
+ * same int8 blocks). */
 #include "internal.h"
 
 #include <cjson/cJSON.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -60,13 +64,16 @@ static bdh_status find_scale(const bdh_safetensors *st, bdh_weight_views *w, int
 
 bdh_status bdh_q8_find_scales(const bdh_safetensors *st, bdh_weight_views *w, const bdh_config *c)
 {
-    bool any = false;
+    int n = 0;
     for (int i = 0; i < BDH_T_COUNT; i++) {
         if (!w->t[i] || !bdh_quantizable(i)) continue;
         bdh_status rc = find_scale(st, w, i, c);
         if (rc != BDH_OK) return rc;
-        any |= w->scale[i] != NULL;
+        n += w->scale[i] != NULL;
     }
+    const bool any = n > 0;
+    if (any && n != 3)
+        return bdh_fail(BDH_ERR_FORMAT, "only %d of encoder, encoder_v and decoder are Q8_0: a quantized file has all three", n);
     const char *q = bdh_safetensors_meta(st, "quantization");
     if (any && (!q || strcmp(q, "q8_0") != 0))
         return bdh_fail(BDH_ERR_FORMAT, "the file has I8 weights but its metadata quantization is %s%s%s, not \"q8_0\"",
@@ -109,6 +116,26 @@ void bdh_q8_copies_free(bdh_q8_copies *copies)
     for (int i = 0; i < BDH_T_COUNT; i++) free(copies->data[i]);
 }
 
+/* The largest |value| a Q8_0 block can hold: 127 times the largest F16 scale. */
+#define Q8_MAX (127.0f * 65504.0f)
+
+bdh_status bdh_q8_check_range(const bdh_weight_views *w)
+{
+    for (int i = 0; i < BDH_T_COUNT; i++) {
+        const bdh_tensor_view *t = w->t[i];
+        if (!t || !bdh_quantizable(i) || !bdh_elem_is_float(t->dtype)) continue;
+        const size_t n = t->nbytes / bdh_elem_size(t->dtype), es = bdh_elem_size(t->dtype);
+        for (size_t k = 0; k < n; k++) {
+            float v;
+            bdh_elem_to_f32(t->dtype, (const uint8_t *)t->data + k * es, &v, 1);
+            if (fabsf(v) > Q8_MAX)
+                return bdh_fail(BDH_ERR_UNSUPPORTED, "tensor %s has |value| %g at index %zu, beyond what Q8_0 holds (%g)",
+                                bdh_tensor_name(i), (double)fabsf(v), k, (double)Q8_MAX);
+        }
+    }
+    return BDH_OK;
+}
+
 /* ------------------------------------------------------------------ writing */
 
 typedef struct out_tensor {
@@ -122,14 +149,17 @@ typedef struct out_tensor {
 
 /* The JSON header: metadata, then each tensor with its offsets; padded with
  * spaces to a multiple of 8 bytes (as the safetensors library writes it). */
-static char *header_json(const bdh_safetensors *in, const out_tensor *t, int n, size_t *len)
+static char *header_json(const bdh_safetensors *in, const out_tensor *t, int n, uint64_t fingerprint, size_t *len)
 {
     cJSON *root = cJSON_CreateObject(), *meta = cJSON_AddObjectToObject(root, "__metadata__");
     for (int i = 0; i < in->n_meta; i++)
-        if (strcmp(in->meta_keys[i], "quantization") != 0 && strcmp(in->meta_keys[i], "q8_0_block") != 0)
+        if (strncmp(in->meta_keys[i], "q8_0", 4) != 0 && strcmp(in->meta_keys[i], "quantization") != 0)
             cJSON_AddStringToObject(meta, in->meta_keys[i], in->meta_values[i]);
     cJSON_AddStringToObject(meta, "quantization", "q8_0");
     cJSON_AddStringToObject(meta, "q8_0_block", "32");
+    char fp[24];
+    snprintf(fp, sizeof fp, "%016llx", (unsigned long long)fingerprint);
+    cJSON_AddStringToObject(meta, "q8_0_fingerprint", fp);
     size_t off = 0;
     for (int i = 0; i < n; i++) {
         cJSON *e = cJSON_AddObjectToObject(root, t[i].name);
@@ -170,10 +200,10 @@ static bool write_all(int fd, const void *p, size_t n)
 
 /* Write the file next to its destination, then rename it into place: a
  * failure leaves any existing file at `path` as it was. */
-static bdh_status write_file(const char *path, const bdh_safetensors *in, const out_tensor *t, int n)
+static bdh_status write_file(const char *path, const bdh_safetensors *in, const out_tensor *t, int n, uint64_t fingerprint)
 {
     size_t hlen;
-    char *json = header_json(in, t, n, &hlen);
+    char *json = header_json(in, t, n, fingerprint, &hlen);
     if (!json) return bdh_fail(BDH_ERR_OUT_OF_MEMORY, "out of memory writing the header of '%s'", path);
     char tmp[4200];
     if (snprintf(tmp, sizeof tmp, "%s.tmp-XXXXXX", path) >= (int)sizeof tmp) {
@@ -250,6 +280,10 @@ bdh_status bdh_model_quantize(const char *in_path, const char *out_path, bdh_wei
         bdh_safetensors_close(&st);
         return bdh_fail(BDH_ERR_INVALID_ARGUMENT, "bdh_model_quantize: '%s' is already Q8_0", in_path);
     }
+    if ((rc = bdh_q8_check_range(&w)) != BDH_OK) {
+        bdh_safetensors_close(&st);
+        return rc;
+    }
     static const char *const scale_names[BDH_T_COUNT] = {NULL, "encoder.scale", "encoder_v.scale", "decoder.scale"};
     out_tensor o[BDH_T_COUNT * 2];
     int8_t *q[BDH_T_COUNT] = {0};
@@ -273,7 +307,7 @@ bdh_status bdh_model_quantize(const char *in_path, const char *out_path, bdh_wei
         o[n].n_dims = scale_shape(i, &c, shape);
         memcpy(o[n++].shape, shape, sizeof shape);
     }
-    if (rc == BDH_OK) rc = write_file(out_path, &st, o, n);
+    if (rc == BDH_OK) rc = write_file(out_path, &st, o, n, bdh_weights_fingerprint(&c, &w, true));
     for (int i = 0; i < BDH_T_COUNT; i++) {
         free(q[i]);
         free(s[i]);

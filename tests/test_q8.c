@@ -203,6 +203,14 @@ static void test_prequantized_is_bit_identical(void **unused)
     assert_int_equal(bdh_state_load(sf, blob, len), BDH_ERR_MODEL_MISMATCH);
     assert_int_equal(bdh_state_save(sf, blob, len, NULL), BDH_OK);
     assert_int_equal(bdh_state_load(sq, blob, len), BDH_ERR_MODEL_MISMATCH);
+    /* ... but the quantized file holds the same blocks as quantizing at load: shared */
+    bdh_state *ss;
+    assert_int_equal(bdh_state_new(stored, &ss), BDH_OK);
+    assert_int_equal(bdh_state_save(sq, blob, len, NULL), BDH_OK);
+    assert_int_equal(bdh_state_load(ss, blob, len), BDH_OK);
+    assert_int_equal(bdh_model_fingerprint(stored), bdh_model_fingerprint(at_load));
+    assert_int_not_equal(bdh_model_fingerprint(stored), bdh_model_fingerprint(f32));
+    bdh_state_free(ss);
     free(blob);
     bdh_state_free(sq);
     bdh_state_free(sf);
@@ -323,6 +331,34 @@ static void test_damaged_quantized_files(void **unused)
     free(qfile);
 }
 
+/* weights too large for an F16 scale: refused, not quantized into NaN */
+static void test_out_of_range_weights(void **unused)
+{
+    const char *path = random_model("huge.safetensors", 1, 32, 1, 8, 16);
+    size_t len;
+    uint8_t *buf = tu_read_file(path, &len);
+    uint64_t hlen;
+    memcpy(&hlen, buf, 8);
+    cJSON *r = cJSON_ParseWithLength((const char *)buf + 8, (size_t)hlen);
+    const size_t at = 8 + (size_t)hlen + (size_t)cJSON_GetArrayItem(
+        cJSON_GetObjectItemCaseSensitive(cJSON_GetObjectItemCaseSensitive(r, "decoder"), "data_offsets"), 0)->valuedouble;
+    cJSON_Delete(r);
+    const float huge = 1e7f;
+    memcpy(buf + at + 4 * 3, &huge, 4);
+    assert_int_equal(tu_write_file(path, buf, len), 0);
+    free(buf);
+    bdh_model_params p = bdh_model_default_params();
+    p.weight_type = BDH_WEIGHTS_Q8_0;
+    bdh_model *m = (bdh_model *)0x1;
+    assert_int_equal(bdh_model_load(path, &p, &m), BDH_ERR_UNSUPPORTED);
+    assert_null(m);
+    assert_non_null(strstr(bdh_last_error(), "tensor decoder has |value| 1e+07 at index 3, beyond what Q8_0 holds"));
+    assert_int_equal(bdh_model_quantize(path, tmp_path("huge.q8"), BDH_WEIGHTS_Q8_0), BDH_ERR_UNSUPPORTED);
+    p.weight_type = BDH_WEIGHTS_F32; /* fine as float32 */
+    assert_int_equal(bdh_model_load(path, &p, &m), BDH_OK);
+    bdh_model_free(m);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -331,6 +367,7 @@ int main(void)
         cmocka_unit_test(test_prequantized_is_bit_identical),
         cmocka_unit_test(test_threads_and_batches_bit_identical),
         cmocka_unit_test(test_damaged_quantized_files),
+        cmocka_unit_test(test_out_of_range_weights),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

@@ -165,3 +165,8 @@ def test_state_blobs_follow_the_weights(quantized):
         s = stored.new_state()
         s.step(5)
         deq.new_state().load(s.save())
+        with bdh.Model(TINY, weights="q8_0") as q8:  # the same int8 blocks: states move both ways
+            q8.new_state().load(s.save())
+            t = q8.new_state()
+            t.step(5)
+            stored.new_state().load(t.save())
