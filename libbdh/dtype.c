@@ -67,7 +67,11 @@ void bdh_q8_quantize_row(const float *x, size_t n, int8_t *q, uint16_t *scales)
 
 void bdh_q8_dequantize_row(const int8_t *q, const uint16_t *scales, size_t n, float *x)
 {
-    for (size_t i = 0; i < n; i++) x[i] = bdh_f16_to_f32(scales[i / BDH_Q8_BLOCK]) * (float)q[i];
+    for (size_t i0 = 0, b = 0; i0 < n; i0 += BDH_Q8_BLOCK, b++) {
+        const float d = bdh_f16_to_f32(scales[b]);
+        const size_t i1 = n - i0 < BDH_Q8_BLOCK ? n : i0 + BDH_Q8_BLOCK;
+        for (size_t i = i0; i < i1; i++) x[i] = d * (float)q[i];
+    }
 }
 
 void bdh_elem_round_f32(bdh_elem e, float *v, size_t n)
