@@ -184,7 +184,14 @@ expect_error 2 "--synapse 2,1,2: .*layer 2 is outside \[1, 2)" "$BDH" trace -m "
 expect_error 2 "--synapse 1,256,2: .*outside \[0, 256)" "$BDH" trace -m "$TINY" -p hi -o "$TMP/t.st" --synapse 1,256,2
 expect_error 1 "needs a byte-level model" "$BDH" trace -m "$ODD" -p hi -o "$TMP/t.st"
 expect_error 1 "cannot open '$TMP/nope.txt'" "$BDH" trace -m "$TINY" -f "$TMP/nope.txt" -o "$TMP/t.st"
-expect_error 1 "cannot create '$TMP/no/such/dir/t.st'" "$BDH" trace -m "$TINY" -p hi -o "$TMP/no/such/dir/t.st"
+expect_error 1 "cannot create a file beside '$TMP/no/such/dir/t.st'" "$BDH" trace -m "$TINY" -p hi -o "$TMP/no/such/dir/t.st"
+cp "$TINY" "$TMP/model-copy.st"
+expect_error 2 "-o '$TMP/model-copy.st' is one of the inputs" "$BDH" trace -m "$TMP/model-copy.st" -p hi -o "$TMP/model-copy.st"
+ln -sf "$TMP/model-copy.st" "$TMP/model-link.st"
+expect_error 2 "is one of the inputs" "$BDH" trace -m "$TMP/model-copy.st" -p hi -o "$TMP/model-link.st"
+printf 'some text' > "$TMP/in.txt"
+expect_error 2 "is one of the inputs" "$BDH" trace -m "$TINY" -f "$TMP/in.txt" -o "$TMP/in.txt"
+check "a refused -o leaves the model as it was" cmp -s "$TINY" "$TMP/model-copy.st"
 check "a failed trace writes no file" test ! -e "$TMP/t.st"
 
 head -c 200 tests/data/golden/README.md >"$TMP/text.txt"
@@ -197,6 +204,10 @@ done
 check "the header length is a multiple of 8" test $(( $(head -c 8 "$TMP/trace.st" | od -An -t u8 | tr -d ' ') % 8 )) -eq 0
 expect_ok "$BDH" trace -m "$LONG" -f "$TMP/text.txt" -o "$TMP/again.st" --synapse 1,5,700 --synapse 3,1023,2 --threads 1
 check "the same trace twice gives the same bytes" cmp -s "$TMP/trace.st" "$TMP/again.st"
+printf 'an older file' > "$TMP/over.st"
+expect_ok "$BDH" trace -m "$LONG" -f "$TMP/text.txt" -o "$TMP/over.st" --synapse 1,5,700 --synapse 3,1023,2 --threads 1
+check "a trace over an existing file replaces it whole" cmp -s "$TMP/trace.st" "$TMP/over.st"
+check "and leaves no temporary file beside it" test -z "$(ls "$TMP" | grep 'over.st.tmp')"
 expect_ok "$BDH" trace -m "$LONG" -f "$TMP/text.txt" -o "$TMP/plain.st" --threads 1
 check "without --synapse there are no synapse tensors" test -z "$(grep -a '"sigma"' "$TMP/plain.st")"
 head -c 60 "$TMP/text.txt" | tail -c 40 >"$TMP/cut.txt"

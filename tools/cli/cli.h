@@ -88,6 +88,9 @@ const char *weights_name(bdh_weight_type type);
  * after printing why. */
 char *read_all(const char *path, size_t *len);
 int file_exists(const char *path);
+/* a and b (either may be NULL) name one file: the same path, or the same
+ * file through another name */
+int same_file(const char *a, const char *b);
 /* The directory holding this executable ("" if unknown). */
 void exe_dir(char *buf, size_t cap);
 

@@ -10,6 +10,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 /* --------------------------------------------------------------- errors */
@@ -148,6 +149,14 @@ char *read_all(const char *path, size_t *len)
 }
 
 int file_exists(const char *path) { return access(path, R_OK) == 0; }
+
+int same_file(const char *a, const char *b)
+{
+    struct stat sa, sb;
+    if (!a || !b) return 0;
+    if (strcmp(a, b) == 0) return 1;
+    return stat(a, &sa) == 0 && stat(b, &sb) == 0 && sa.st_dev == sb.st_dev && sa.st_ino == sb.st_ino;
+}
 
 void exe_dir(char *buf, size_t cap)
 {

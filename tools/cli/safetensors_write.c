@@ -10,6 +10,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 /* {"__metadata__":{"k":"v",...},"name":{"dtype":"D","shape":[..],
  * "data_offsets":[a,b]},...} with no spaces, then spaces up to a multiple
@@ -50,9 +52,17 @@ int write_safetensors(const char *path, const char *const *meta, int n_meta, con
         err("out of memory");
         return EXIT_RUNTIME;
     }
-    FILE *f = fopen(path, "wb");
+    /* written beside the target and renamed into place: a failed write
+     * (a full disk) leaves any file already at `path` as it was */
+    char tmp[4200];
+    const int fd = snprintf(tmp, sizeof tmp, "%s.tmp-XXXXXX", path) < (int)sizeof tmp ? mkstemp(tmp) : -1;
+    FILE *f = fd >= 0 ? fdopen(fd, "wb") : NULL;
     if (!f) {
-        err("cannot create '%s': %s", path, strerror(errno));
+        err("cannot create a file beside '%s': %s", path, strerror(errno));
+        if (fd >= 0) {
+            close(fd);
+            unlink(tmp);
+        }
         free(h);
         return EXIT_RUNTIME;
     }
@@ -61,10 +71,12 @@ int write_safetensors(const char *path, const char *const *meta, int n_meta, con
     int bad = fwrite(len, 1, 8, f) != 8 || fwrite(h, 1, n_header, f) != n_header;
     for (int k = 0; k < n && !bad; k++) /* the data: host order, little-endian like the library */
         bad = t[k].bytes && fwrite(t[k].data, 1, t[k].bytes, f) != t[k].bytes;
+    if (fflush(f) != 0 || fsync(fileno(f)) != 0 || fchmod(fileno(f), 0644) != 0) bad = 1;
     if (fclose(f) != 0) bad = 1;
     free(h);
-    if (bad) {
-        err("cannot write '%s': %s", path, strerror(errno));
+    if (bad || rename(tmp, path) != 0) {
+        err("cannot write '%s': %s (nothing was replaced)", path, strerror(errno));
+        unlink(tmp);
         return EXIT_RUNTIME;
     }
     return 0;

@@ -131,6 +131,8 @@ static int trace_parse(int argc, char **argv, trace_opts *o)
     if (!o->file && !o->text) return usage_fail(U, "trace needs a text (-f TEXT or -p TEXT)");
     if (o->file && o->text) return usage_fail(U, "give the text with -f or -p, not both");
     if (!o->output) return usage_fail(U, "trace needs an output file (-o OUT.safetensors)");
+    if (same_file(o->output, o->model) || same_file(o->output, o->file))
+        return usage_fail(U, "-o '%s' is one of the inputs; it would be overwritten", o->output);
     return 0;
 }
 
