@@ -5,12 +5,26 @@
 
 static _Thread_local char last_error[512];
 
+/* Messages quote file contents (names, metadata values); control bytes in
+ * them are written as \xNN, so a message is safe to print on a terminal. */
+static void escape_controls(const char *in, char *out, size_t cap)
+{
+    size_t o = 0;
+    for (const unsigned char *p = (const unsigned char *)in; *p && o + 5 < cap; p++) {
+        if (*p < 0x20 || *p == 0x7f) o += (size_t)snprintf(out + o, cap - o, "\\x%02x", *p);
+        else out[o++] = (char)*p;
+    }
+    out[o] = '\0';
+}
+
 bdh_status bdh_fail(bdh_status status, const char *fmt, ...)
 {
+    char raw[sizeof last_error];
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(last_error, sizeof last_error, fmt, ap);
+    vsnprintf(raw, sizeof raw, fmt, ap);
     va_end(ap);
+    escape_controls(raw, last_error, sizeof last_error);
     return status;
 }
 

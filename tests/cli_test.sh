@@ -71,7 +71,13 @@ expect_error 2 "unexpected argument 'extra'" "$BDH" generate -m "$TINY" -p hi ex
 check "bdh without a command exits 2 with usage" test $? -eq 2 -a -s "$TMP/err"
 
 # --- runtime errors: exit 1
-expect_error 1 "cannot load model '$TMP/missing.safetensors'" "$BDH" generate -m "$TMP/missing.safetensors" -p hi
+expect_error 1 "cannot load model: cannot open '$TMP/missing.safetensors'" "$BDH" generate -m "$TMP/missing.safetensors" -p hi
+check "the path is named once" test "$(grep -o "$TMP/missing.safetensors" "$TMP/err" | wc -l)" -eq 1
+expect_error 1 "is not a safetensors file" "$BDH" info tests/data/golden/README.md
+expect_error 2 "--threads needs a count from 0 (all cores) to 4096, not '100000'" "$BDH" generate -p hi --threads 100000
+expect_error 2 "--threads needs a count from 0 (all cores) to 4096" "$BDH" perplexity -m "$TINY" -f "$TINY" --threads 100000
+"$BDH" perplexity --help > "$TMP/help" 2>&1
+check "perplexity --help prints 10%, not 10%%" grep -q "last 10%," "$TMP/help"
 expect_error 1 "needs a byte-level model (vocab_size 256); this one has 97" "$BDH" generate -m "$ODD" -p hi
 expect_error 1 "needs a byte-level model" "$BDH" perplexity -m "$ODD" -f "$TINY"
 expect_error 1 "cannot open '$TMP/nope.txt'" "$BDH" generate -m "$TINY" -f "$TMP/nope.txt"

@@ -205,6 +205,15 @@ static void expect_poisoned(const char *name, size_t index, float v, const char 
     free(buf);
 }
 
+/* File contents quoted in a message have their control bytes escaped. */
+static void meta_escape(cJSON *r) { set_meta(r, "n_layer", "\x1b[31mred\x07"); }
+
+static void test_messages_escape_control_bytes(void **unused)
+{
+    expect_edit("escape", meta_escape, BDH_ERR_CONFIG, "\"\\x1b[31mred\\x07\" is not an integer");
+    for (const char *p = bdh_last_error(); *p; p++) assert_true((unsigned char)*p >= 0x20 && *p != 0x7f);
+}
+
 static void test_non_finite_weights(void **unused)
 {
     expect_poisoned("attn.freqs", 3, NAN, "tensor attn.freqs has a non-finite value (NaN) at index 3");
@@ -325,7 +334,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_raw_damage),
         cmocka_unit_test(test_not_weight_files),       cmocka_unit_test(test_non_finite_weights),
-        cmocka_unit_test(test_file_changing_under_the_loader),       cmocka_unit_test(test_format_errors),
+        cmocka_unit_test(test_file_changing_under_the_loader), cmocka_unit_test(test_messages_escape_control_bytes),       cmocka_unit_test(test_format_errors),
         cmocka_unit_test(test_config_errors),    cmocka_unit_test(test_paths_and_params),
         cmocka_unit_test(test_original_loads),
     };

@@ -89,7 +89,7 @@ int parse_text_option(const char *U, int c, text_span *t)
     if (c == OPT_LENGTH && parse_long(optarg, 1, LONG_MAX, &t->length))
         return usage_fail(U, "--length needs bytes >= 1, not '%s'", optarg);
     if (c == OPT_THREADS && parse_long(optarg, 0, 4096, &t->threads))
-        return usage_fail(U, "--threads needs a count >= 0, not '%s'", optarg);
+        return usage_fail(U, "--threads needs a count from 0 (all cores) to 4096, not '%s'", optarg);
     return 0;
 }
 
@@ -198,7 +198,7 @@ int load_model(const char *path, int threads, bdh_weight_type weights, bdh_model
     mp.weight_type = weights;
     bdh_status rc = bdh_model_load(path, &mp, out);
     if (rc != BDH_OK) {
-        err("cannot load model '%s': %s", path, bdh_last_error());
+        err("cannot load model: %s", bdh_last_error()); /* the message names the file */
         return EXIT_RUNTIME;
     }
     return 0;

@@ -86,7 +86,7 @@ static int generate_opt(gen_opts *o, int c, const char *arg)
         if (parse_long(arg, 0, INT32_MAX, &o->n_tokens)) return usage_fail(U, "-n needs a count >= 0, not '%s'", arg);
         return 0;
     case OPT_THREADS:
-        if (parse_long(arg, 0, 4096, &o->threads)) return usage_fail(U, "--threads needs a count >= 0, not '%s'", arg);
+        if (parse_long(arg, 0, 4096, &o->threads)) return usage_fail(U, "--threads needs a count from 0 (all cores) to 4096, not '%s'", arg);
         return 0;
     case OPT_WEIGHTS: return parse_weights(U, arg, &o->weights);
     case OPT_TOPK:

@@ -31,7 +31,7 @@ static void perplexity_help(FILE *out)
           "                      or as stored in the file (stored)\n"
           "  -h, --help          this help\n"
           "\n"
-          "The validation split of tiny Shakespeare (its last 10%%, from byte\n"
+          "The validation split of tiny Shakespeare (its last 10%, from byte\n"
           "int(0.9 * 1115394) = 1003854), in the 256-byte windows the shipped model\n"
           "was trained on:\n"
           "  bdh perplexity -f models/tinyshakespeare.txt --offset 1003854 --window 256\n",
