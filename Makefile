@@ -57,6 +57,10 @@ LIB_OBJ  := $(LIB_SRC:libbdh/%.c=$(BUILD)/obj/%.o) $(CU_OBJ)
 
 CLI_SRC  := $(wildcard tools/cli/*.c)
 TEST_SRC := $(wildcard tests/test_*.c)
+# test_faults replaces malloc, which the sanitizers own
+ifneq ($(SANITIZE),)
+TEST_SRC := $(filter-out tests/test_faults.c,$(TEST_SRC))
+endif
 TESTS    := $(TEST_SRC:tests/%.c=$(BUILD)/tests/%)
 # the programs link to the shared library; rpath makes them run from the tree
 RUN_LDFLAGS := -L$(BUILD) -Wl,-rpath,'$$ORIGIN/..' -Wl,-rpath,'$$ORIGIN' -lbdh

@@ -149,26 +149,39 @@ typedef struct out_tensor {
 
 /* The JSON header: metadata, then each tensor with its offsets; padded with
  * spaces to a multiple of 8 bytes (as the safetensors library writes it). */
+/* cJSON's adders fail quietly when out of memory: each one is checked, so a
+ * header is whole or not written at all. */
+static bool add_array(cJSON *obj, const char *name, const double *v, int n)
+{
+    cJSON *a = cJSON_CreateDoubleArray(v, n);
+    if (a && cJSON_AddItemToObject(obj, name, a)) return true;
+    cJSON_Delete(a);
+    return false;
+}
+
 static char *header_json(const bdh_safetensors *in, const out_tensor *t, int n, uint64_t fingerprint, size_t *len)
 {
     cJSON *root = cJSON_CreateObject(), *meta = cJSON_AddObjectToObject(root, "__metadata__");
-    for (int i = 0; i < in->n_meta; i++)
+    bool ok = meta != NULL;
+    for (int i = 0; ok && i < in->n_meta; i++)
         if (strncmp(in->meta_keys[i], "q8_0", 4) != 0 && strcmp(in->meta_keys[i], "quantization") != 0)
-            cJSON_AddStringToObject(meta, in->meta_keys[i], in->meta_values[i]);
-    cJSON_AddStringToObject(meta, "quantization", "q8_0");
-    cJSON_AddStringToObject(meta, "q8_0_block", "32");
+            ok = cJSON_AddStringToObject(meta, in->meta_keys[i], in->meta_values[i]) != NULL;
     char fp[24];
     snprintf(fp, sizeof fp, "%016llx", (unsigned long long)fingerprint);
-    cJSON_AddStringToObject(meta, "q8_0_fingerprint", fp);
+    ok = ok && cJSON_AddStringToObject(meta, "quantization", "q8_0") && cJSON_AddStringToObject(meta, "q8_0_block", "32") &&
+         cJSON_AddStringToObject(meta, "q8_0_fingerprint", fp);
     size_t off = 0;
-    for (int i = 0; i < n; i++) {
+    for (int i = 0; ok && i < n; i++) {
         cJSON *e = cJSON_AddObjectToObject(root, t[i].name);
-        cJSON_AddStringToObject(e, "dtype", bdh_elem_name(t[i].dtype));
         double dims[BDH_MAX_DIMS], offs[2] = {(double)off, (double)(off + t[i].nbytes)};
         for (int d = 0; d < t[i].n_dims; d++) dims[d] = (double)t[i].shape[d];
-        cJSON_AddItemToObject(e, "shape", cJSON_CreateDoubleArray(dims, t[i].n_dims));
-        cJSON_AddItemToObject(e, "data_offsets", cJSON_CreateDoubleArray(offs, 2));
+        ok = e && cJSON_AddStringToObject(e, "dtype", bdh_elem_name(t[i].dtype)) && add_array(e, "shape", dims, t[i].n_dims) &&
+             add_array(e, "data_offsets", offs, 2);
         off += t[i].nbytes;
+    }
+    if (!ok) {
+        cJSON_Delete(root);
+        return NULL;
     }
     char *json = cJSON_PrintUnformatted(root);
     cJSON_Delete(root);

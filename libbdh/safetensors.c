@@ -10,6 +10,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <math.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
@@ -120,9 +121,32 @@ static bdh_status check_no_overlap(bdh_safetensors *st)
     return rc;
 }
 
+/* cJSON says only NULL when parsing fails: its allocations go through this
+ * hook so that running out of memory is not reported as a malformed file.
+ * (The hooks are cJSON's process-wide ones; they call malloc and free as
+ * cJSON's defaults do.) */
+static _Thread_local bool json_out_of_memory;
+
+static void *json_malloc(size_t n)
+{
+    void *p = malloc(n);
+    if (!p) json_out_of_memory = true;
+    return p;
+}
+
+static pthread_once_t json_hooks_once = PTHREAD_ONCE_INIT;
+static void install_json_hooks(void)
+{
+    cJSON_Hooks hooks = {json_malloc, free};
+    cJSON_InitHooks(&hooks);
+}
+
 static bdh_status parse_header(const char *json, size_t len, const uint8_t *data, uint64_t data_size, bdh_safetensors *st)
 {
+    pthread_once(&json_hooks_once, install_json_hooks);
+    json_out_of_memory = false;
     cJSON *root = cJSON_ParseWithLength(json, len);
+    if (!root && json_out_of_memory) return bdh_fail(BDH_ERR_OUT_OF_MEMORY, "safetensors: out of memory parsing the header");
     if (!root) return bdh_fail(BDH_ERR_FORMAT, "safetensors: header is not valid JSON");
     bdh_status rc = BDH_OK;
     if (!cJSON_IsObject(root)) {
@@ -234,7 +258,8 @@ void bdh_safetensors_close(bdh_safetensors *st)
     free(st->tensors);
     for (int i = 0; i < st->n_meta; i++) { free(st->meta_keys[i]); free(st->meta_values[i]); }
     /* entries past n_meta may hold a half-built pair */
-    if (st->meta_keys) { free(st->meta_keys[st->n_meta]); free(st->meta_values[st->n_meta]); }
+    if (st->meta_keys) free(st->meta_keys[st->n_meta]);
+    if (st->meta_values) free(st->meta_values[st->n_meta]); /* either array may be missing (out of memory) */
     free(st->meta_keys);
     free(st->meta_values);
     if (st->map) munmap(st->map, st->map_size);

@@ -16,9 +16,15 @@
 
 #define SPIN_ROUNDS 20000
 
+typedef struct worker_arg {
+    struct bdh_pool *pool;
+    int tid;
+} worker_arg;
+
 struct bdh_pool {
     int n_threads;
     pthread_t *threads;
+    worker_arg *args;          /* [n] what each worker is started with */
     atomic_bool busy;          /* a caller owns the pool */
     atomic_uint generation;    /* bumped to start a job */
     atomic_int pending;        /* workers still running the job */
@@ -29,10 +35,6 @@ struct bdh_pool {
     pthread_cond_t wake, done;
 };
 
-typedef struct worker_arg {
-    bdh_pool *pool;
-    int tid;
-} worker_arg;
 
 /* Wait until generation moves past seen; false when the pool is stopping. */
 static bool wait_for_job(bdh_pool *p, unsigned seen)
@@ -50,8 +52,7 @@ static bool wait_for_job(bdh_pool *p, unsigned seen)
 
 static void *worker(void *arg)
 {
-    worker_arg a = *(worker_arg *)arg;
-    free(arg);
+    const worker_arg a = *(const worker_arg *)arg; /* owned by the pool */
     bdh_pool *p = a.pool;
     unsigned seen = 0;
     while (wait_for_job(p, seen)) {
@@ -78,6 +79,7 @@ void bdh_pool_free(bdh_pool *p)
     pthread_cond_destroy(&p->wake);
     pthread_cond_destroy(&p->done);
     free(p->threads);
+    free(p->args);
     free(p);
 }
 
@@ -85,7 +87,15 @@ bdh_status bdh_pool_new(int n_threads, bdh_pool **out)
 {
     *out = NULL;
     bdh_pool *p = calloc(1, sizeof *p);
-    if (!p || !(p->threads = calloc((size_t)n_threads, sizeof(pthread_t)))) {
+    if (p) {
+        p->threads = calloc((size_t)n_threads, sizeof(pthread_t));
+        p->args = calloc((size_t)n_threads, sizeof(worker_arg));
+    }
+    if (!p || !p->threads || !p->args) {
+        if (p) {
+            free(p->threads);
+            free(p->args);
+        }
         free(p);
         return bdh_fail(BDH_ERR_OUT_OF_MEMORY, "out of memory creating the thread pool");
     }
@@ -93,14 +103,10 @@ bdh_status bdh_pool_new(int n_threads, bdh_pool **out)
     pthread_cond_init(&p->wake, NULL);
     pthread_cond_init(&p->done, NULL);
     p->n_threads = 1;
+    /* fewer workers when a thread cannot be created: slower, not wrong */
     for (int i = 1; i < n_threads; i++) {
-        worker_arg *a = malloc(sizeof *a);
-        if (!a) break;
-        *a = (worker_arg){p, i};
-        if (pthread_create(&p->threads[i], NULL, worker, a) != 0) {
-            free(a);
-            break;
-        }
+        p->args[i] = (worker_arg){p, i};
+        if (pthread_create(&p->threads[i], NULL, worker, &p->args[i]) != 0) break;
         p->n_threads++;
     }
     *out = p;
