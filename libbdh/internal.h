@@ -189,6 +189,9 @@ struct bdh_state {
 };
 
 BDH_INTERNAL bdh_status bdh_check_token(const bdh_model *m, int32_t token);
+/* step.c: n tokens through the backend's step_batch, one at a time (logits
+ * as for prefill) */
+BDH_INTERNAL bdh_status bdh_prefill_by_steps(bdh_state *s, const int32_t *tokens, size_t n, float *logits, bool all_rows);
 
 /* ------------------------------------------------------------ backend.c */
 

@@ -40,7 +40,7 @@ static bdh_status check_tokens(const char *fn, const bdh_state *state, const int
 
 /* Token by token: an observed state sees every token through the step path,
  * and a backend without a prefill of its own is stepped. */
-static bdh_status prefill_by_steps(bdh_state *state, const int32_t *tokens, size_t n, float *logits, bool all_rows)
+bdh_status bdh_prefill_by_steps(bdh_state *state, const int32_t *tokens, size_t n, float *logits, bool all_rows)
 {
     const size_t V = (size_t)state->model->cfg.vocab_size;
     for (size_t i = 0; i < n; i++) {
@@ -54,7 +54,7 @@ static bdh_status prefill_by_steps(bdh_state *state, const int32_t *tokens, size
 static bdh_status prefill(bdh_state *state, const int32_t *tokens, size_t n, float *logits, bool all_rows)
 {
     const bdh_backend *b = state->model->backend;
-    if (bdh_observing(state) || !b->prefill) return prefill_by_steps(state, tokens, n, logits, all_rows);
+    if (bdh_observing(state) || !b->prefill) return bdh_prefill_by_steps(state, tokens, n, logits, all_rows);
     return b->prefill(state, tokens, n, logits, all_rows);
 }
 

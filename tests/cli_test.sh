@@ -347,6 +347,18 @@ BDH_PYTHON="$TMP/no-python" "$BDH" trace -m "$TINY" -p hello -o "$TMP/png.st" --
 check "--png without Python exits 1" test $? -eq 1
 check "--png without Python says so" grep -q "^bdh: --png: cannot run '$TMP/no-python'" "$TMP/err"
 check "--png without Python still writes the trace" test -s "$TMP/png.st"
+# A small address space (ulimit -v): OpenBLAS's threads used to retry their
+# 128 MiB buffers for ever. The tool must finish, with the same text.
+if ldd "$BDH" 2>/dev/null | grep -q libasan; then
+    echo "cli: ulimit -v not checked: $BDH is a sanitizer build (ASan reserves terabytes of address space)"
+else
+    "$BDH" generate -m "$TINY" -p "To be" -n 20 --temperature 0 --threads 1 >"$TMP/free.txt" 2>&1
+    for limit in 60000 120000 300000; do
+        (ulimit -v $limit; timeout 60 "$BDH" generate -m "$TINY" -p "To be" -n 20 --temperature 0 --threads 1) >"$TMP/limited.txt" 2>&1
+        check "ulimit -v $limit: finishes with the same text" cmp -s "$TMP/free.txt" "$TMP/limited.txt"
+    done
+fi
+
 if ldd "$BDH" 2>/dev/null | grep -q libasan; then
     # Python cannot load the AddressSanitizer build of libbdh next to this bdh
     echo "cli: --png with Python not checked: $BDH is a sanitizer build"

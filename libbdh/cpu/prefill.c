@@ -13,6 +13,7 @@
 #include "cpu.h"
 
 #include <cblas.h>
+#include <sys/mman.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -131,8 +132,28 @@ static void chunk_forward(bdh_state *s, prefill_work *w, const int32_t *tokens, 
     s->position += T;
 }
 
+/* OpenBLAS takes a work buffer per BLAS thread at a GEMM (128 MiB each in
+ * Debian 12's 0.3.21, seen in a debugger) and, when that allocation fails,
+ * retries for ever: a process near its address-space limit (ulimit -v) hung
+ * in the prefill's first GEMM. So look first: when that much address space
+ * cannot be had now, the prefill steps token by token (no BLAS; the same
+ * results up to rounding). A reservation of address space only, at once
+ * released: it costs a few microseconds per prefill. */
+#define BLAS_BUFFER_BYTES ((size_t)128 << 20)
+extern int openblas_get_num_threads(void);
+
+static bool blas_can_work(void)
+{
+    const size_t n = BLAS_BUFFER_BYTES * (size_t)(openblas_get_num_threads() + 1);
+    void *p = mmap(NULL, n, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    if (p == MAP_FAILED) return false;
+    munmap(p, n);
+    return true;
+}
+
 bdh_status bdh_cpu_prefill(bdh_state *s, const int32_t *tokens, size_t n, float *logits, bool all_rows)
 {
+    if (!blas_can_work()) return bdh_prefill_by_steps(s, tokens, n, logits, all_rows);
     const bdh_config *c = &s->model->cfg;
     prefill_work w;
     const int C = n < BDH_PREFILL_CHUNK ? (int)n : BDH_PREFILL_CHUNK;

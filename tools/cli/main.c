@@ -12,7 +12,9 @@
 
 #include <getopt.h>
 #include <stdio.h>
+#include <stdbool.h>
 #include <stdlib.h>
+#include <sys/resource.h>
 #include <string.h>
 #include <unistd.h>
 
@@ -35,12 +37,34 @@ static void main_help(FILE *out)
 /* OpenBLAS chose its kernels when it loaded; if it fell back to generic
  * code on a CPU it does not know, run again once with better ones (the
  * prefill GEMMs are several times faster: see libbdh/system.c). */
+/* OpenBLAS's worker threads each take a 128 MiB buffer when they start
+ * and retry for ever if the address space is short: under `ulimit -v` the
+ * tool hung (in the prefill, or at exit joining them). Below this limit,
+ * OpenBLAS runs on one thread (and libbdh's prefill steps when even that
+ * thread's buffer cannot be had). */
+#define BLAS_THREADS_NEED_AS ((rlim_t)4 << 30)
+
+static bool address_space_is_short(void)
+{
+    struct rlimit r;
+    return getrlimit(RLIMIT_AS, &r) == 0 && r.rlim_cur != RLIM_INFINITY && r.rlim_cur < BLAS_THREADS_NEED_AS;
+}
+
+/* OpenBLAS reads its settings when it loads: fix them in the environment
+ * and start again, once. */
 static void retry_with_better_blas(char **argv)
 {
     const char *core = bdh_blas_suggested_core();
-    if (!core || getenv("OPENBLAS_CORETYPE")) return;
-    setenv("OPENBLAS_CORETYPE", core, 1);
-    execv("/proc/self/exe", argv); /* returns only on failure: carry on as we are */
+    bool again = false;
+    if (core && !getenv("OPENBLAS_CORETYPE")) {
+        setenv("OPENBLAS_CORETYPE", core, 1);
+        again = true;
+    }
+    if (address_space_is_short() && !getenv("OPENBLAS_NUM_THREADS")) {
+        setenv("OPENBLAS_NUM_THREADS", "1", 1);
+        again = true;
+    }
+    if (again) execv("/proc/self/exe", argv); /* returns only on failure: carry on as we are */
 }
 
 static const struct command {
