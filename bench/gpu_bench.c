@@ -6,13 +6,17 @@
  * the default-size
  * model (L=6, D=256, H=4, N=8192, V=256, 25.3M parameters) with random
  * normal weights of std 0.02 (about half the neurons active per token, where
- * a trained model has about 5%). For float32 and bfloat16 weights it measures:
+ * a trained model has about 5%). For float32, bfloat16 and Q8_0 weights
+ * (keys f32.*, bf16.*, q8.*) it measures:
  *   - batch-1 decode: ms per token (bdh_step with logits, median of runs),
- *     the bytes the step touches (weights read, state rows read and written,
- *     from the backend's own counts of active neurons) and the GB/s that makes;
+ *     its ratio to float32's (decode_vs_f32), the bytes the step touches
+ *     (weights read, state rows read and written, from the backend's own
+ *     counts of active neurons; Q8_0: 1 + 2/32 bytes per quantized weight,
+ *     embed and lm_head float32) and the GB/s that makes;
  *   - the aggregate tokens/s of bdh_step_batch over B states (default 64);
  *   - prefill tokens/s (bdh_prefill of 1024 tokens);
- *   - for float32, the GPU logits against the CPU path's on the same tokens.
+ *   - for float32 and Q8_0, the GPU logits against the CPU path's with the
+ *     same weight type on the same tokens.
  * and the device-to-device copy bandwidth (bytes read + written) as the
  * achievable ceiling. Results go to stdout and DIR/gpu_bench.txt as
  * key=value lines; DIR/gpu_bench_logits.bin holds the first steps' tokens and
@@ -211,7 +215,8 @@ static int32_t *random_tokens(int n, int V)
     return t;
 }
 
-static void bench_decode(const opts *o, bdh_model *m, const char *tag, const int32_t *tokens, int n_tok)
+/* ms per token of batch-1 decode (the median run). */
+static double bench_decode(const opts *o, bdh_model *m, const char *tag, const int32_t *tokens, int n_tok)
 {
     bdh_config c;
     CHECK(bdh_model_config(m, &c));
@@ -235,9 +240,16 @@ static void bench_decode(const opts *o, bdh_model *m, const char *tag, const int
     const double steps = (double)done;
     const double pairs = st[1] / steps, neurons = st[2] / steps, gated = st[3] / steps; /* per token, all layers */
     const double HN = (double)c.n_head * c.n_neurons, LHN = HN * c.n_layer;
-    const double ws = bdh_cuda_debug_weight_type(m) == 1 ? 2.0 : 4.0;
+    const int wtype = bdh_cuda_debug_weight_type(m);
+    /* bytes per weight: Q8_0 is one int8 value plus an F16 scale per 32 */
+    const double ws = wtype == 1 ? 2.0 : wtype == 2 ? 1.0 + 2.0 / 32 : 4.0;
     /* bytes the step must move (traffic.h, the model bench.c uses too) */
-    const bench_traffic b = bench_traffic_counts(&c, ws, neurons, pairs, gated);
+    bench_traffic b = bench_traffic_counts(&c, ws, neurons, pairs, gated);
+    if (wtype == 2) { /* lm_head and the embedding row stay float32 beside Q8_0 */
+        const double misc = (double)c.n_embd * c.vocab_size * 4.0 + c.n_embd * 4.0;
+        b.total += misc - b.misc;
+        b.misc = misc;
+    }
     char k[64];
     emit(KEY("decode_ms"), "%.4f", sec * 1e3);
     emit(KEY("decode_tok_s"), "%.1f", 1.0 / sec);
@@ -270,6 +282,7 @@ static void bench_decode(const opts *o, bdh_model *m, const char *tag, const int
     }
     bdh_state_free(s);
     free(logits);
+    return sec * 1e3;
 }
 
 static void bench_batch(const opts *o, bdh_model *m, const char *tag, const int32_t *tokens, int n_tok)
@@ -320,13 +333,14 @@ static void bench_prefill(const opts *o, bdh_model *m, const char *tag, const in
     (void)o;
 }
 
-/* GPU vs CPU on the same tokens; the GPU rows go to the logits file. */
-static void parity(const opts *o, bdh_model *gpu, const int32_t *tokens)
+/* GPU vs CPU with the same weight type on the same tokens; float32's GPU
+ * rows go to the logits file. */
+static void parity(const opts *o, bdh_model *gpu, const int32_t *tokens, const char *tag, bdh_weight_type wt)
 {
     bdh_config c;
     CHECK(bdh_model_config(gpu, &c));
     const int V = c.vocab_size, n = 8;
-    bdh_model *cpu = load(o->model, BDH_DEVICE_CPU, BDH_WEIGHTS_F32);
+    bdh_model *cpu = load(o->model, BDH_DEVICE_CPU, wt);
     bdh_state *sg, *sc;
     CHECK(bdh_state_new(gpu, &sg));
     CHECK(bdh_state_new(cpu, &sc));
@@ -343,10 +357,11 @@ static void parity(const opts *o, bdh_model *gpu, const int32_t *tokens)
         }
         if (diff / scale > worst || diff != diff) worst = diff / scale;
     }
-    emit("f32.cpu_parity_rel_err", "%.3g", worst);
+    char k[64];
+    emit(KEY("cpu_parity_rel_err"), "%.3g", worst);
     char path[1024];
     snprintf(path, sizeof path, "%s/gpu_bench_logits.bin", o->out);
-    FILE *f = fopen(path, "wb");
+    FILE *f = wt == BDH_WEIGHTS_F32 ? fopen(path, "wb") : NULL;
     if (f) { /* int32 n, int32 V, int32 tokens[n], float32 logits[n][V] */
         const int32_t hdr[2] = {n, V};
         fwrite(hdr, 4, 2, f);
@@ -417,14 +432,19 @@ int main(int argc, char **argv)
     const int n_tok = 4096;
     int32_t *tokens = random_tokens(n_tok, c.vocab_size);
 
-    const struct { const char *tag; bdh_weight_type wt; } kinds[2] = {{"f32", BDH_WEIGHTS_F32}, {"bf16", BDH_WEIGHTS_BF16}};
-    for (int k = 0; k < 2; k++) {
+    const struct { const char *tag; bdh_weight_type wt; } kinds[3] = {
+        {"f32", BDH_WEIGHTS_F32}, {"bf16", BDH_WEIGHTS_BF16}, {"q8", BDH_WEIGHTS_Q8_0}};
+    double f32_ms = 0.0;
+    for (int k = 0; k < 3; k++) {
         if (k > 0) m = load(o.model, BDH_DEVICE_CUDA, kinds[k].wt);
         char key[64];
         snprintf(key, sizeof key, "%s.weight_bytes", kinds[k].tag);
         emit(key, "%zu", bdh_cuda_debug_weight_bytes(m));
-        if (k == 0) parity(&o, m, tokens);
-        bench_decode(&o, m, kinds[k].tag, tokens, n_tok);
+        if (kinds[k].wt != BDH_WEIGHTS_BF16) parity(&o, m, tokens, kinds[k].tag, kinds[k].wt);
+        const double ms = bench_decode(&o, m, kinds[k].tag, tokens, n_tok);
+        if (k == 0) f32_ms = ms;
+        snprintf(key, sizeof key, "%s.decode_vs_f32", kinds[k].tag);
+        if (k > 0 && f32_ms > 0) emit(key, "%.3f", ms / f32_ms); /* < 1: faster than float32 */
         bench_batch(&o, m, kinds[k].tag, tokens, n_tok);
         bench_prefill(&o, m, kinds[k].tag, tokens, n_tok);
         bdh_model_free(m);

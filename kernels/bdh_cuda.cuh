@@ -14,15 +14,18 @@
  *   cuda_forward.cu  the single-token step (CUDA graph), prefill, the batched
  *                    step (bdh_cuda_forward_*), the bench's profiler
  *   kernels_step.cu  the decode kernels (embedding, encoder GEMV, compaction,
- *                    state read/update, LN of a, encoder_v gate, decoder, LNs)
- *   kernels_gemm.cu  tiled GEMM with F32/BF16 weights, and the prefill-only
- *                    kernels (RoPE of a chunk, masked intra-chunk term, row LN)
+ *                    state read/update, LN of a, encoder_v gate, decoder, LNs),
+ *                    and their Q8_0 versions (encoder row dots, gate, decoder)
+ *   kernels_gemm.cu  tiled GEMM with F32/BF16/Q8_0 weights, and the
+ *                    prefill-only kernels (RoPE of a chunk, masked intra-chunk
+ *                    term, row LN)
  */
 #ifndef BDH_CUDA_CUH
 #define BDH_CUDA_CUH
 
 #include <cublas_v2.h>
 #include <cuda_bf16.h>
+#include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
 #include <stddef.h>
@@ -33,8 +36,9 @@
 
 /* ------------------------------------------------------------ constants */
 
-/* Device weights are BDH_ELEM_F32 or BDH_ELEM_BF16 (dtype.h); prefill
- * chunks are BDH_PREFILL_CHUNK tokens (internal.h). */
+/* Device weights are BDH_ELEM_F32, BDH_ELEM_BF16 or BDH_ELEM_Q8_0 (dtype.h;
+ * Q8_0: encoder, encoder_v and decoder only, embed and lm_head float32);
+ * prefill chunks are BDH_PREFILL_CHUNK tokens (internal.h). */
 
 /* Decode-step grid shapes (blocks per head). They only split work; any
  * value gives the same result up to float summation order. */
@@ -49,19 +53,33 @@
 
 typedef struct cuda_model {
     int device;
-    bdh_elem wtype;     /* BDH_ELEM_F32 or BDH_ELEM_BF16 */
+    bdh_elem wtype;     /* BDH_ELEM_F32, BDH_ELEM_BF16 or BDH_ELEM_Q8_0 */
     int L, D, H, N, V;
+    int Dp, nb;         /* Q8_0: a neuron row's bytes (D rounded up to a block, zero-padded) and blocks */
     int n_sm;
     int dense;          /* BDH_CUDA_DENSE=1: no compaction (every pair listed) */
     int use_graph;      /* BDH_CUDA_GRAPH=0 turns graph capture off */
     int pdl;            /* BDH_CUDA_PDL=0 turns programmatic dependent launch off */
-    void *embed;        /* [V][D] */
-    void *enc;          /* [H][D][N]  as in the file: x @ encoder reads rows d, coalesced in j */
-    void *evT;          /* [H][N][D]  encoder_v transposed: row j is neuron j's weights */
-    void *dec;          /* [H*N][D]   as in the file: row j is neuron j's output */
-    void *lm;           /* [D][V] */
+    void *embed;        /* [V][D] (Q8_0: float32) */
+    void *enc;          /* [H][D][N]  as in the file: x @ encoder reads rows d, coalesced in j
+                           (Q8_0: int8 [H][N][Dp], neuron rows, like evT) */
+    void *evT;          /* [H][N][D]  encoder_v transposed: row j is neuron j's weights
+                           (Q8_0: int8 [H][N][Dp]) */
+    void *dec;          /* [H*N][D]   as in the file: row j is neuron j's output
+                           (Q8_0: int8 [H*N][Dp]) */
+    void *lm;           /* [D][V] (Q8_0: float32) */
+    uint16_t *enc_s;    /* Q8_0 only: F16 scales [H*N][nb] of enc's rows (block b: */
+    uint16_t *ev_s;     /*   row elements 32b..32b+31); NULL otherwise */
+    uint16_t *dec_s;
     float *freqs;       /* [N], float32 always (a copy of bdh_model.freqs) */
 } cuda_model;
+
+/* The type embed and lm_head are held in: the weight type, except float32
+ * beside Q8_0. */
+static inline bdh_elem cuda_small_type(const cuda_model *cm)
+{
+    return cm->wtype == BDH_ELEM_Q8_0 ? BDH_ELEM_F32 : cm->wtype;
+}
 
 /* Host block shared with the device (pinned, mapped): the step's inputs and
  * its logits. The graph reads token and position from here and writes the
@@ -114,6 +132,9 @@ typedef struct batch_host {
     float *sptr[BDH_BATCH_MAX];
 } batch_host;
 
+/* The batched step's buffers; with Q8_0 weights it runs the single step's
+ * kernels over the group (bit-identical to single steps), so a_part is
+ * [B][H][BDH_GX_STEP][D] and Ypart [H*BDH_RG_STEP][B][D] there. */
 typedef struct batch_buf {
     int splitk;
     float *X;           /* [B][D] */
@@ -233,6 +254,11 @@ __device__ __forceinline__ void pdl_begin()
 __device__ __forceinline__ float ldw(const float *p) { return __ldg(p); }
 __device__ __forceinline__ float ldw(const __nv_bfloat16 *p) { return __bfloat162float(*p); }
 
+/* Q8_0: a block's F16 scale, widened exactly (as bdh_f16_to_f32), and byte
+ * k of a word of int8 values as float (exact). */
+__device__ __forceinline__ float q8_scale(const uint16_t *p) { return __half2float(__ushort_as_half(__ldg(p))); }
+__device__ __forceinline__ float q8_byte(int w, int k) { return (float)(signed char)(w >> (8 * k)); }
+
 /* sin and cos of (float32(t) * f mod 1) * float32(2*pi), rounded step by step
  * exactly as the reference does in float32: the _rn intrinsics stop the
  * compiler from contracting the product into the subtraction (an FMA would
@@ -348,11 +374,13 @@ static inline cudaError_t bdh_launch(void (*kernel)(KArgs...), dim3 grid, dim3 b
 /* ------------------------------------------------------------ launch wrappers */
 
 /* kernels_step.cu. Each returns the launch's cudaGetLastError(); wt is the
- * device weight type (BDH_ELEM_BF16, else float32). */
+ * device weight type (BDH_ELEM_BF16, else float32; BDH_ELEM_Q8_0 is refused
+ * with cudaErrorInvalidValue: the bdh_k_q8_* wrappers take those weights). */
 cudaError_t bdh_k_embed_ln(bdh_elem wt, const void *embed, int D, const int *tokens, const long long *pos_src,
                            long long *pos_dst, float *X, int rows, cudaStream_t st);
-cudaError_t bdh_k_gemv(bdh_elem wt, int relu, const float *x, int K, const void *W, int Nc, long long wstride,
-                       float *out, long long ostride, int nz, cudaStream_t st);
+/* out[z][n] = act(x[z] @ W[z]) for z < nz; x[z] = x + z*xstride (0: one x for all). */
+cudaError_t bdh_k_gemv(bdh_elem wt, int relu, const float *x, long long xstride, int K, const void *W, int Nc,
+                       long long wstride, float *out, long long ostride, int nz, cudaStream_t st);
 cudaError_t bdh_k_compact(const float *xs, int N, int H, int B, const float *freqs, const long long *pos, int dense,
                           int *list, float2 *qlist, int *count, unsigned long long *stats, cudaStream_t st);
 cudaError_t bdh_k_state(float *const *sptr, long long layer_off, int N, int D, int H, int B, int GX, const float *X,
@@ -365,17 +393,40 @@ cudaError_t bdh_k_dec(bdh_elem wt, const float *xy, const void *dec, const int *
                       int H, int RG, float *y_part, cudaStream_t st);
 cudaError_t bdh_k_final_ln(const float *y_part, int P, long long pstride, int D, float *X, int rows, cudaStream_t st);
 
+/* Q8_0 decode kernels for B states (one token each; B = 1 is the single
+ * step, and a state's results do not depend on B). Weights are int8 rows of
+ * Dp bytes (D values, zero-padded) with F16 scales [rows][Dp/32]; each
+ * block of 32 is summed in float, then scaled once.
+ *   q8_rows   out[b][r] = act(X[b] . W[r]) for r < R (the encoder: R = H*N)
+ *   ev_gate   as bdh_k_ev_gate, per state; ln_a [B][H][D], xs/xy [B][H*N],
+ *             list [B][H][N/2], count [B][H]
+ *   dec       as bdh_k_dec, per state; y_part [H*RG][B][D] (final_ln with
+ *             P = H*RG, pstride = B*D) */
+cudaError_t bdh_k_q8_rows(int relu, const float *X, int D, int Dp, const int8_t *W, const uint16_t *S, int R,
+                          float *out, int B, cudaStream_t st);
+cudaError_t bdh_k_ev_gate_q8(const float *ln_a, const int8_t *evT, const uint16_t *evS, const float *xs,
+                             const int *list, const int *count, int N, int D, int Dp, int H, int B, int GY, float *xy,
+                             unsigned long long *stats, cudaStream_t st);
+cudaError_t bdh_k_dec_q8(const float *xy, const int8_t *dec, const uint16_t *decS, const int *list, const int *count,
+                         int N, int D, int Dp, int H, int B, int RG, float *y_part, cudaStream_t st);
+
 /* kernels_gemm.cu: C = epi(A @ B), batched over heads and split along K.
  * Row-major everywhere. A[M][K] float (lda); B(k, n) = W[k*ldb + n], or
- * W[n*ldb + k] when b_nk (W float or bf16). epi 0: none, 1: relu,
+ * W[n*ldb + k] when b_nk (W float, bf16 or Q8_0). epi 0: none, 1: relu,
  * 2: G * relu (the gate xs * ys). Head z adds z*sA, z*sB, z*sC, z*sG;
- * split s of K writes C + s*sCsplit (partial sums, reduced by the caller). */
+ * split s of K writes C + s*sCsplit (partial sums, reduced by the caller).
+ * Q8_0: W is int8, its stored rows (k, or n when b_nk) run along the
+ * quantized axis, and element (row, c) is Bq[row*ldbq + c/32] * W[row*ldb + c]
+ * with Bq the F16 scales (head z adds z*sBq): the exact float value, so
+ * the product is the float32 GEMM of the dequantized weights. */
 typedef struct gemm_params {
     int M, Nc, K;
     const float *A;
     long long lda, sA;
     const void *B;
     long long ldb, sB;
+    const uint16_t *Bq; /* Q8_0 only */
+    long long ldbq, sBq;
     int b_nk;
     float *C;
     long long ldc, sC;

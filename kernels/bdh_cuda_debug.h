@@ -19,7 +19,8 @@ extern "C" {
  * xs * ys > 0. 0 on success, -1 if s is not a CUDA state or a call failed. */
 __attribute__((visibility("hidden"))) int bdh_cuda_debug_stats(const bdh_state *s, uint64_t out[4]);
 __attribute__((visibility("hidden"))) int bdh_cuda_debug_reset_stats(bdh_state *s);
-/* Device bytes of the weights, and their type (0 float32, 1 bfloat16; -1 no CUDA model). */
+/* Device bytes of the weights, and their type (0 float32, 1 bfloat16, 2 Q8_0
+ * (encoder, encoder_v, decoder; embed and lm_head float32); -1 no CUDA model). */
 __attribute__((visibility("hidden"))) size_t bdh_cuda_debug_weight_bytes(const bdh_model *m);
 __attribute__((visibility("hidden"))) int bdh_cuda_debug_weight_type(const bdh_model *m);
 

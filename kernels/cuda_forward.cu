@@ -8,7 +8,9 @@
  *   bdh_cuda_forward_step_batch
  *                         one token for each of many states: weight GEMMs,
  *                         and the sparse state kernel over all states at once
- *                         (a batch of one is the single step)
+ *                         (a batch of one is the single step); with Q8_0
+ *                         weights, the single step's kernels over all states
+ *                         at once (so a batch gives the single steps' bits)
  * Each advances the states' positions by the tokens it feeds (the core's
  * contract), and ends with a stream synchronisation, which is also where
  * errors of the asynchronous work surface; a state has no work pending
@@ -27,6 +29,103 @@ static __thread int t_pdl;
 
 int bdh_cuda_pdl_enabled(void) { return t_pdl; }
 
+/* ================================================================ Q8_0 decode */
+
+/* The Q8_0 decode kernels' buffers for B states: the single step's (B = 1)
+ * or a batch group's. */
+typedef struct q8_bufs {
+    float *X, *XS, *XY, *a_part, *ln_a, *y_part;
+    int *list, *count;
+    float2 *qlist;
+    float *const *sptr;
+    const long long *pos;
+    unsigned long long *stats; /* the single step's counters, or NULL */
+} q8_bufs;
+
+#define Q8_LAYER_KERNELS 7
+
+/* Kernel k (0..6) of layer l of the Q8_0 decode, for B states. The single
+ * step and the batched step both launch through here, with the same
+ * per-state work split (BDH_GX_STEP, BDH_GY_STEP, BDH_RG_STEP) whatever B
+ * is, so a state's results do not depend on the batch it is in. */
+static bdh_status q8_layer_kernel(const cuda_model *cm, const q8_bufs *b, int B, int l, int k, cudaStream_t st)
+{
+    const int D = cm->D, H = cm->H, N = cm->N, Dp = cm->Dp;
+    const long long layer_floats = (long long)H * N * D;
+    switch (k) {
+    case 0:
+        CU_TRY(bdh_k_q8_rows(1, b->X, D, Dp, (const int8_t *)cm->enc, cm->enc_s, H * N, b->XS, B, st), "encoder kernel");
+        break;
+    case 1:
+        CU_TRY(bdh_k_compact(b->XS, N, H, B, cm->freqs, b->pos, cm->dense, b->list, b->qlist, b->count, b->stats, st),
+               "compaction kernel");
+        break;
+    case 2:
+        CU_TRY(bdh_k_state(b->sptr, l * layer_floats, N, D, H, B, BDH_GX_STEP, b->X, b->list, b->qlist, b->count,
+                           b->a_part, st),
+               "state kernel");
+        break;
+    case 3: CU_TRY(bdh_k_ln_a(b->a_part, BDH_GX_STEP, D, H, B, b->ln_a, st), "layernorm kernel"); break;
+    case 4:
+        CU_TRY(bdh_k_ev_gate_q8(b->ln_a, (const int8_t *)cm->evT, cm->ev_s, b->XS, b->list, b->count, N, D, Dp, H, B,
+                                BDH_GY_STEP, b->XY, b->stats, st),
+               "encoder_v kernel");
+        break;
+    case 5:
+        CU_TRY(bdh_k_dec_q8(b->XY, (const int8_t *)cm->dec, cm->dec_s, b->list, b->count, N, D, Dp, H, B, BDH_RG_STEP,
+                            b->y_part, st),
+               "decoder kernel");
+        break;
+    default:
+        CU_TRY(bdh_k_final_ln(b->y_part, H * BDH_RG_STEP, (long long)B * D, D, b->X, B, st), "layernorm kernel");
+        break;
+    }
+    return BDH_OK;
+}
+
+/* enqueue_step_kernels for Q8_0 weights: the same kernels in the same
+ * order (and events), float32 embed and lm_head. */
+static bdh_status enqueue_step_q8(const cuda_model *cm, cuda_state *cs, cudaEvent_t *ev)
+{
+    const step_buf *b = &cs->st;
+    cudaStream_t st = cs->stream;
+    q8_bufs q;
+    memset(&q, 0, sizeof q);
+    q.X = b->x;
+    q.XS = b->xs;
+    q.XY = b->xy;
+    q.a_part = b->a_part;
+    q.ln_a = b->ln_a;
+    q.y_part = b->y_part;
+    q.list = b->list;
+    q.count = b->count;
+    q.qlist = b->qlist;
+    q.sptr = b->sptr;
+    q.pos = b->pos;
+    q.stats = b->stats;
+    int mark = 0;
+    bdh_status rc;
+#define MARK()                                                                   \
+    do {                                                                         \
+        if (ev) CU_TRY(cudaEventRecord(ev[mark++], st), "profiling event"); \
+    } while (0)
+
+    MARK();
+    CU_TRY(bdh_k_embed_ln(BDH_ELEM_F32, cm->embed, cm->D, &cs->io_d->token, &cs->io_d->pos, b->pos, b->x, 1, st),
+           "embedding kernel");
+    MARK();
+    for (int l = 0; l < cm->L; l++) {
+        for (int k = 0; k < Q8_LAYER_KERNELS; k++) {
+            if ((rc = q8_layer_kernel(cm, &q, 1, l, k, st)) != BDH_OK) return rc;
+            MARK();
+        }
+    }
+    CU_TRY(bdh_k_gemv(BDH_ELEM_F32, 0, b->x, 0, cm->D, cm->lm, cm->V, 0, cs->io_d->logits, 0, 1, st), "lm_head kernel");
+    MARK();
+#undef MARK
+    return BDH_OK;
+}
+
 /* ================================================================ single step */
 
 /* Enqueue one token on the state's stream: the token and position are read
@@ -35,6 +134,7 @@ int bdh_cuda_pdl_enabled(void) { return t_pdl; }
  * first kernel and after each one. */
 static bdh_status enqueue_step_kernels(const cuda_model *cm, cuda_state *cs, cudaEvent_t *ev)
 {
+    if (cm->wtype == BDH_ELEM_Q8_0) return enqueue_step_q8(cm, cs, ev);
     const int D = cm->D, H = cm->H, N = cm->N;
     const bdh_elem wt = cm->wtype;
     const step_buf *b = &cs->st;
@@ -50,7 +150,7 @@ static bdh_status enqueue_step_kernels(const cuda_model *cm, cuda_state *cs, cud
     CU_TRY(bdh_k_embed_ln(wt, cm->embed, D, &cs->io_d->token, &cs->io_d->pos, b->pos, b->x, 1, st), "embedding kernel");
     MARK();
     for (int l = 0; l < cm->L; l++) {
-        CU_TRY(bdh_k_gemv(wt, 1, b->x, D, cm->enc, N, (long long)D * N, b->xs, N, H, st), "encoder kernel");
+        CU_TRY(bdh_k_gemv(wt, 1, b->x, 0, D, cm->enc, N, (long long)D * N, b->xs, N, H, st), "encoder kernel");
         MARK();
         CU_TRY(bdh_k_compact(b->xs, N, H, 1, cm->freqs, b->pos, cm->dense, b->list, b->qlist, b->count, b->stats, st),
                "compaction kernel");
@@ -69,7 +169,7 @@ static bdh_status enqueue_step_kernels(const cuda_model *cm, cuda_state *cs, cud
         CU_TRY(bdh_k_final_ln(b->y_part, H * BDH_RG_STEP, D, D, b->x, 1, st), "layernorm kernel");
         MARK();
     }
-    CU_TRY(bdh_k_gemv(wt, 0, b->x, D, cm->lm, cm->V, 0, cs->io_d->logits, 0, 1, st), "lm_head kernel");
+    CU_TRY(bdh_k_gemv(wt, 0, b->x, 0, D, cm->lm, cm->V, 0, cs->io_d->logits, 0, 1, st), "lm_head kernel");
     MARK();
 #undef MARK
     return BDH_OK;
@@ -211,8 +311,22 @@ static bdh_status enqueue_logits(const cuda_model *cm, const float *X, int rows,
     p.ldb = cm->V;
     p.C = out;
     p.ldc = cm->V;
-    CU_TRY(bdh_k_gemm(cm->wtype, &p, st), "lm_head GEMM");
+    CU_TRY(bdh_k_gemm(cuda_small_type(cm), &p, st), "lm_head GEMM");
     return BDH_OK;
+}
+
+/* Q8_0 weights in a GEMM: B is the int8 [H][N][Dp] (or [H*N][Dp]) rows,
+ * read [N][K] when b_nk (encoder, encoder_v: K = D along the rows) or [K][N]
+ * (decoder: K = H*N rows, N = D along them). */
+static void gemm_q8(const cuda_model *cm, gemm_params *p, const void *W, const uint16_t *S, int b_nk, int per_head)
+{
+    p->B = W;
+    p->ldb = cm->Dp;
+    p->sB = per_head ? (long long)cm->N * cm->Dp : 0;
+    p->Bq = S;
+    p->ldbq = cm->nb;
+    p->sBq = per_head ? (long long)cm->N * cm->nb : 0;
+    p->b_nk = b_nk;
 }
 
 /* relu(X[M][D] @ encoder[h]) for every head into XS [M][H*N]. */
@@ -225,6 +339,7 @@ static bdh_status enqueue_encoder(const cuda_model *cm, const float *X, int M, f
     p.B = cm->enc;
     p.ldb = cm->N;
     p.sB = (long long)cm->D * cm->N;
+    if (cm->wtype == BDH_ELEM_Q8_0) gemm_q8(cm, &p, cm->enc, cm->enc_s, 1, 1);
     p.C = XS;
     p.ldc = HN;
     p.sC = cm->N;
@@ -248,6 +363,7 @@ static bdh_status enqueue_gate(const cuda_model *cm, const float *lna, long long
     p.ldb = cm->D;
     p.sB = (long long)cm->N * cm->D;
     p.b_nk = 1;
+    if (cm->wtype == BDH_ELEM_Q8_0) gemm_q8(cm, &p, cm->evT, cm->ev_s, 1, 1);
     p.C = XY;
     p.ldc = HN;
     p.sC = cm->N;
@@ -270,6 +386,7 @@ static bdh_status enqueue_decoder(const cuda_model *cm, const float *XY, int M, 
     p.lda = HN;
     p.B = cm->dec;
     p.ldb = cm->D;
+    if (cm->wtype == BDH_ELEM_Q8_0) gemm_q8(cm, &p, cm->dec, cm->dec_s, 0, 0);
     p.C = Ypart;
     p.ldc = cm->D;
     p.splits = splits;
@@ -350,7 +467,7 @@ static bdh_status enqueue_chunk(const cuda_model *cm, cuda_state *cs, int T, lon
     const float one = 1.f, zero = 0.f;
     bdh_status rc;
 
-    CU_TRY(bdh_k_embed_ln(cm->wtype, cm->embed, D, pf->tok_d, NULL, NULL, pf->X, T, st), "embedding kernel");
+    CU_TRY(bdh_k_embed_ln(cuda_small_type(cm), cm->embed, D, pf->tok_d, NULL, NULL, pf->X, T, st), "embedding kernel");
     for (int l = 0; l < cm->L; l++) {
         float *S = cs->S + (size_t)l * H * N * D;
         if ((rc = enqueue_encoder(cm, pf->X, T, pf->XS, st)) != BDH_OK) return rc;
@@ -410,8 +527,8 @@ bdh_status bdh_cuda_forward_prefill(bdh_state *s, const int32_t *tokens, size_t 
         if (all_rows) memcpy(logits + done * V, pf->logits_h, (size_t)last * V * sizeof(float));
     }
     if (logits && !all_rows) {
-        CU_TRY(bdh_k_gemv(cm->wtype, 0, pf->X + (size_t)(last - 1) * cm->D, cm->D, cm->lm, cm->V, 0, cs->io_d->logits,
-                          0, 1, cs->stream),
+        CU_TRY(bdh_k_gemv(cuda_small_type(cm), 0, pf->X + (size_t)(last - 1) * cm->D, 0, cm->D, cm->lm, cm->V, 0,
+                          cs->io_d->logits, 0, 1, cs->stream),
                "lm_head kernel");
         CU_TRY(cudaStreamSynchronize(cs->stream), "prefill logits");
         memcpy(logits, cs->io->logits, V * sizeof(float));
@@ -431,8 +548,13 @@ static bdh_status build_batch(const cuda_model *cm, batch_buf *bt)
         if (a > apart) apart = a;
     }
     bt->splitk = decoder_splits(cm, (int)B);
+    size_t ypart = (size_t)bt->splitk * B * D;
+    if (cm->wtype == BDH_ELEM_Q8_0) { /* the single step's partials, per state */
+        apart = B * H * BDH_GX_STEP * D;
+        ypart = H * BDH_RG_STEP * B * D;
+    }
     const size_t sizes[11] = {B * D * 4, B * HN * 4, B * HN * 4, B * H * P * 4, B * H * P * 8, B * H * 4, apart * 4,
-                              B * H * D * 4, (size_t)bt->splitk * B * D * 4, B * V * 4, sizeof(batch_host)};
+                              B * H * D * 4, ypart * 4, B * V * 4, sizeof(batch_host)};
     size_t offs[11], off = 0;
     for (int i = 0; i < 11; i++) {
         offs[i] = off;
@@ -473,9 +595,37 @@ static bdh_status ensure_batch(const cuda_model *cm, cuda_state *cs)
     return BDH_OK;
 }
 
+/* enqueue_batch for Q8_0 weights: the single step's kernels (and work
+ * split) over the B states, embed and lm_head float32. */
+static bdh_status enqueue_batch_q8(const cuda_model *cm, cuda_state *cs, int B)
+{
+    batch_buf *bt = cs->bt;
+    cudaStream_t st = cs->stream;
+    q8_bufs q;
+    memset(&q, 0, sizeof q);
+    q.X = bt->X;
+    q.XS = bt->XS;
+    q.XY = bt->XY;
+    q.a_part = bt->a_part;
+    q.ln_a = bt->ln_a;
+    q.y_part = bt->Ypart;
+    q.list = bt->list;
+    q.count = bt->count;
+    q.qlist = bt->qlist;
+    q.sptr = bt->in_d->sptr;
+    q.pos = bt->in_d->pos;
+    bdh_status rc;
+    CU_TRY(bdh_k_embed_ln(BDH_ELEM_F32, cm->embed, cm->D, bt->in_d->tok, NULL, NULL, bt->X, B, st), "embedding kernel");
+    for (int l = 0; l < cm->L; l++)
+        for (int k = 0; k < Q8_LAYER_KERNELS; k++)
+            if ((rc = q8_layer_kernel(cm, &q, B, l, k, st)) != BDH_OK) return rc;
+    return BDH_OK;
+}
+
 /* One token for each of B states (inputs already in bt->in_d). */
 static bdh_status enqueue_batch(const cuda_model *cm, cuda_state *cs, int B)
 {
+    if (cm->wtype == BDH_ELEM_Q8_0) return enqueue_batch_q8(cm, cs, B);
     batch_buf *bt = cs->bt;
     cudaStream_t st = cs->stream;
     const int D = cm->D, H = cm->H, N = cm->N;
@@ -521,7 +671,13 @@ bdh_status bdh_cuda_forward_step_batch(bdh_state *const *states, const int32_t *
                "batch input upload");
         rc = enqueue_batch(cm, cs, B);
         if (rc == BDH_OK && logits) {
-            rc = enqueue_logits(cm, bt->X, B, bt->logits_d, cs->stream);
+            if (cm->wtype == BDH_ELEM_Q8_0) { /* the single step's lm_head GEMV, one x per state */
+                const cudaError_t e = bdh_k_gemv(BDH_ELEM_F32, 0, bt->X, cm->D, cm->D, cm->lm, cm->V, 0, bt->logits_d,
+                                                 cm->V, B, cs->stream);
+                if (e != cudaSuccess) rc = cuda_fail(e, "lm_head kernel");
+            } else {
+                rc = enqueue_logits(cm, bt->X, B, bt->logits_d, cs->stream);
+            }
             if (rc == BDH_OK) {
                 const cudaError_t e = cudaMemcpyAsync(bt->logits_h, bt->logits_d, (size_t)B * V * sizeof(float),
                                                       cudaMemcpyDeviceToHost, cs->stream);

@@ -1,8 +1,10 @@
 /* The CUDA backend's table (bdh_cuda_backend, libbdh/internal.h) and its
  * model and state lifecycle: the weights packed from the file's tensors
- * straight into the device's types and layouts, device state allocation,
- * reset, copy, read/write for save/load, and release; the bench's debug
- * hooks. The forward functions of the table are in cuda_forward.cu. */
+ * straight into the device's types and layouts (float32, bfloat16, or Q8_0
+ * blocks quantized with the CPU's routine or copied from a Q8_0 file),
+ * device state allocation, reset, copy, read/write for save/load, and
+ * release; the bench's debug hooks. The forward functions of the table are
+ * in cuda_forward.cu. */
 #include "bdh_cuda.cuh"
 #include "bdh_cuda_debug.h"
 
@@ -23,18 +25,15 @@ static bool is_cuda_model(const bdh_model *m) { return m && m->backend == &bdh_c
 
 /* ---------------------------------------------------------------- parameters */
 
-#define F16_REFUSED                                                                                               \
-    bdh_fail(BDH_ERR_UNSUPPORTED, "params.weight_type = BDH_WEIGHTS_F16: the CUDA path holds float32 or bfloat16 " \
-                                  "weights (use BDH_WEIGHTS_F32 or BDH_WEIGHTS_BF16)")
+#define F16_REFUSED                                                                                         \
+    bdh_fail(BDH_ERR_UNSUPPORTED, "params.weight_type = BDH_WEIGHTS_F16: the CUDA path holds float32, bfloat16 " \
+                                  "or Q8_0 weights (use BDH_WEIGHTS_F32, BDH_WEIGHTS_BF16 or BDH_WEIGHTS_Q8_0)")
 
 /* Before any file is read. (The ordinal's upper bound needs the runtime:
  * model_init checks it.) */
 static bdh_status cuda_check_params(const bdh_model_params *p)
 {
     if (p->weight_type == BDH_WEIGHTS_F16) return F16_REFUSED;
-    if (p->weight_type == BDH_WEIGHTS_Q8_0)
-        return bdh_fail(BDH_ERR_UNSUPPORTED, "params.weight_type = BDH_WEIGHTS_Q8_0: the CUDA path holds float32 or bfloat16 "
-                                             "weights (a Q8_0 file loads there with BDH_WEIGHTS_F32 or BDH_WEIGHTS_BF16)");
     if (p->cuda_device < 0)
         return bdh_fail(BDH_ERR_INVALID_ARGUMENT, "params.cuda_device = %d is negative (a CUDA device ordinal)",
                         (int)p->cuda_device);
@@ -45,13 +44,16 @@ static bdh_status cuda_check_params(const bdh_model_params *p)
 
 static const int big_tensors[5] = {BDH_T_EMBED, BDH_T_ENCODER, BDH_T_ENCODER_V, BDH_T_DECODER, BDH_T_LM_HEAD};
 
-/* The device weight type for a request: float32 or bfloat16 as asked;
- * AS_STORED keeps bfloat16 only when all five weight tensors are BF16 in the
- * file, and uses float32 otherwise (F32 or F16 files, or a mix). Anything
- * else (F16) is not a device type: the caller refuses it. */
+/* The device weight type for a request: float32, bfloat16 or Q8_0 as
+ * asked; AS_STORED keeps a Q8_0 file's blocks (its encoder is I8, as for
+ * the CPU: bdh_weight_elem), keeps bfloat16 only when all five weight
+ * tensors are BF16 in the file, and uses float32 otherwise (F32 or F16
+ * files, or a mix). Anything else (F16) is not a device type: the caller
+ * refuses it. */
 static bdh_elem device_elem(bdh_weight_type requested, const bdh_weight_views *w)
 {
     if (requested != BDH_WEIGHTS_AS_STORED) return bdh_weight_elem(requested, w->t[BDH_T_ENCODER]->dtype);
+    if (w->t[BDH_T_ENCODER]->dtype == BDH_ELEM_I8) return BDH_ELEM_Q8_0;
     for (size_t i = 0; i < sizeof big_tensors / sizeof big_tensors[0]; i++)
         if (!w->t[big_tensors[i]] || w->t[big_tensors[i]]->dtype != BDH_ELEM_BF16) return BDH_ELEM_F32;
     return BDH_ELEM_BF16;
@@ -106,19 +108,25 @@ static void release_pages(const packer *pk, const bdh_tensor_view *t)
     if (pk->w->file) bdh_safetensors_release(pk->w->file, t);
 }
 
-/* Device buffer of n elements of the device type (*dst is set only on success). */
-static bdh_status device_alloc(const packer *pk, void **dst, size_t n, int which)
+/* Device buffer of `bytes` bytes for tensor `which` (*dst is set only on success). */
+static bdh_status device_alloc_bytes(void **dst, size_t bytes, int which)
 {
     void *p = NULL;
-    const cudaError_t e = cudaMalloc(&p, n * pk->esz);
+    const cudaError_t e = cudaMalloc(&p, bytes);
     if (e != cudaSuccess) {
         cudaGetLastError();
         return bdh_fail(e == cudaErrorMemoryAllocation ? BDH_ERR_OUT_OF_MEMORY : BDH_ERR_DEVICE,
-                        "CUDA error allocating %zu device bytes for %s: %s (%s)", n * pk->esz, bdh_tensor_name(which),
+                        "CUDA error allocating %zu device bytes for %s: %s (%s)", bytes, bdh_tensor_name(which),
                         cudaGetErrorString(e), cudaGetErrorName(e));
     }
     *dst = p;
     return BDH_OK;
+}
+
+/* Device buffer of n elements of the device type (*dst is set only on success). */
+static bdh_status device_alloc(const packer *pk, void **dst, size_t n, int which)
+{
+    return device_alloc_bytes(dst, n * pk->esz, which);
 }
 
 /* Tensor `which` (n elements) in the file's layout. */
@@ -171,34 +179,109 @@ static bdh_status upload_encoder_v(const packer *pk, void **dst, size_t H, size_
     return BDH_OK;
 }
 
+/* Q8_0: tensor `which` (encoder, encoder_v or decoder) as int8 neuron rows
+ * of cm->Dp bytes, [H*N][Dp] (row h*N + j: neuron j of head h, whatever
+ * the file's layout), and their F16 scales [H*N][nb]. A row of a float file
+ * is quantized with bdh_q8_quantize_row, exactly as the CPU backend does;
+ * a Q8_0 file's blocks are copied as stored (so quantizing at load and a
+ * pre-quantized file hold the same bits). Bytes D..Dp of a row are 0. Rows
+ * are staged on the host a few MiB at a time. */
+static bdh_status upload_q8(const cuda_model *cm, const bdh_model *m, const bdh_weight_views *w, int which, void **dq,
+                            uint16_t **ds)
+{
+    bdh_file_rows f;
+    bdh_file_rows_init(&f, w, which, &m->cfg);
+    const size_t R = (size_t)f.rows, D = (size_t)f.cols, Dp = (size_t)cm->Dp, nb = (size_t)cm->nb;
+    const bool file_q8 = f.t && f.t->dtype == BDH_ELEM_I8;
+    if (!f.t || !f.t->data || (!file_q8 && !bdh_elem_is_float(f.t->dtype)) || (file_q8 && (!f.scale || !f.scale->data)) ||
+        f.t->nbytes < R * D * bdh_elem_size(f.t->dtype) || R != (size_t)cm->H * cm->N || D != (size_t)cm->D)
+        return bdh_fail(BDH_ERR_FORMAT, "%s: expected %zu F32/F16/BF16 elements, or I8 with F16 scales",
+                        bdh_tensor_name(which), R * D);
+    size_t chunk = ((size_t)4 << 20) / Dp; /* rows per upload */
+    if (chunk < 1) chunk = 1;
+    if (chunk > R) chunk = R;
+    int8_t *q = (int8_t *)malloc(chunk * Dp);
+    uint16_t *s = (uint16_t *)malloc(chunk * nb * sizeof(uint16_t));
+    float *row = (float *)malloc(D * sizeof(float));
+    void *dev_s = NULL;
+    bdh_status rc = BDH_OK;
+    if (!q || !s || !row)
+        rc = bdh_fail(BDH_ERR_OUT_OF_MEMORY, "out of memory staging %s", bdh_tensor_name(which));
+    if (rc == BDH_OK) rc = device_alloc_bytes(dq, R * Dp, which);
+    if (rc == BDH_OK) rc = device_alloc_bytes(&dev_s, R * nb * sizeof(uint16_t), which);
+    if (rc == BDH_OK) *ds = (uint16_t *)dev_s;
+    for (size_t r0 = 0; rc == BDH_OK && r0 < R; r0 += chunk) {
+        const size_t n = R - r0 < chunk ? R - r0 : chunk;
+        for (size_t i = 0; i < n; i++) {
+            int8_t *qr = q + i * Dp;
+            uint16_t *sr = s + i * nb;
+            if (file_q8) {
+                bdh_file_row_q8_part(&f, (int64_t)(r0 + i), 0, (int64_t)D, qr, sr);
+            } else {
+                bdh_file_row_f32(&f, (int64_t)(r0 + i), row);
+                bdh_q8_quantize_row(row, D, qr, sr);
+            }
+            memset(qr + D, 0, Dp - D);
+        }
+        cudaError_t e = cudaMemcpy((char *)*dq + r0 * Dp, q, n * Dp, cudaMemcpyHostToDevice);
+        if (e == cudaSuccess) e = cudaMemcpy(*ds + r0 * nb, s, n * nb * sizeof(uint16_t), cudaMemcpyHostToDevice);
+        if (e != cudaSuccess) rc = cuda_fail(e, bdh_tensor_name(which));
+    }
+    free(q);
+    free(s);
+    free(row);
+    if (rc == BDH_OK && w->file) {
+        bdh_safetensors_release(w->file, f.t);
+        if (f.scale) bdh_safetensors_release(w->file, f.scale);
+    }
+    return rc;
+}
+
 static void model_free_device(cuda_model *cm)
 {
-    void *bufs[] = {cm->embed, cm->enc, cm->evT, cm->dec, cm->lm, cm->freqs};
+    void *bufs[] = {cm->embed, cm->enc, cm->evT, cm->dec, cm->lm, cm->enc_s, cm->ev_s, cm->dec_s, cm->freqs};
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)
         if (bufs[i]) cudaFree(bufs[i]);
 }
 
-static bdh_status upload_all(cuda_model *cm, const bdh_model *m, const bdh_weight_views *w)
+static bdh_status upload_all(cuda_model *cm, const bdh_model *m, const bdh_weight_views *file_views)
 {
     const size_t D = (size_t)cm->D, H = (size_t)cm->H, N = (size_t)cm->N, V = (size_t)cm->V;
+    const bool q8 = cm->wtype == BDH_ELEM_Q8_0;
+    /* a Q8_0 file held as floats: its dequantized values, as the other
+     * backends that hold floats see them (model.c's bdh_q8_dequantized_views) */
+    bdh_weight_views wl = *file_views;
+    bdh_q8_copies copies;
+    memset(&copies, 0, sizeof copies);
+    bool file_q8 = false;
+    for (int i = 0; i < BDH_T_COUNT; i++) file_q8 |= wl.scale[i] != NULL;
+    bdh_status rc = BDH_OK;
+    if (!q8 && file_q8) rc = bdh_q8_dequantized_views(&m->cfg, &wl, &copies);
+    const bdh_weight_views *w = &wl;
     packer pk;
     memset(&pk, 0, sizeof pk);
-    pk.de = cm->wtype;
-    pk.esz = bdh_elem_size(cm->wtype);
+    pk.de = cuda_small_type(cm); /* every tensor the packer uploads (Q8_0: embed and lm_head) */
+    pk.esz = bdh_elem_size(pk.de);
     pk.cap = N * D > PACK_CHUNK ? N * D : PACK_CHUNK;
     pk.w = w;
-    pk.stage = malloc(pk.cap * pk.esz);
-    pk.f32 = (float *)malloc((N > PACK_BLOCK ? N : PACK_BLOCK) * sizeof(float));
-    bdh_status rc = BDH_OK;
-    if (!pk.stage || !pk.f32)
+    pk.stage = rc == BDH_OK ? malloc(pk.cap * pk.esz) : NULL;
+    pk.f32 = rc == BDH_OK ? (float *)malloc((N > PACK_BLOCK ? N : PACK_BLOCK) * sizeof(float)) : NULL;
+    if (rc == BDH_OK && (!pk.stage || !pk.f32))
         rc = bdh_fail(BDH_ERR_OUT_OF_MEMORY, "out of memory allocating %zu bytes to stage the weights", pk.cap * pk.esz);
     if (rc == BDH_OK) rc = upload_as_is(&pk, &cm->embed, BDH_T_EMBED, V * D);
-    if (rc == BDH_OK) rc = upload_as_is(&pk, &cm->enc, BDH_T_ENCODER, H * D * N);
-    if (rc == BDH_OK) rc = upload_encoder_v(&pk, &cm->evT, H, D, N);
-    if (rc == BDH_OK) rc = upload_as_is(&pk, &cm->dec, BDH_T_DECODER, H * N * D);
+    if (q8) {
+        if (rc == BDH_OK) rc = upload_q8(cm, m, w, BDH_T_ENCODER, &cm->enc, &cm->enc_s);
+        if (rc == BDH_OK) rc = upload_q8(cm, m, w, BDH_T_ENCODER_V, &cm->evT, &cm->ev_s);
+        if (rc == BDH_OK) rc = upload_q8(cm, m, w, BDH_T_DECODER, &cm->dec, &cm->dec_s);
+    } else {
+        if (rc == BDH_OK) rc = upload_as_is(&pk, &cm->enc, BDH_T_ENCODER, H * D * N);
+        if (rc == BDH_OK) rc = upload_encoder_v(&pk, &cm->evT, H, D, N);
+        if (rc == BDH_OK) rc = upload_as_is(&pk, &cm->dec, BDH_T_DECODER, H * N * D);
+    }
     if (rc == BDH_OK) rc = upload_as_is(&pk, &cm->lm, BDH_T_LM_HEAD, D * V);
     free(pk.stage);
     free(pk.f32);
+    bdh_q8_copies_free(&copies);
     if (rc == BDH_OK) {
         cudaError_t e = cudaMalloc((void **)&cm->freqs, N * sizeof(float));
         if (e == cudaSuccess) e = cudaMemcpy(cm->freqs, m->freqs, N * sizeof(float), cudaMemcpyHostToDevice);
@@ -221,7 +304,7 @@ static bdh_status cuda_model_init(bdh_model *m, const bdh_weight_views *w)
                         (int)m->params.cuda_device, n_dev == 1 ? "is" : "are", n_dev, n_dev == 1 ? "" : "s");
     if (!w->t[BDH_T_ENCODER]) return bdh_fail(BDH_ERR_FORMAT, "%s: missing", bdh_tensor_name(BDH_T_ENCODER));
     const bdh_elem wtype = device_elem(m->params.weight_type, w);
-    if (wtype != BDH_ELEM_F32 && wtype != BDH_ELEM_BF16) return F16_REFUSED;
+    if (wtype != BDH_ELEM_F32 && wtype != BDH_ELEM_BF16 && wtype != BDH_ELEM_Q8_0) return F16_REFUSED;
     const bdh_config *c = &m->cfg;
     if (c->n_embd > BDH_MAX_D)
         return bdh_fail(BDH_ERR_UNSUPPORTED, "n_embd = %d: the CUDA path supports n_embd up to %d", (int)c->n_embd,
@@ -237,6 +320,8 @@ static bdh_status cuda_model_init(bdh_model *m, const bdh_weight_views *w)
     cm->H = c->n_head;
     cm->N = c->n_neurons;
     cm->V = c->vocab_size;
+    cm->nb = (int)bdh_q8_blocks((size_t)c->n_embd);
+    cm->Dp = wtype == BDH_ELEM_Q8_0 ? cm->nb * BDH_Q8_BLOCK : cm->D;
     cm->dense = env_flag("BDH_CUDA_DENSE", 0);
     cm->use_graph = env_flag("BDH_CUDA_GRAPH", 1);
     cm->pdl = env_flag("BDH_CUDA_PDL", 1);
@@ -253,7 +338,10 @@ static bdh_status cuda_model_init(bdh_model *m, const bdh_weight_views *w)
         return rc;
     }
     const size_t D = (size_t)cm->D, HN = (size_t)cm->H * (size_t)cm->N, V = (size_t)cm->V;
-    m->weight_bytes = (2 * V * D + 3 * HN * D) * bdh_elem_size(wtype); /* what the device holds (bf16: half) */
+    if (wtype == BDH_ELEM_Q8_0) /* float32 embed and lm_head; int8 rows of Dp bytes and their F16 scales */
+        m->weight_bytes = 2 * V * D * sizeof(float) + 3 * HN * ((size_t)cm->Dp + (size_t)cm->nb * sizeof(uint16_t));
+    else
+        m->weight_bytes = (2 * V * D + 3 * HN * D) * bdh_elem_size(wtype); /* what the device holds (bf16: half) */
     m->impl = cm;
     return BDH_OK;
 }
@@ -430,6 +518,7 @@ static bdh_status cuda_state_write(bdh_state *s, const void *src)
 const bdh_backend bdh_cuda_backend = {
     "cuda",                         /* name */
     false,                          /* observes: steps do not report layers */
+    true,                           /* reads_q8_files: I8 views reach model_init (upload_all) */
     cuda_check_params,              /* check_params */
     cuda_model_init,                /* model_init */
     cuda_model_free,                /* model_free */
@@ -481,7 +570,8 @@ size_t bdh_cuda_debug_weight_bytes(const bdh_model *m) { return is_cuda_model(m)
 int bdh_cuda_debug_weight_type(const bdh_model *m)
 {
     if (!is_cuda_model(m)) return -1;
-    return cuda_model_of(m)->wtype == BDH_ELEM_BF16 ? 1 : 0;
+    const bdh_elem t = cuda_model_of(m)->wtype;
+    return t == BDH_ELEM_BF16 ? 1 : t == BDH_ELEM_Q8_0 ? 2 : 0;
 }
 
 void bdh_cuda_describe(char *buf, size_t cap)

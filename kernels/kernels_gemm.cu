@@ -1,9 +1,12 @@
 /* The GEMM used by prefill and by the batched step for every product with a
- * weight matrix (so F32 and BF16 weights share one path, with float32
- * accumulation), and the small kernels only prefill needs. The products of
- * the state with Q (float32 on both sides) go to cuBLAS instead (see
- * cuda_forward.cu). */
+ * weight matrix (so F32, BF16 and Q8_0 weights share one path, with float32
+ * accumulation; Q8_0 weights are widened to their exact float values as the
+ * tiles are staged, so no float copy of them is made), and the small kernels
+ * only prefill needs. The products of the state with Q (float32 on both
+ * sides) go to cuBLAS instead (see cuda_forward.cu). */
 #include "bdh_cuda.cuh"
+
+#include <type_traits>
 
 namespace {
 
@@ -45,7 +48,16 @@ __global__ void __launch_bounds__(256) gemm_kernel(gemm_params p)
                 const int m = idx / TK, kk = idx % TK, gm = m0 + m, gk = k0 + kk;
                 As[kk][m] = (gm < p.M && gk < ke) ? A[(size_t)gm * p.lda + gk] : 0.f;
             }
-            if (!BNK) {
+            if constexpr (std::is_same<W, int8_t>::value) {
+                /* Q8_0: stored row r (k, or n when BNK), element c; its block's scale */
+                const int a = BNK ? idx / TK : idx / TN, e2 = BNK ? idx % TK : idx % TN;
+                const int kk = BNK ? e2 : a, n = BNK ? a : e2, gk = k0 + kk, gn = n0 + n;
+                const int r = BNK ? gn : gk, c = BNK ? gk : gn;
+                const uint16_t *Q = p.Bq + (size_t)head * p.sBq;
+                Bs[kk][n] = (gk < ke && gn < p.Nc)
+                                ? __fmul_rn(q8_scale(Q + (size_t)r * p.ldbq + (c >> 5)), (float)__ldg(B + (size_t)r * p.ldb + c))
+                                : 0.f;
+            } else if (!BNK) {
                 const int kk = idx / TN, n = idx % TN, gk = k0 + kk, gn = n0 + n;
                 Bs[kk][n] = (gk < ke && gn < p.Nc) ? ldw(B + (size_t)gk * p.ldb + gn) : 0.f;
             } else {
@@ -149,6 +161,7 @@ __global__ void __launch_bounds__(256) ln_rows_kernel(float *A, int D)
 cudaError_t bdh_k_gemm(bdh_elem wt, const gemm_params *p, cudaStream_t st)
 {
     const dim3 grid((p->Nc + TN - 1) / TN, (p->M + TM - 1) / TM, p->batch * p->splits);
+    if (wt == BDH_ELEM_Q8_0) return p->Bq ? launch_w<int8_t>(p, grid, st) : cudaErrorInvalidValue;
     return wt == BDH_ELEM_BF16 ? launch_w<__nv_bfloat16>(p, grid, st) : launch_w<float>(p, grid, st);
 }
 

@@ -8,6 +8,10 @@
 #                                              # dependencies' headers and libraries
 #                                              # into DIR (e.g. .gpudeps) to carry
 #
+# test_cuda covers float32, bfloat16 and Q8_0 weights (test_q8_* are checked
+# by name in its log); gpu_bench measures all three (q8.* keys get their own
+# section in the report).
+#
 # Output: ${OUT:-gpu-report}/gpu-report.md and the raw logs beside it
 # (build.log, sanitizer.log, test_cuda.log, bench.log, test_c.log: the
 # CPU-path tests of the CUDA build).
@@ -198,12 +202,23 @@ TLOG=$R/test_cuda.log
 : >"$TLOG"
 if [ $TESTS_OK = 1 ]; then
     if { [ "$QUICK" != 1 ] || [ "${GPU_CHECK_SANITIZER:-0}" = 1 ]; } && command -v compute-sanitizer >/dev/null; then
-        run_phase "test_cuda under compute-sanitizer memcheck (quick)" 170 "$SLOG" \
+        run_phase "test_cuda under compute-sanitizer memcheck (quick)" 220 "$SLOG" \
             env BDH_TEST_QUICK=1 compute-sanitizer --tool memcheck --leak-check full --error-exitcode 99 "$BUILD/tests/test_cuda"
     else
         PHASES+=("test_cuda under compute-sanitizer|SKIPPED|0|sanitizer.log")
     fi
-    run_phase "test_cuda" 150 "$TLOG" "$BUILD/tests/test_cuda"
+    # every CUDA test, the Q8_0 ones (test_q8_*) included
+    run_phase "test_cuda" 180 "$TLOG" "$BUILD/tests/test_cuda"
+    q8_missing=""
+    for t in test_q8_parity test_q8_batch test_q8_prefill test_q8_prequantized; do
+        grep -q "\[ \+OK \] $t" "$TLOG" || q8_missing="$q8_missing $t"
+    done
+    if [ -n "$q8_missing" ]; then
+        echo "!! Q8_0 tests that did not pass (or did not run):$q8_missing" | tee -a "$TLOG"
+        PHASES+=("Q8_0 tests in test_cuda|FAIL (not passed:$q8_missing)|0|test_cuda.log")
+    else
+        PHASES+=("Q8_0 tests in test_cuda|PASS|0|test_cuda.log")
+    fi
 fi
 
 # ---------------------------------------------------------------- benchmark
@@ -213,7 +228,7 @@ MODEL=$WORK/bench_model.safetensors
 if [ $BUILD_OK = 1 ] && [ -x "$BUILD/gpu_bench" ]; then
     qflag=""
     [ "$QUICK" = 1 ] && qflag=--quick
-    run_phase "gpu_bench" 150 "$BENCH" "$BUILD/gpu_bench" --model "$MODEL" --out "$WORK" $qflag
+    run_phase "gpu_bench" 200 "$BENCH" "$BUILD/gpu_bench" --model "$MODEL" --out "$WORK" $qflag
     if [ -f "$MODEL" ]; then
         steps=100
         [ "$QUICK" = 1 ] && steps=40
@@ -259,7 +274,16 @@ REPORT=$R/gpu-report.md
         echo "## GPU tests (test_cuda)"
         echo
         echo '```'
-        grep -E '^  |PASSED|FAILED|skipped|\[  (OK|FAILED)|ERROR|rel err' "$TLOG" | head -80
+        grep -E '^  |PASSED|FAILED|skipped|\[  (OK|FAILED)|ERROR|rel err|^!!' "$TLOG" | head -160
+        echo '```'
+        echo
+    fi
+    if grep -q '^q8\.' "$WORK/gpu_bench.txt" 2>/dev/null; then
+        # bench/torch_gpu.py's table has float32 and bfloat16 only
+        echo "## Q8_0 weights (libbdh, gpu_bench)"
+        echo
+        echo '```'
+        grep -E '^(f32\.(decode_ms|bytes_per_token|GBps|weight_bytes|batch_tok_s|prefill_tok_s)|q8\.[a-z0-9_]+|bf16\.decode_vs_f32)=' "$WORK/gpu_bench.txt"
         echo '```'
         echo
     fi

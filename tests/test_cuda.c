@@ -9,6 +9,13 @@
  * reset; bad tokens; device errors; and that freeing models and states gives
  * the device memory back.
  *
+ * Q8_0 weights (BDH_WEIGHTS_Q8_0): GPU steps vs the CPU's Q8_0 steps of the
+ * same model (<= 1e-5), run to run, graph vs eager (bitwise); batched vs
+ * single steps bit for bit (logits and states); prefill vs steps
+ * (<= 1e-5); a file written by bdh_model_quantize gives exactly the logits
+ * of quantizing at load (and loads as float32 too); Q8_0 blobs between GPU
+ * and CPU; device bytes.
+ *
  * Without a GPU (or in a build without CUDA=1) it prints "skipped: no CUDA
  * device" and passes. BDH_TEST_QUICK=1 keeps only the first 150 positions
  * of each case (scripts/gpu-check.sh uses it under compute-sanitizer). */
@@ -20,6 +27,7 @@
 
 #define F32_TOL 1e-4
 #define BF16_TOL 1e-2
+#define Q8_TOL 1e-5 /* Q8_0 on the GPU vs the CPU's Q8_0 (same blocks), prefill vs steps */
 #define QUICK_T 150
 
 static int g_quick;
@@ -66,6 +74,14 @@ static void free_expect(expect *e)
 {
     free(e->tokens);
     free(e->logits);
+}
+
+/* The first T positions of e (a view: not to be freed). */
+static expect first_positions(const expect *e, size_t T)
+{
+    expect h = *e;
+    if (h.T > T) h.T = T;
+    return h;
 }
 
 /* [T][V] logits of bdh_step over the case's tokens, from a fresh state. */
@@ -405,9 +421,22 @@ static void test_prefill(void **unused)
 
 /* ---------------------------------------------------------------- batch */
 
+/* Two states hold the same bits (their blobs are equal). */
+static void assert_states_identical(bdh_state *a, bdh_state *b)
+{
+    const size_t len = bdh_state_save_size(a);
+    assert_int_equal(len, bdh_state_save_size(b));
+    uint8_t *ba = malloc(len), *bb = malloc(len);
+    assert_int_equal(bdh_state_save(a, ba, len, NULL), BDH_OK);
+    assert_int_equal(bdh_state_save(b, bb, len, NULL), BDH_OK);
+    assert_memory_equal(ba, bb, len);
+    free(ba);
+    free(bb);
+}
+
 /* States at different positions, advanced together, against copies of them
- * advanced one at a time. */
-static double batch_vs_single(bdh_model *gpu, const expect *e, int K, int rounds, const char *name)
+ * advanced one at a time: within F32_TOL, or (bitwise) the same bits. */
+static double batch_vs_single(bdh_model *gpu, const expect *e, int K, int rounds, const char *name, int bitwise)
 {
     bdh_state **st = calloc((size_t)K, sizeof *st), **single = calloc((size_t)K, sizeof *single);
     int32_t *tok = calloc((size_t)K, sizeof *tok);
@@ -427,6 +456,11 @@ static double batch_vs_single(bdh_model *gpu, const expect *e, int K, int rounds
             assert_int_equal(bdh_step(single[k], tok[k], ls), BDH_OK);
             assert_int_equal(bdh_state_position(st[k]), bdh_state_position(single[k]));
             if (!out) continue;
+            if (bitwise) {
+                if (memcmp(lb + (size_t)k * e->V, ls, e->V * sizeof(float)) != 0)
+                    fprintf(stderr, "%s batch of %d: state %d round %d differs from its single step\n", name, K, k, r);
+                assert_memory_equal(lb + (size_t)k * e->V, ls, e->V * sizeof(float));
+            }
             const double err = tu_rel_err(lb + (size_t)k * e->V, ls, e->V);
             if (!(err <= F32_TOL)) fprintf(stderr, "%s batch of %d: state %d round %d rel err %.3g\n", name, K, k, r, err);
             assert_true(err <= F32_TOL);
@@ -436,6 +470,7 @@ static double batch_vs_single(bdh_model *gpu, const expect *e, int K, int rounds
     for (int k = 0; k < K; k++) {
         const double sd = state_diff(st[k], single[k]);
         assert_true(sd <= F32_TOL);
+        if (bitwise) assert_states_identical(st[k], single[k]);
         bdh_state_free(st[k]);
         bdh_state_free(single[k]);
     }
@@ -455,10 +490,10 @@ static void test_batch(void **unused)
     for (int i = 0; i < n; i++) {
         expect e = read_expect(&cases[i]);
         bdh_model *gpu = load_gpu(cases[i].model, BDH_WEIGHTS_F32);
-        const double a = batch_vs_single(gpu, &e, 7, 6, cases[i].name);
-        const double b = batch_vs_single(gpu, &e, 2, 4, cases[i].name);
+        const double a = batch_vs_single(gpu, &e, 7, 6, cases[i].name, 0);
+        const double b = batch_vs_single(gpu, &e, 2, 4, cases[i].name, 0);
         double c = -1.0;
-        if (i == 0) c = batch_vs_single(gpu, &e, 130, 3, cases[i].name); /* more than one launch group */
+        if (i == 0) c = batch_vs_single(gpu, &e, 130, 3, cases[i].name, 0); /* more than one launch group */
         printf("  %-12s batch vs single: 7 states %.2e  2 states %.2e", cases[i].name, a, b);
         if (c >= 0) printf("  130 states %.2e", c);
         printf("\n");
@@ -617,14 +652,258 @@ static void test_device_errors(void **unused)
     printf("  BDH_WEIGHTS_F16: %s\n", bdh_last_error());
 }
 
+/* ---------------------------------------------------------------- Q8_0 */
+
+static bdh_model *load_cpu_q8(const char *path)
+{
+    bdh_model *m = NULL;
+    bdh_status rc = load_on(path, BDH_DEVICE_CPU, BDH_WEIGHTS_Q8_0, &m);
+    if (rc != BDH_OK) fprintf(stderr, "CPU Q8_0 load %s: %s\n", path, bdh_last_error());
+    assert_int_equal(rc, BDH_OK);
+    return m;
+}
+
+/* What the device holds for Q8_0: float32 embed and lm_head; per neuron row
+ * of encoder, encoder_v and decoder, D int8 values padded to whole blocks
+ * of 32, and an F16 scale per block. */
+static size_t q8_device_bytes(const bdh_model *m)
+{
+    bdh_config c;
+    assert_int_equal(bdh_model_config(m, &c), BDH_OK);
+    const size_t D = (size_t)c.n_embd, HN = (size_t)c.n_head * (size_t)c.n_neurons, V = (size_t)c.vocab_size;
+    const size_t nb = (D + 31) / 32;
+    return 2 * V * D * 4 + 3 * HN * (nb * 32 + 2 * nb);
+}
+
+/* GPU Q8_0 steps against the CPU's Q8_0 steps of the same file (the same
+ * blocks: both quantize with bdh_q8_quantize_row), every case and position;
+ * a second run gives the same bits; blobs go between GPU and CPU. */
+static void test_q8_parity(void **unused)
+{
+    (void)unused;
+    tu_case cases[32];
+    const int n = list_cases(cases, 32);
+    for (int i = 0; i < n; i++) {
+        expect e = read_expect(&cases[i]);
+        bdh_model *cpu = load_cpu_q8(cases[i].model);
+        bdh_model *gpu = load_gpu(cases[i].model, BDH_WEIGHTS_Q8_0);
+        assert_int_equal(bdh_model_weight_bytes(gpu), q8_device_bytes(gpu));
+        assert_true(bdh_model_fingerprint(gpu) == bdh_model_fingerprint(cpu)); /* the same weights */
+        float *ref = step_logits(cpu, &e);
+        float *got = step_logits(gpu, &e);
+        const double vs_cpu = compare_rows("Q8_0 step vs CPU Q8_0", cases[i].name, got, ref, 0, e.T, e.V, Q8_TOL);
+        const expect e64 = first_positions(&e, 64);
+        float *again = step_logits(gpu, &e64); /* run to run: the same bits */
+        assert_memory_equal(got, again, e64.T * e.V * sizeof(float));
+
+        /* a GPU Q8_0 blob continues on the CPU's Q8_0 model, and back */
+        double blob_err = -1.0;
+        if (e.T >= 12) {
+            const size_t k = 10;
+            float *la = malloc(e.V * 4), *lb = malloc(e.V * 4);
+            bdh_state *g, *c;
+            assert_int_equal(bdh_state_new(gpu, &g), BDH_OK);
+            assert_int_equal(bdh_state_new(cpu, &c), BDH_OK);
+            for (size_t t = 0; t < k; t++) assert_int_equal(bdh_step(g, e.tokens[t], NULL), BDH_OK);
+            const size_t len = bdh_state_save_size(g);
+            uint8_t *blob = malloc(len);
+            assert_int_equal(bdh_state_save(g, blob, len, NULL), BDH_OK);
+            assert_int_equal(bdh_state_load(c, blob, len), BDH_OK);
+            assert_int_equal(bdh_step(g, e.tokens[k], la), BDH_OK);
+            assert_int_equal(bdh_step(c, e.tokens[k], lb), BDH_OK);
+            blob_err = tu_rel_err(la, lb, e.V);
+            assert_true(blob_err <= Q8_TOL);
+            assert_int_equal(bdh_state_save(c, blob, len, NULL), BDH_OK);
+            assert_int_equal(bdh_state_load(g, blob, len), BDH_OK);
+            assert_int_equal(bdh_step(g, e.tokens[k + 1], la), BDH_OK);
+            assert_int_equal(bdh_step(c, e.tokens[k + 1], lb), BDH_OK);
+            const double back = tu_rel_err(la, lb, e.V);
+            assert_true(back <= Q8_TOL);
+            if (back > blob_err) blob_err = back;
+            free(blob);
+            bdh_state_free(g);
+            bdh_state_free(c);
+            free(la);
+            free(lb);
+        }
+        printf("  %-12s T=%-5zu GPU Q8_0 step vs CPU Q8_0 %.2e (a second run: the same bits)", cases[i].name, e.T, vs_cpu);
+        if (blob_err >= 0) printf("  blobs GPU<->CPU %.2e", blob_err);
+        printf("\n");
+        free(ref);
+        free(got);
+        free(again);
+        bdh_model_free(gpu);
+        bdh_model_free(cpu);
+        free_expect(&e);
+    }
+
+    /* graph replay == eager == no PDL, bitwise; dense listing up to summation order */
+    const tu_case *c = &cases[2]; /* long: 6 layers, 4 heads */
+    expect e = read_expect(c);
+    if (e.T > 64) e.T = 64;
+    bdh_model *gpu = load_gpu(c->model, BDH_WEIGHTS_Q8_0);
+    float *base = step_logits(gpu, &e);
+    bdh_model_free(gpu);
+    setenv("BDH_CUDA_GRAPH", "0", 1);
+    gpu = load_gpu(c->model, BDH_WEIGHTS_Q8_0);
+    unsetenv("BDH_CUDA_GRAPH");
+    float *other = step_logits(gpu, &e);
+    bdh_model_free(gpu);
+    assert_memory_equal(base, other, e.T * e.V * sizeof(float));
+    free(other);
+    setenv("BDH_CUDA_PDL", "0", 1);
+    gpu = load_gpu(c->model, BDH_WEIGHTS_Q8_0);
+    unsetenv("BDH_CUDA_PDL");
+    other = step_logits(gpu, &e);
+    bdh_model_free(gpu);
+    assert_memory_equal(base, other, e.T * e.V * sizeof(float));
+    free(other);
+    setenv("BDH_CUDA_DENSE", "1", 1);
+    gpu = load_gpu(c->model, BDH_WEIGHTS_Q8_0);
+    unsetenv("BDH_CUDA_DENSE");
+    other = step_logits(gpu, &e);
+    bdh_model_free(gpu);
+    const double dense = compare_rows("Q8_0 dense vs sparse", c->name, other, base, 0, e.T, e.V, Q8_TOL);
+    printf("  %-12s Q8_0 graph == eager == no PDL (bitwise); dense vs sparse %.2e\n", c->name, dense);
+    free(other);
+    free(base);
+    free_expect(&e);
+}
+
+/* Batched Q8_0 steps run the single step's kernels over the states: the
+ * same bits as single steps, logits and states, in groups of any size. */
+static void test_q8_batch(void **unused)
+{
+    (void)unused;
+    tu_case cases[32];
+    const int n = list_cases(cases, 32);
+    for (int i = 0; i < n; i++) {
+        expect e = read_expect(&cases[i]);
+        bdh_model *gpu = load_gpu(cases[i].model, BDH_WEIGHTS_Q8_0);
+        batch_vs_single(gpu, &e, 7, 6, cases[i].name, 1);
+        batch_vs_single(gpu, &e, 2, 4, cases[i].name, 1);
+        if (i == 0) batch_vs_single(gpu, &e, 130, 3, cases[i].name, 1); /* more than one launch group */
+        printf("  %-12s Q8_0 batch == single steps (bitwise): 7 and 2 states%s\n", cases[i].name,
+               i == 0 ? ", 130 states" : "");
+        bdh_model_free(gpu);
+        free_expect(&e);
+    }
+}
+
+/* Q8_0 prefill (GEMMs over the exact dequantized values) against Q8_0
+ * steps: uneven pieces mixed with single steps, the last logits, the final
+ * state. */
+static void test_q8_prefill(void **unused)
+{
+    (void)unused;
+    static const size_t pieces[] = {1, 5, 64, 1, 65, 200, 128, 129, 300};
+    const size_t n_pieces = sizeof pieces / sizeof pieces[0];
+    tu_case cases[32];
+    const int n = list_cases(cases, 32);
+    for (int i = 0; i < n; i++) {
+        expect e = read_expect(&cases[i]);
+        bdh_model *gpu = load_gpu(cases[i].model, BDH_WEIGHTS_Q8_0);
+        float *ref = step_logits(gpu, &e);
+        bdh_state *s, *stepped, *whole;
+        assert_int_equal(bdh_state_new(gpu, &s), BDH_OK);
+        float *got = malloc(e.T * e.V * sizeof(float));
+        double worst = 0.0;
+        size_t done = 0;
+        for (size_t k = 0; done < e.T; k++) {
+            size_t len = pieces[k % n_pieces];
+            if (len > e.T - done) len = e.T - done;
+            bdh_status rc = len == 1 ? bdh_step(s, e.tokens[done], got) : bdh_prefill_all(s, e.tokens + done, len, got);
+            if (rc != BDH_OK) fprintf(stderr, "Q8_0 prefill: %s\n", bdh_last_error());
+            assert_int_equal(rc, BDH_OK);
+            const double err = compare_rows("Q8_0 prefill_all vs steps", cases[i].name, got, ref, done, len, e.V, Q8_TOL);
+            if (err > worst) worst = err;
+            done += len;
+        }
+        assert_int_equal(bdh_state_new(gpu, &stepped), BDH_OK);
+        for (size_t t = 0; t < e.T; t++) assert_int_equal(bdh_step(stepped, e.tokens[t], NULL), BDH_OK);
+        const double sdiff = state_diff(s, stepped);
+        assert_true(sdiff <= Q8_TOL);
+        assert_int_equal(bdh_state_new(gpu, &whole), BDH_OK);
+        assert_int_equal(bdh_prefill(whole, e.tokens, e.T, got), BDH_OK);
+        const double last = compare_rows("Q8_0 prefill vs steps", cases[i].name, got, ref, e.T - 1, 1, e.V, Q8_TOL);
+        const double sdiff2 = state_diff(whole, stepped);
+        assert_true(sdiff2 <= Q8_TOL);
+        printf("  %-12s T=%-5zu Q8_0 prefill_all vs steps %.2e  prefill %.2e  state %.2e / %.2e\n", cases[i].name, e.T,
+               worst, last, sdiff, sdiff2);
+        bdh_state_free(whole);
+        bdh_state_free(stepped);
+        bdh_state_free(s);
+        free(got);
+        free(ref);
+        bdh_model_free(gpu);
+        free_expect(&e);
+    }
+}
+
+/* A file written by bdh_model_quantize: loaded with BDH_WEIGHTS_AS_STORED
+ * or BDH_WEIGHTS_Q8_0 it gives exactly the logits of quantizing the float
+ * file at load (steps and prefill); with BDH_WEIGHTS_F32 it is its
+ * dequantized values, like on the CPU. */
+static void test_q8_prequantized(void **unused)
+{
+    (void)unused;
+    tu_case cases[32];
+    const int n = list_cases(cases, 32);
+    char path[512];
+    snprintf(path, sizeof path, "/tmp/libbdh_test_cuda_q8_%d.safetensors", (int)getpid());
+    for (int i = 0; i < n; i++) {
+        expect e = read_expect(&cases[i]);
+        assert_int_equal(bdh_model_quantize(cases[i].model, path, BDH_WEIGHTS_Q8_0), BDH_OK);
+        bdh_model *at_load = load_gpu(cases[i].model, BDH_WEIGHTS_Q8_0);
+        bdh_model *stored = load_gpu(path, BDH_WEIGHTS_AS_STORED);
+        bdh_model *stored_q = load_gpu(path, BDH_WEIGHTS_Q8_0);
+        assert_string_equal(bdh_model_file_dtype(stored, "encoder"), "Q8_0");
+        assert_int_equal(bdh_model_weight_bytes(stored), bdh_model_weight_bytes(at_load));
+        assert_int_equal(bdh_model_weight_bytes(stored_q), bdh_model_weight_bytes(at_load));
+        const size_t bytes = e.T * e.V * sizeof(float);
+        const expect e64 = first_positions(&e, 64);
+        float *a = step_logits(at_load, &e), *b = step_logits(stored, &e), *c = step_logits(stored_q, &e64);
+        assert_memory_equal(a, b, bytes);
+        assert_memory_equal(a, c, e64.T * e.V * sizeof(float));
+
+        /* prefill: the same GEMMs on the same blocks */
+        bdh_state *sa, *sb;
+        assert_int_equal(bdh_state_new(at_load, &sa), BDH_OK);
+        assert_int_equal(bdh_state_new(stored, &sb), BDH_OK);
+        assert_int_equal(bdh_prefill_all(sa, e.tokens, e.T, a), BDH_OK);
+        assert_int_equal(bdh_prefill_all(sb, e.tokens, e.T, b), BDH_OK);
+        assert_memory_equal(a, b, bytes);
+        bdh_state_free(sa);
+        bdh_state_free(sb);
+
+        /* held as float32: the dequantized blocks, as the CPU holds them */
+        bdh_model *gpu_f = load_gpu(path, BDH_WEIGHTS_F32), *cpu_f = tu_load(path);
+        float *gf = step_logits(gpu_f, &e64), *cf = step_logits(cpu_f, &e64);
+        const double f32_err =
+            compare_rows("dequantized Q8_0 file, GPU vs CPU", cases[i].name, gf, cf, 0, e64.T, e.V, F32_TOL);
+        bdh_model *gpu_b = load_gpu(path, BDH_WEIGHTS_BF16); /* loads (values rounded to bf16) */
+        printf("  %-12s pre-quantized file == quantized at load (bitwise, steps and prefill); as float32 vs CPU %.2e\n",
+               cases[i].name, f32_err);
+        free(a);
+        free(b);
+        free(c);
+        free(gf);
+        free(cf);
+        bdh_model *ms[] = {at_load, stored, stored_q, gpu_f, cpu_f, gpu_b};
+        for (size_t k = 0; k < sizeof ms / sizeof ms[0]; k++) bdh_model_free(ms[k]);
+        free_expect(&e);
+    }
+    remove(path);
+}
+
 /* ---------------------------------------------------------------- release */
 
 typedef int (*mem_info_fn)(size_t *, size_t *);
 
 /* One full life: load, states (step, prefill, batch, copy), free. */
-static void one_life(const char *path, const expect *e)
+static void one_life(const char *path, const expect *e, bdh_weight_type wt)
 {
-    bdh_model *gpu = load_gpu(path, BDH_WEIGHTS_F32);
+    bdh_model *gpu = load_gpu(path, wt);
     bdh_state *s[3];
     for (int k = 0; k < 3; k++) assert_int_equal(bdh_state_new(gpu, &s[k]), BDH_OK);
     for (int t = 0; t < 3; t++) assert_int_equal(bdh_step(s[0], e->tokens[t], NULL), BDH_OK);
@@ -648,18 +927,23 @@ static void test_release(void **unused)
     /* cudaMemGetInfo from the runtime the library already loaded (a lookup
      * at run time: the test links to libbdh only) */
     mem_info_fn mem_info = (mem_info_fn)dlsym(RTLD_DEFAULT, "cudaMemGetInfo");
-    for (int k = 0; k < 2; k++) one_life(c->model, &e); /* one-time loads (modules, cuBLAS) */
+    for (int k = 0; k < 2; k++) { /* one-time loads (modules, cuBLAS) */
+        one_life(c->model, &e, BDH_WEIGHTS_F32);
+        one_life(c->model, &e, BDH_WEIGHTS_Q8_0);
+    }
     size_t free0 = 0, free1 = 0, total = 0;
     if (mem_info) assert_int_equal(mem_info(&free0, &total), 0);
-    for (int k = 0; k < 20; k++) one_life(c->model, &e);
+    for (int k = 0; k < 20; k++) one_life(c->model, &e, BDH_WEIGHTS_F32);
+    for (int k = 0; k < 10; k++) one_life(c->model, &e, BDH_WEIGHTS_Q8_0);
     if (mem_info) {
         assert_int_equal(mem_info(&free1, &total), 0);
         const double lost = ((double)free0 - (double)free1) / (1 << 20);
-        printf("  20 load/use/free cycles: device free memory %.1f MiB before, %.1f MiB after (%.1f MiB lost)\n",
+        printf("  20 float32 + 10 Q8_0 load/use/free cycles: device free memory %.1f MiB before, %.1f MiB after "
+               "(%.1f MiB lost)\n",
                free0 / 1048576.0, free1 / 1048576.0, lost);
         assert_true(lost < 16.0);
     } else {
-        printf("  20 load/use/free cycles ran (cudaMemGetInfo not found: memory not measured)\n");
+        printf("  20 float32 + 10 Q8_0 load/use/free cycles ran (cudaMemGetInfo not found: memory not measured)\n");
     }
     free_expect(&e);
 }
@@ -701,7 +985,9 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_step_parity), cmocka_unit_test(test_switches),  cmocka_unit_test(test_bf16),
         cmocka_unit_test(test_prefill),     cmocka_unit_test(test_batch),     cmocka_unit_test(test_save_load),
-        cmocka_unit_test(test_bad_tokens),  cmocka_unit_test(test_device_errors), cmocka_unit_test(test_release),
+        cmocka_unit_test(test_bad_tokens),  cmocka_unit_test(test_device_errors), cmocka_unit_test(test_q8_parity),
+        cmocka_unit_test(test_q8_batch),    cmocka_unit_test(test_q8_prefill), cmocka_unit_test(test_q8_prequantized),
+        cmocka_unit_test(test_release),
     };
     return cmocka_run_group_tests_name("CUDA backend", tests, NULL, NULL);
 }
