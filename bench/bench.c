@@ -475,8 +475,8 @@ int main(int argc, char **argv)
     printf("  \"decode_observed_ms\": %.4f,\n", decode(&o, BDH_WEIGHTS_F32, 4.0, true).ms_per_token);
     printf("  \"decode_bf16_ms\": %.4f, \"bytes_per_token_bf16\": %.4g,\n", bf16.ms_per_token, bf16.bytes);
     printf("  \"batch1_tokens_per_s\": %.2f,\n", 1e3 / f32.ms_per_token);
-    /* Q8_0: one byte a weight plus an F16 scale per 32 (embed, lm_head stay
-     * float32: under 0.1% of the bytes, counted at this size too) */
+    /* Q8_0: one byte a weight plus an F16 scale per 32 (traffic.h counts
+     * embed and lm_head, which stay float32, at 4) */
     decode_result q8 = decode(&o, BDH_WEIGHTS_Q8_0, 1.0 + 2.0 / 32, false);
     printf("  \"decode_q8_ms\": %.4f, \"bytes_per_token_q8\": %.4g,\n", q8.ms_per_token, q8.bytes);
     printf("  \"batch8_tokens_per_s\": %.2f, \"batch8_q8_tokens_per_s\": %.2f,\n", batch_tokens_per_s(&o, 8, BDH_WEIGHTS_F32),

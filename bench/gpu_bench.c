@@ -244,12 +244,7 @@ static double bench_decode(const opts *o, bdh_model *m, const char *tag, const i
     /* bytes per weight: Q8_0 is one int8 value plus an F16 scale per 32 */
     const double ws = wtype == 1 ? 2.0 : wtype == 2 ? 1.0 + 2.0 / 32 : 4.0;
     /* bytes the step must move (traffic.h, the model bench.c uses too) */
-    bench_traffic b = bench_traffic_counts(&c, ws, neurons, pairs, gated);
-    if (wtype == 2) { /* lm_head and the embedding row stay float32 beside Q8_0 */
-        const double misc = (double)c.n_embd * c.vocab_size * 4.0 + c.n_embd * 4.0;
-        b.total += misc - b.misc;
-        b.misc = misc;
-    }
+    const bench_traffic b = bench_traffic_counts(&c, ws, neurons, pairs, gated);
     char k[64];
     emit(KEY("decode_ms"), "%.4f", sec * 1e3);
     emit(KEY("decode_tok_s"), "%.1f", 1.0 / sec);

@@ -10,8 +10,9 @@
  *   decoder     the rows of neurons with xy > 0
  *   misc        lm_head and one embedding row
  *
- * Weights count wsize bytes per value (4 for float32, 2 for bfloat16); the
- * state is float32 whatever the weights are. */
+ * Weights count wsize bytes per value (4 for float32, 2 for bfloat16, 1 +
+ * 2/32 for Q8_0, whose lm_head and embed stay float32); the state is float32
+ * whatever the weights are. */
 #ifndef BDH_BENCH_TRAFFIC_H
 #define BDH_BENCH_TRAFFIC_H
 
@@ -33,7 +34,9 @@ static inline bench_traffic bench_traffic_counts(const bdh_config *c, double wsi
     t.state = pairs * 2 * D * 4 * 2;
     t.encoder_v = neurons * D * wsize;
     t.decoder = gated * D * wsize;
-    t.misc = D * c->vocab_size * wsize + D * wsize;
+    /* lm_head and one embedding row; Q8_0 (under 2 bytes a weight) keeps them float32 */
+    const double misc_wsize = wsize < 2.0 ? 4.0 : wsize;
+    t.misc = D * c->vocab_size * misc_wsize + D * misc_wsize;
     t.total = t.encoder + t.state + t.encoder_v + t.decoder + t.misc;
     return t;
 }
