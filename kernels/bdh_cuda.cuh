@@ -11,11 +11,15 @@
  *   cuda_model.cu    the table; weight packing and upload from the file's
  *                    tensors, state lifecycle, read/write for save/load, the
  *                    bench's debug hooks
- *   cuda_forward.cu  the single-token step (CUDA graph), prefill, the batched
- *                    step (bdh_cuda_forward_*), the bench's profiler
+ *   cuda_step.cu     the single-token step (CUDA graph), the thread's PDL
+ *                    flag, the bench's profiler
+ *   cuda_forward.cu  prefill and the batched step (bdh_cuda_forward_*), the
+ *                    paths through the weight GEMMs
+ *   cuda_q8.cu       the Q8_0 decode: the single step's and a batch group's
+ *                    kernel sequence with Q8_0 weights
  *   kernels_step.cu  the decode kernels (embedding, encoder GEMV, compaction,
- *                    state read/update, LN of a, encoder_v gate, decoder, LNs),
- *                    and their Q8_0 versions (encoder row dots, gate, decoder)
+ *                    state read/update, LN of a, encoder_v gate, decoder, LNs)
+ *   kernels_q8.cu    the Q8_0 decode kernels (encoder row dots, gate, decoder)
  *   kernels_gemm.cu  tiled GEMM with F32/BF16/Q8_0 weights, and the
  *                    prefill-only kernels (RoPE of a chunk, masked intra-chunk
  *                    term, row LN)
@@ -45,6 +49,7 @@
 #define BDH_GX_STEP 128  /* state kernel: partial sums of a per head */
 #define BDH_GY_STEP 64   /* encoder_v gate kernel */
 #define BDH_RG_STEP 16   /* decoder: row groups per head (partials of y) */
+#define DEC_GROUP 8      /* decoder kernels: pairs whose rows a warp loads at once */
 #define BDH_BATCH_MAX 128 /* states per launch group of the batched step */
 #define BDH_MAX_SPLITK 64
 #define BDH_MAX_D 4096    /* shared-memory rows of D floats */
@@ -340,7 +345,7 @@ __device__ __forceinline__ void block_layernorm(float *v, int D, double *scratch
 /* ------------------------------------------------------------ launching */
 
 /* Whether launches from the calling thread carry the PDL attribute now
- * (cuda_forward.cu): only while it enqueues a single-token step, where 44
+ * (cuda_step.cu): only while it enqueues a single-token step, where 44
  * small kernels run back to back, and then as that step's model says
  * (cuda_model.pdl, BDH_CUDA_PDL=0 at its load turns it off). A thread-local
  * flag, so models loaded with different settings, used from any threads, do
@@ -393,10 +398,10 @@ cudaError_t bdh_k_dec(bdh_elem wt, const float *xy, const void *dec, const int *
                       int H, int RG, float *y_part, cudaStream_t st);
 cudaError_t bdh_k_final_ln(const float *y_part, int P, long long pstride, int D, float *X, int rows, cudaStream_t st);
 
-/* Q8_0 decode kernels for B states (one token each; B = 1 is the single
- * step, and a state's results do not depend on B). Weights are int8 rows of
- * Dp bytes (D values, zero-padded) with F16 scales [rows][Dp/32]; each
- * block of 32 is summed in float, then scaled once.
+/* kernels_q8.cu: Q8_0 decode kernels for B states (one token each; B = 1
+ * is the single step, and a state's results do not depend on B). Weights
+ * are int8 rows of Dp bytes (D values, zero-padded) with F16 scales
+ * [rows][Dp/32]; each block of 32 is summed in float, then scaled once.
  *   q8_rows   out[b][r] = act(X[b] . W[r]) for r < R (the encoder: R = H*N)
  *   ev_gate   as bdh_k_ev_gate, per state; ln_a [B][H][D], xs/xy [B][H*N],
  *             list [B][H][N/2], count [B][H]
@@ -448,9 +453,20 @@ cudaError_t bdh_k_ln_rows(float *A, int D, int rows, cudaStream_t st);
 void bdh_cuda_free_prefill(prefill_buf *pf); /* NULL, or built in part: fine */
 void bdh_cuda_free_batch(batch_buf *bt);
 
-/* cuda_forward.cu: the table's step_batch (n == 1: the single-token graph
- * step) and prefill. Each advances the states' positions by the tokens fed. */
+/* cuda_forward.cu: the table's step_batch (n == 1: bdh_cuda_step) and
+ * prefill. Each advances the states' positions by the tokens fed. */
 bdh_status bdh_cuda_forward_step_batch(bdh_state *const *states, const int32_t *tokens, size_t n, float *logits);
 bdh_status bdh_cuda_forward_prefill(bdh_state *s, const int32_t *tokens, size_t n, float *logits, bool all_rows);
+
+/* cuda_step.cu: the single-token step (the graph, after an eager first
+ * token); advances the position by one. */
+bdh_status bdh_cuda_step(bdh_state *s, int32_t token, float *logits);
+
+/* cuda_q8.cu: enqueue the Q8_0 decode on the state's stream: the single
+ * step (token and position from cs->io_d, logits into it; ev as
+ * cuda_step.cu's profiler passes it, else NULL), or one token for each of
+ * B states of a batch group (inputs in cs->bt->in_d; logits not computed). */
+bdh_status bdh_cuda_enqueue_step_q8(const cuda_model *cm, cuda_state *cs, cudaEvent_t *ev);
+bdh_status bdh_cuda_enqueue_batch_q8(const cuda_model *cm, cuda_state *cs, int B);
 
 #endif /* BDH_CUDA_CUH */

@@ -4,7 +4,7 @@
  * blocks quantized with the CPU's routine or copied from a Q8_0 file),
  * device state allocation, reset, copy, read/write for save/load, and
  * release; the bench's debug hooks. The forward functions of the table are
- * in cuda_forward.cu. */
+ * in cuda_forward.cu (the single-token step: cuda_step.cu). */
 #include "bdh_cuda.cuh"
 #include "bdh_cuda_debug.h"
 
