@@ -5,18 +5,7 @@
  * rounded weights. */
 #include "test_util.h"
 
-static bdh_model *load_with(const char *path, int threads, bdh_weight_type wt, bdh_kernels k)
-{
-    bdh_model_params p = bdh_model_default_params();
-    p.n_threads = threads;
-    p.weight_type = wt;
-    p.kernels = k;
-    bdh_model *m = NULL;
-    bdh_status rc = bdh_model_load(path, &p, &m);
-    if (rc != BDH_OK) fprintf(stderr, "%s: %s\n", path, bdh_last_error());
-    assert_int_equal(rc, BDH_OK);
-    return m;
-}
+#define load_with tu_load_with
 
 /* Run tokens through a fresh state; logits_all gets T rows. */
 static void run(bdh_model *m, const int32_t *tokens, size_t T, float *logits_all, size_t V)

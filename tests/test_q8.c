@@ -36,15 +36,7 @@ static const char *tmp_path(const char *name)
 
 static bdh_model *load_q(const char *path, bdh_weight_type wt, bdh_kernels k, int threads)
 {
-    bdh_model_params p = bdh_model_default_params();
-    p.weight_type = wt;
-    p.kernels = k;
-    p.n_threads = threads;
-    bdh_model *m = NULL;
-    bdh_status rc = bdh_model_load(path, &p, &m);
-    if (rc != BDH_OK) fprintf(stderr, "%s: %s\n", path, bdh_last_error());
-    assert_int_equal(rc, BDH_OK);
-    return m;
+    return tu_load_with(path, threads, wt, k);
 }
 
 /* ---- a random model of any shape, written with cJSON */

@@ -134,13 +134,25 @@ static inline int tu_all_cases(tu_case *cases, int cap)
     return tu_list_cases(TU_DATA "/cases", cases, n, cap);
 }
 
-static inline bdh_model *tu_load(const char *path)
+/* A model loaded with these parameters (NULL: the defaults); fails the test otherwise. */
+static inline bdh_model *tu_load_params(const char *path, const bdh_model_params *p)
 {
     bdh_model *m = NULL;
-    bdh_status rc = bdh_model_load(path, NULL, &m);
+    bdh_status rc = bdh_model_load(path, p, &m);
     if (rc != BDH_OK) fprintf(stderr, "load %s: %s\n", path, bdh_last_error());
     assert_int_equal(rc, BDH_OK);
     return m;
+}
+
+static inline bdh_model *tu_load(const char *path) { return tu_load_params(path, NULL); }
+
+static inline bdh_model *tu_load_with(const char *path, int threads, bdh_weight_type wt, bdh_kernels k)
+{
+    bdh_model_params p = bdh_model_default_params();
+    p.n_threads = threads;
+    p.weight_type = wt;
+    p.kernels = k;
+    return tu_load_params(path, &p);
 }
 
 #endif
