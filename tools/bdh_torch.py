@@ -96,11 +96,11 @@ class Attention(nn.Module):
     def rope(self, v: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         """Interleaved-pair RoPE of v[..., T, N] at absolute positions [T]."""
         ph = self.phases(positions)
-        if v.dtype == torch.float32:
-            cos, sin = torch.cos(ph), torch.sin(ph)
-        else:  # float64 evaluation: float32 phase, cos/sin in the model dtype
+        if v.dtype == torch.float64:  # float64 evaluation: float32 phase, cos/sin in float64
             ph = ph.to(v.dtype)
-            cos, sin = torch.cos(ph), torch.sin(ph)
+        # float32, and bf16/f16 under autocast: cos/sin of the float32 phase, v * cos
+        # promotes to float32 and is cast back, as the reference does
+        cos, sin = torch.cos(ph), torch.sin(ph)
         # v_rot[2i] = -v[2i+1], v_rot[2i+1] = v[2i]
         v_rot = torch.stack((-v[..., 1::2], v[..., ::2]), dim=-1).view(*v.size())
         return (v * cos).to(v.dtype) + (v_rot * sin).to(v.dtype)
@@ -287,15 +287,19 @@ def load_safetensors(path: str, dtype=torch.float32) -> tuple[BDH, BDHConfig]:
 
 def save_safetensors(model: BDH, path: str, dtype=torch.float32) -> None:
     """Write weights in `dtype` (attn.freqs always F32) + config as __metadata__ strings."""
+    save_state_dict(model.state_dict(), model.config, path, dtype)
+
+
+def save_state_dict(state: dict[str, torch.Tensor], config: BDHConfig, path: str, dtype=torch.float32) -> None:
+    """save_safetensors for a state_dict (e.g. a copy of the best one kept during training)."""
     from safetensors.torch import save_file
 
     sd = {}
-    for k, v in model.state_dict().items():
+    for k, v in state.items():
         k = k[len("_orig_mod."):] if k.startswith("_orig_mod.") else k
         v = v.detach().cpu()
         v = v.to(torch.float32) if k == FREQS_NAME else v.to(dtype)
         sd[k] = v.contiguous()
-    config = model.config
     save_file(sd, path, metadata={k: str(v) for k, v in asdict(config).items()})
     canonicalize_safetensors_header(path)
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Validation bits per byte of a BDH safetensors model (PyTorch, CPU).
+"""Validation bits per byte of a BDH safetensors model (PyTorch, CPU or --device cuda).
 
 What is evaluated (default, --mode stream): the validation split (last 10% of
 the file: bytes data[int(0.9*len):]) is ONE sequence of n bytes starting at
@@ -19,11 +19,16 @@ counted), i.e. the conditions the model was trained in.
 
     python3 tools/eval_bpb.py models/shakespeare.safetensors
     python3 tools/eval_bpb.py models/shakespeare.safetensors --mode windows --window 256
+
+Weights are widened to float32 (or float64 with --f64) whatever the file holds;
+--device cuda runs the same float32 computation on a GPU (TF32 off), --json
+appends the result as one JSON object to a file.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
 import sys
@@ -77,16 +82,21 @@ def main():
     ap.add_argument("--max-bytes", type=int, default=0, help="evaluate only the first N bytes of the split")
     ap.add_argument("--f64", action="store_true", help="evaluate in float64")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    ap.add_argument("--json", help="append the result as one JSON line to this file")
     args = ap.parse_args()
 
     torch.set_num_threads(args.threads)
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
     model, cfg = load_safetensors(args.model, torch.float64 if args.f64 else torch.float32)
+    model = model.to(args.device)
     raw = np.fromfile(args.data, dtype=np.uint8)
     n = int(0.9 * len(raw))
     split = raw[n:] if args.split == "val" else raw[:n]
     if args.max_bytes:
         split = split[: args.max_bytes]
-    data = torch.from_numpy(split.astype(np.int64))
+    data = torch.from_numpy(split.astype(np.int64)).to(args.device)
     t0 = time.time()
     if args.mode == "stream":
         total, count = stream_nll(model, data, args.chunk)
@@ -97,7 +107,16 @@ def main():
     ce = total / count
     print(f"model {args.model} ({cfg})")
     print(f"{args.split} split: {what}; {count} predictions")
-    print(f"cross-entropy {ce:.5f} nats/byte, {ce / math.log(2):.5f} bits/byte, ({time.time() - t0:.1f} s)")
+    dt = time.time() - t0
+    print(f"cross-entropy {ce:.5f} nats/byte, {ce / math.log(2):.5f} bits/byte, ({dt:.1f} s)")
+    if args.json:
+        res = {"model": args.model, "split": args.split, "mode": args.mode,
+               "window": args.window if args.mode == "windows" else None,
+               "chunk": args.chunk if args.mode == "stream" else None, "bytes": len(data),
+               "predictions": count, "nats_per_byte": ce, "bits_per_byte": ce / math.log(2),
+               "f64": args.f64, "device": args.device, "seconds": round(dt, 2)}
+        with open(args.json, "a") as f:
+            f.write(json.dumps(res) + "\n")
 
 
 if __name__ == "__main__":
