@@ -249,7 +249,7 @@ static bdh_status upload_all(cuda_model *cm, const bdh_model *m, const bdh_weigh
     const size_t D = (size_t)cm->D, H = (size_t)cm->H, N = (size_t)cm->N, V = (size_t)cm->V;
     const bool q8 = cm->wtype == BDH_ELEM_Q8_0;
     /* a Q8_0 file held as floats: its dequantized values, as the other
-     * backends that hold floats see them (model.c's bdh_q8_dequantized_views) */
+     * backends that hold floats see them (quant.c's bdh_q8_dequantized_views) */
     bdh_weight_views wl = *file_views;
     bdh_q8_copies copies;
     memset(&copies, 0, sizeof copies);
@@ -518,7 +518,6 @@ static bdh_status cuda_state_write(bdh_state *s, const void *src)
 const bdh_backend bdh_cuda_backend = {
     "cuda",                         /* name */
     false,                          /* observes: steps do not report layers */
-    true,                           /* reads_q8_files: I8 views reach model_init (upload_all) */
     cuda_check_params,              /* check_params */
     cuda_model_init,                /* model_init */
     cuda_model_free,                /* model_free */

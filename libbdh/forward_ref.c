@@ -255,7 +255,6 @@ static bdh_status ref_check_params(const bdh_model_params *p)
 const bdh_backend bdh_reference_backend = {
     .name = "reference",
     .observes = true,
-    .reads_q8_files = true,
     .check_params = ref_check_params,
     .model_init = ref_model_init,
     .model_free = ref_model_free,

@@ -116,8 +116,8 @@ BDH_INTERNAL bdh_status bdh_q8_check_range(const bdh_weight_views *w);
  * from a float file). */
 BDH_INTERNAL uint64_t bdh_weights_fingerprint(const bdh_config *c, const bdh_weight_views *w, bool quantized_at_load);
 
-/* float32 copies of a Q8_0 file's tensors for a backend that does not read
- * them (CUDA): w's I8 views are replaced by views of these copies. */
+/* float32 copies of a Q8_0 file's tensors, for a backend holding floats that
+ * wants float views (CUDA's F32/BF16): w's I8 views become views of these. */
 typedef struct bdh_q8_copies {
     bdh_tensor_view views[BDH_T_COUNT];
     float *data[BDH_T_COUNT];
@@ -202,10 +202,10 @@ BDH_INTERNAL bdh_status bdh_prefill_by_steps(bdh_state *s, const int32_t *tokens
 struct bdh_backend {
     const char *name;
     bool observes;             /* steps report layers to observers/monitors */
-    bool reads_q8_files;       /* model_init takes I8 views with scales (else model.c dequantizes) */
     /* parameters this backend refuses, before any file is read */
     bdh_status (*check_params)(const bdh_model_params *p);
-    /* pack the weights into m->impl and set m->weight_bytes */
+    /* pack the weights into m->impl and set m->weight_bytes; the views may be
+     * a Q8_0 file's (I8 with scales) */
     bdh_status (*model_init)(bdh_model *m, const bdh_weight_views *w);
     void (*model_free)(bdh_model *m);
     /* a zero state at position 0 into s->impl */

@@ -295,7 +295,6 @@ static bdh_status load_from_file(bdh_model *m, const char *path)
     bdh_weight_views w;
     bdh_status rc = bdh_weights_open(path, &st, &w, &m->cfg);
     if (rc != BDH_OK) return with_path(rc, path);
-    bdh_q8_copies q8 = {0};
     if ((rc = load_freqs(m, w.t[BDH_T_FREQS])) == BDH_OK) {
         const int64_t D = m->cfg.n_embd, V = m->cfg.vocab_size, HN = (int64_t)m->cfg.n_head * m->cfg.n_neurons;
         const bool file_q8 = w.t[BDH_T_ENCODER]->dtype == BDH_ELEM_I8;
@@ -305,10 +304,8 @@ static bdh_status load_from_file(bdh_model *m, const char *path)
         if (quantize) rc = bdh_q8_check_range(&w);
         for (int i = 0; i < BDH_T_COUNT; i++)
             if (w.t[i]) m->file_dtype[i] = w.scale[i] ? "Q8_0" : bdh_elem_name(w.t[i]->dtype);
-        if (rc == BDH_OK && file_q8 && !m->backend->reads_q8_files) rc = bdh_q8_dequantized_views(&m->cfg, &w, &q8);
         if (rc == BDH_OK) rc = m->backend->model_init(m, &w);
     }
-    bdh_q8_copies_free(&q8);
     if (rc != BDH_OK) rc = with_path(rc, path);
     bdh_safetensors_close(&st);
     return rc;

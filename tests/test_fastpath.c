@@ -5,8 +5,6 @@
  * rounded weights. */
 #include "test_util.h"
 
-#define load_with tu_load_with
-
 /* Run tokens through a fresh state; logits_all gets T rows. */
 static void run(bdh_model *m, const int32_t *tokens, size_t T, float *logits_all, size_t V)
 {
@@ -37,8 +35,8 @@ static void test_sparse_matches_dense_reference(void **unused)
         const size_t V = nl / T;
         if (T > 600) T = 600; /* the dense reference is slow; 600 positions is enough here */
         float *fast = malloc(T * V * sizeof(float)), *ref = malloc(T * V * sizeof(float));
-        bdh_model *mf = load_with(cases[i].model, 2, BDH_WEIGHTS_F32, BDH_KERNELS_FAST);
-        bdh_model *mr = load_with(cases[i].model, 1, BDH_WEIGHTS_F32, BDH_KERNELS_REFERENCE);
+        bdh_model *mf = tu_load_with(cases[i].model, 2, BDH_WEIGHTS_F32, BDH_KERNELS_FAST);
+        bdh_model *mr = tu_load_with(cases[i].model, 1, BDH_WEIGHTS_F32, BDH_KERNELS_REFERENCE);
         run(mf, tokens, T, fast, V);
         run(mr, tokens, T, ref, V);
         double err = worst_row_err(fast, ref, T, V);
@@ -52,12 +50,14 @@ static void test_sparse_matches_dense_reference(void **unused)
     }
 }
 
-static void test_threads_and_batches_are_bit_identical(void **unused)
+/* One thread stepping states one at a time against three threads stepping
+ * them as a batch: the same bits, for float32 and Q8_0 weights. */
+static void threads_and_batches(bdh_weight_type wt)
 {
     const char *path = TU_DATA "/golden/long.model.safetensors";
     enum { B = 4, T = 40, V = 256 };
-    bdh_model *m1 = load_with(path, 1, BDH_WEIGHTS_F32, BDH_KERNELS_FAST);
-    bdh_model *m3 = load_with(path, 3, BDH_WEIGHTS_F32, BDH_KERNELS_FAST);
+    bdh_model *m1 = tu_load_with(path, 1, wt, BDH_KERNELS_FAST);
+    bdh_model *m3 = tu_load_with(path, 3, wt, BDH_KERNELS_FAST);
     bdh_state *solo[B], *grouped[B];
     static float a[B][V], b[B * V];
     for (int i = 0; i < B; i++) {
@@ -81,6 +81,12 @@ static void test_threads_and_batches_are_bit_identical(void **unused)
     bdh_model_free(m3);
 }
 
+static void test_threads_and_batches_are_bit_identical(void **unused)
+{
+    threads_and_batches(BDH_WEIGHTS_F32);
+    threads_and_batches(BDH_WEIGHTS_Q8_0);
+}
+
 /* Stored 16-bit weights (the golden bf16 and f16 files, kept as stored)
  * against the reference's logits from those same rounded weights. */
 static void test_16bit_storage_matches_reference(void **unused)
@@ -95,7 +101,7 @@ static void test_16bit_storage_matches_reference(void **unused)
         float *want = tu_read_tensor(expect, "logits", 0, &nl, NULL);
         const size_t V = nl / T;
         float *got = malloc(T * V * sizeof(float));
-        bdh_model *m = load_with(model, 2, BDH_WEIGHTS_AS_STORED, BDH_KERNELS_FAST);
+        bdh_model *m = tu_load_with(model, 2, BDH_WEIGHTS_AS_STORED, BDH_KERNELS_FAST);
         assert_true(bdh_model_weight_bytes(m) < (size_t)bdh_model_n_params(m) * 3); /* held as 16-bit */
         run(m, tokens, T, got, V);
         double err = worst_row_err(got, want, T, V);
@@ -123,8 +129,8 @@ static void test_bf16_conversion_at_load(void **unused)
     T = 128;
     float *fast = malloc(T * V * sizeof(float)), *ref = malloc(T * V * sizeof(float));
     for (int wt = BDH_WEIGHTS_BF16; wt <= BDH_WEIGHTS_F16; wt++) {
-        bdh_model *mf = load_with(path, 2, (bdh_weight_type)wt, BDH_KERNELS_FAST);
-        bdh_model *mr = load_with(path, 1, (bdh_weight_type)wt, BDH_KERNELS_REFERENCE);
+        bdh_model *mf = tu_load_with(path, 2, (bdh_weight_type)wt, BDH_KERNELS_FAST);
+        bdh_model *mr = tu_load_with(path, 1, (bdh_weight_type)wt, BDH_KERNELS_REFERENCE);
         run(mf, tokens, T, fast, V);
         run(mr, tokens, T, ref, V);
         double e_ref = worst_row_err(fast, ref, T, V), e_f32 = worst_row_err(fast, f32, T, V);
@@ -144,7 +150,7 @@ static void test_bf16_conversion_at_load(void **unused)
 static void test_prefill_on_16bit_storage(void **unused)
 {
     const char *path = TU_DATA "/golden/long.model.safetensors";
-    bdh_model *m = load_with(path, 2, BDH_WEIGHTS_BF16, BDH_KERNELS_FAST);
+    bdh_model *m = tu_load_with(path, 2, BDH_WEIGHTS_BF16, BDH_KERNELS_FAST);
     int32_t toks[150];
     for (int i = 0; i < 150; i++) toks[i] = (i * 7 + 3) % 256;
     float a[256], b[256];
@@ -163,7 +169,7 @@ static void test_prefill_on_16bit_storage(void **unused)
  * zero again after reset. */
 static void test_activity_counters(void **unused)
 {
-    bdh_model *m = load_with(TU_DATA "/golden/long.model.safetensors", 2, BDH_WEIGHTS_F32, BDH_KERNELS_FAST);
+    bdh_model *m = tu_load_with(TU_DATA "/golden/long.model.safetensors", 2, BDH_WEIGHTS_F32, BDH_KERNELS_FAST);
     bdh_state *s;
     assert_int_equal(bdh_state_new(m, &s), BDH_OK);
     for (int t = 0; t < 50; t++) assert_int_equal(bdh_step(s, (t * 13) % 256, NULL), BDH_OK);

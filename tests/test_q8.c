@@ -1,8 +1,8 @@
 /* Q8_0 weights: the fast kernels against the independent reference on the
  * same dequantized blocks (<= 1e-5, run once per dot-kernel variant by make
  * test-c), D not a multiple of 32 (short tail blocks), pre-quantized files
- * bit-identical to quantizing at load, thread counts and batch groupings
- * bit-identical, prefill on Q8_0, fidelity against float32 weights, state
+ * bit-identical to quantizing at load (thread counts and batch groupings:
+ * test_fastpath), prefill on Q8_0, fidelity against float32 weights, state
  * blobs kept apart from the float32 model's, and damaged quantized files
  * refused with their own messages. */
 #include "test_util.h"
@@ -32,11 +32,6 @@ static const char *tmp_path(const char *name)
     k = (k + 1) % 4;
     snprintf(path[k], sizeof path[k], "%s/%s", dir, name);
     return path[k];
-}
-
-static bdh_model *load_q(const char *path, bdh_weight_type wt, bdh_kernels k, int threads)
-{
-    return tu_load_with(path, threads, wt, k);
 }
 
 /* ---- a random model of any shape, written with cJSON */
@@ -121,9 +116,9 @@ static double worst(const float *a, const float *b, int T, int V)
 /* fast Q8_0 vs the reference on the same blocks; and vs float32 weights */
 static void check_model(const char *label, const char *path, int T, int V)
 {
-    bdh_model *fast = load_q(path, BDH_WEIGHTS_Q8_0, BDH_KERNELS_FAST, 2);
-    bdh_model *ref = load_q(path, BDH_WEIGHTS_Q8_0, BDH_KERNELS_REFERENCE, 1);
-    bdh_model *f32 = load_q(path, BDH_WEIGHTS_F32, BDH_KERNELS_REFERENCE, 1);
+    bdh_model *fast = tu_load_with(path, 2, BDH_WEIGHTS_Q8_0, BDH_KERNELS_FAST);
+    bdh_model *ref = tu_load_with(path, 1, BDH_WEIGHTS_Q8_0, BDH_KERNELS_REFERENCE);
+    bdh_model *f32 = tu_load_with(path, 1, BDH_WEIGHTS_F32, BDH_KERNELS_REFERENCE);
     float *a = run(fast, T, false), *b = run(ref, T, false), *c = run(f32, T, false), *p = run(fast, T, true);
     const double e_ref = worst(a, b, T, V), e_f32 = worst(a, c, T, V), e_pre = worst(p, a, T, V);
     printf("  %-10s Q8_0 fast vs reference on the same blocks %.2e, vs float32 weights %.2e, prefill vs steps %.2e\n", label,
@@ -148,7 +143,7 @@ static void test_cases_match_reference(void **unused)
     tu_case cases[32];
     const int n = tu_all_cases(cases, 32);
     for (int i = 0; i < n; i++) {
-        bdh_model *m = load_q(cases[i].model, BDH_WEIGHTS_F32, BDH_KERNELS_FAST, 1);
+        bdh_model *m = tu_load_with(cases[i].model, 1, BDH_WEIGHTS_F32, BDH_KERNELS_FAST);
         bdh_config c;
         bdh_model_config(m, &c);
         bdh_model_free(m);
@@ -167,10 +162,10 @@ static void test_prequantized_is_bit_identical(void **unused)
 {
     const char *src = TU_DATA "/golden/oddheads.model.safetensors", *dst = tmp_path("odd.q8.safetensors");
     assert_int_equal(bdh_model_quantize(src, dst, BDH_WEIGHTS_Q8_0), BDH_OK);
-    bdh_model *at_load = load_q(src, BDH_WEIGHTS_Q8_0, BDH_KERNELS_FAST, 2);
-    bdh_model *stored = load_q(dst, BDH_WEIGHTS_AS_STORED, BDH_KERNELS_FAST, 2);
-    bdh_model *stored_q = load_q(dst, BDH_WEIGHTS_Q8_0, BDH_KERNELS_FAST, 1);
-    bdh_model *f32 = load_q(src, BDH_WEIGHTS_F32, BDH_KERNELS_FAST, 2);
+    bdh_model *at_load = tu_load_with(src, 2, BDH_WEIGHTS_Q8_0, BDH_KERNELS_FAST);
+    bdh_model *stored = tu_load_with(dst, 2, BDH_WEIGHTS_AS_STORED, BDH_KERNELS_FAST);
+    bdh_model *stored_q = tu_load_with(dst, 1, BDH_WEIGHTS_Q8_0, BDH_KERNELS_FAST);
+    bdh_model *f32 = tu_load_with(src, 2, BDH_WEIGHTS_F32, BDH_KERNELS_FAST);
     bdh_config c;
     bdh_model_config(at_load, &c);
     float *a = run(at_load, 64, false), *b = run(stored, 64, false), *d = run(stored_q, 64, false);
@@ -208,8 +203,8 @@ static void test_prequantized_is_bit_identical(void **unused)
     bdh_state_free(sf);
 
     /* a float32 load of the quantized file: exactly the dequantized blocks */
-    bdh_model *deq = load_q(dst, BDH_WEIGHTS_F32, BDH_KERNELS_REFERENCE, 1);
-    bdh_model *ref = load_q(src, BDH_WEIGHTS_Q8_0, BDH_KERNELS_REFERENCE, 1);
+    bdh_model *deq = tu_load_with(dst, 1, BDH_WEIGHTS_F32, BDH_KERNELS_REFERENCE);
+    bdh_model *ref = tu_load_with(src, 1, BDH_WEIGHTS_Q8_0, BDH_KERNELS_REFERENCE);
     float *e = run(deq, 32, false), *f = run(ref, 32, false);
     assert_memory_equal(e, f, 32 * (size_t)c.vocab_size * sizeof(float));
     assert_int_equal(bdh_model_quantize(dst, tmp_path("again.safetensors"), BDH_WEIGHTS_Q8_0), BDH_ERR_INVALID_ARGUMENT);
@@ -222,35 +217,6 @@ static void test_prequantized_is_bit_identical(void **unused)
     free(f);
     bdh_model *ms[] = {at_load, stored, stored_q, f32, deq, ref};
     for (size_t i = 0; i < 6; i++) bdh_model_free(ms[i]);
-}
-
-static void test_threads_and_batches_bit_identical(void **unused)
-{
-    const char *path = TU_DATA "/golden/long.model.safetensors";
-    bdh_model *m1 = load_q(path, BDH_WEIGHTS_Q8_0, BDH_KERNELS_FAST, 1);
-    bdh_model *m3 = load_q(path, BDH_WEIGHTS_Q8_0, BDH_KERNELS_FAST, 3);
-    enum { B = 3, T = 24, V = 256 };
-    bdh_state *solo[B], *grouped[B];
-    static float a[B][V], b[B * V];
-    for (int i = 0; i < B; i++) {
-        assert_int_equal(bdh_state_new(m1, &solo[i]), BDH_OK);
-        assert_int_equal(bdh_state_new(m3, &grouped[i]), BDH_OK);
-    }
-    for (int t = 0; t < T; t++) {
-        int32_t tok[B];
-        for (int i = 0; i < B; i++) {
-            tok[i] = (t * 13 + i * 101) % V;
-            assert_int_equal(bdh_step(solo[i], tok[i], a[i]), BDH_OK);
-        }
-        assert_int_equal(bdh_step_batch(grouped, tok, B, b), BDH_OK);
-        for (int i = 0; i < B; i++) assert_memory_equal(a[i], b + i * V, sizeof a[i]);
-    }
-    for (int i = 0; i < B; i++) {
-        bdh_state_free(solo[i]);
-        bdh_state_free(grouped[i]);
-    }
-    bdh_model_free(m1);
-    bdh_model_free(m3);
 }
 
 /* ---- damaged quantized files: the quantized copy of tiny, edited */
@@ -357,7 +323,6 @@ int main(void)
         cmocka_unit_test(test_cases_match_reference),
         cmocka_unit_test(test_tail_blocks),
         cmocka_unit_test(test_prequantized_is_bit_identical),
-        cmocka_unit_test(test_threads_and_batches_bit_identical),
         cmocka_unit_test(test_damaged_quantized_files),
         cmocka_unit_test(test_out_of_range_weights),
     };

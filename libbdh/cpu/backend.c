@@ -186,7 +186,6 @@ static bdh_status cpu_check_params(const bdh_model_params *p)
 const bdh_backend bdh_cpu_backend = {
     .name = "cpu",
     .observes = true,
-    .reads_q8_files = true,
     .check_params = cpu_check_params,
     .model_init = cpu_model_init,
     .model_free = cpu_model_free,
