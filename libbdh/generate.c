@@ -225,6 +225,8 @@ bdh_status bdh_generate(bdh_state *state, const int32_t *prompt, size_t n_prompt
                         bdh_token_callback cb, void *user, bdh_generate_stats *stats)
 {
     bdh_generator *g;
+    /* a call refused before it feeds anything consumed nothing: say so */
+    if (stats) *stats = (bdh_generate_stats){.stop_reason = BDH_STOP_LENGTH};
     bdh_status rc = bdh_generator_new(state, prompt, n_prompt, params, &g);
     if (rc != BDH_OK) return rc;
     bool by_callback = false;

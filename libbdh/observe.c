@@ -135,16 +135,26 @@ void bdh_observe_layer(bdh_state *s, int layer, int32_t token, const float *xs, 
 
 /* ---- monitors */
 
+/* Both arrays or neither: a failure leaves the monitors as they were. */
 static bdh_status grow_monitors(bdh_observe *o, size_t want)
 {
     if (want <= o->cap) return BDH_OK;
     size_t cap = o->cap ? 2 * o->cap : 16;
     while (cap < want) cap *= 2;
-    int32_t *mon = realloc(o->mon, cap * 3 * sizeof(int32_t));
-    if (!mon) return bdh_fail(BDH_ERR_OUT_OF_MEMORY, "out of memory adding a monitor");
+    int32_t *mon = malloc(cap * 3 * sizeof(int32_t));
+    double *sigma = malloc(cap * sizeof(double));
+    if (!mon || !sigma) {
+        free(mon);
+        free(sigma);
+        return bdh_fail(BDH_ERR_OUT_OF_MEMORY, "out of memory adding a monitor");
+    }
+    if (o->n_mon) {
+        memcpy(mon, o->mon, o->n_mon * 3 * sizeof(int32_t));
+        memcpy(sigma, o->sigma, o->n_mon * sizeof(double));
+    }
+    free(o->mon);
+    free(o->sigma);
     o->mon = mon;
-    double *sigma = realloc(o->sigma, cap * sizeof(double));
-    if (!sigma) return bdh_fail(BDH_ERR_OUT_OF_MEMORY, "out of memory adding a monitor");
     o->sigma = sigma;
     o->cap = cap;
     return BDH_OK;

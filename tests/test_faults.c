@@ -1,6 +1,7 @@
 /* Allocation failures: every allocation that libbdh (or cJSON for it) makes
- * in load, state_new, copy, prefill, step, step_batch, the generator and
- * quantize is made to fail in turn (the n-th, swept over n until the call
+ * in load, state_new, copy, prefill, step, step_batch, the generator,
+ * bdh_generate, quantize, observers and monitors (and the reference
+ * backend's prefill and batch) is made to fail in turn (the n-th, swept over n until the call
  * succeeds). Each failure must return BDH_ERR_OUT_OF_MEMORY with a message,
  * leave *out NULL and the state as it was (as the header promises), and
  * leak nothing: the allocations the call made and kept are counted by the
@@ -136,12 +137,12 @@ SHIM void free(void *user)
 
 SHIM void *realloc(void *user, size_t n)
 {
-    bool c;
-    if (user && injected(__builtin_return_address(0), &c)) return errno = ENOMEM, NULL;
+    bool c; /* realloc(NULL, n) is a malloc, and fails like one */
+    if (injected(__builtin_return_address(0), &c)) return errno = ENOMEM, NULL;
     char *p = __libc_malloc(n + HDR);
     if (!p) return NULL;
     const header *old = user ? (const header *)(const void *)((char *)user - HDR) : NULL;
-    void *fresh = finish(p, p + HDR, n, old ? old->magic == MAGIC : from_library(__builtin_return_address(0)));
+    void *fresh = finish(p, p + HDR, n, old ? old->magic == MAGIC : c);
     if (old) {
         memcpy(fresh, user, old->size < n ? old->size : n);
         free(user);
@@ -184,7 +185,11 @@ static long sweep(const char *name, op_fn op, void *ctx, void (*undo)(void *ctx)
 
 typedef struct ctx {
     bdh_model *m, *out_m;
-    bdh_state *s, *t, *out_s;
+    bdh_state *s, *t, *u, *out_s;
+    bdh_model *ref;
+    bdh_state *r1, *r2;
+    void *blob_u, *blob_r;
+    size_t blob_u_len, blob_r_len;
     bdh_generator *g;
     void *blob, *blob_t;
     size_t blob_len, blob_t_len;
@@ -307,6 +312,90 @@ static bdh_status op_quantize(void *p)
     return bdh_model_quantize(TINY, "/tmp/bdh-faults-q8.safetensors", BDH_WEIGHTS_Q8_0);
 }
 
+/* ---- observers, monitors, the reference backend, bdh_generate */
+
+static void count_layers(const bdh_layer_activation *act, void *user) { ++*(long *)user; }
+
+/* on a fresh state u: setting an observer allocates its buffers */
+static bdh_status op_set_observer(void *p)
+{
+    ctx *c = p;
+    static long layers;
+    return bdh_state_set_observer(c->u, count_layers, &layers);
+}
+/* its buffers live as long as the state: undo with a fresh state */
+static void undo_observer(void *p)
+{
+    ctx *c = p;
+    bdh_state_free(c->u);
+    assert_int_equal(bdh_state_new(c->m, &c->u), BDH_OK);
+}
+
+/* u observed (and monitored, after op_add_monitor): prefill steps token by token */
+static bdh_status op_observed_prefill(void *p) { return bdh_prefill(((ctx *)p)->u, text, 9, NULL); }
+
+static bdh_status op_add_monitor(void *p)
+{
+    ctx *c = p;
+    return bdh_state_add_monitor(c->u, 1, 4, 5, NULL);
+}
+/* monitors too live as long as the state */
+static void undo_monitor(void *p)
+{
+    undo_observer(p);
+    assert_int_equal(op_set_observer(p), BDH_OK);
+}
+
+static void u_unchanged(void *p)
+{
+    ctx *c = p;
+    size_t len;
+    void *now = saved(c->u, &len);
+    assert_int_equal(len, c->blob_u_len);
+    assert_memory_equal(now, c->blob_u, len);
+    __libc_free(now);
+}
+static void u_snapshot(ctx *c)
+{
+    __libc_free(c->blob_u);
+    c->blob_u = saved(c->u, &c->blob_u_len);
+}
+
+/* the reference backend's batch (it allocates per call, the fast path does not) */
+static bdh_status op_ref_batch(void *p)
+{
+    ctx *c = p;
+    bdh_state *both[2] = {c->r1, c->r2};
+    const int32_t tok[2] = {'a', 'b'};
+    float logits[2 * 256];
+    return bdh_step_batch(both, tok, 2, logits);
+}
+static bdh_status op_ref_prefill(void *p) { return bdh_prefill(((ctx *)p)->r1, text, 9, NULL); }
+
+static void r_unchanged(void *p)
+{
+    ctx *c = p;
+    size_t len;
+    void *now = saved(c->r1, &len);
+    assert_int_equal(len, c->blob_r_len);
+    assert_memory_equal(now, c->blob_r, len);
+    __libc_free(now);
+}
+
+/* bdh_generate: on failure its stats say what the state consumed */
+static bdh_status op_generate(void *p)
+{
+    ctx *c = p;
+    bdh_generate_params gp = bdh_generate_default_params();
+    gp.max_new_tokens = 3;
+    bdh_generate_stats st;
+    memset(&st, 0xff, sizeof st);
+    const int64_t pos = bdh_state_position(c->u);
+    const bdh_status rc = bdh_generate(c->u, text, 9, &gp, NULL, NULL, &st);
+    if (rc != BDH_OK) assert_int_equal(bdh_state_position(c->u), pos + st.n_prompt + st.n_generated);
+    return rc;
+}
+
 static void test_every_allocation_can_fail(void **unused)
 {
     ctx c = {0};
@@ -332,6 +421,35 @@ static void test_every_allocation_can_fail(void **unused)
     assert_int_equal(sweep("step", op_step, &c, NULL, NULL), 0);
     assert_int_equal(sweep("step_batch", op_batch, &c, NULL, NULL), 0);
 
+
+    /* u: an observer, then monitors, then observed prefill and generate */
+    assert_int_equal(bdh_state_new(c.m, &c.u), BDH_OK);
+    u_snapshot(&c);
+    sweep("set_observer", op_set_observer, &c, undo_observer, u_unchanged);
+    assert_int_equal(op_set_observer(&c), BDH_OK);
+    sweep("add_monitor", op_add_monitor, &c, undo_monitor, u_unchanged);
+    assert_int_equal(op_add_monitor(&c), BDH_OK);
+    u_snapshot(&c);
+    sweep("obs. prefill", op_observed_prefill, &c, NULL, u_unchanged);
+    sweep("generate", op_generate, &c, NULL, NULL);
+
+    bdh_model_params rp = bdh_model_default_params();
+    rp.kernels = BDH_KERNELS_REFERENCE;
+    assert_int_equal(bdh_model_load(TINY, &rp, &c.ref), BDH_OK);
+    assert_int_equal(bdh_state_new(c.ref, &c.r1), BDH_OK);
+    assert_int_equal(bdh_state_new(c.ref, &c.r2), BDH_OK);
+    c.blob_r = saved(c.r1, &c.blob_r_len);
+    sweep("ref prefill", op_ref_prefill, &c, NULL, r_unchanged);
+    __libc_free(c.blob_r);
+    c.blob_r = saved(c.r1, &c.blob_r_len);
+    sweep("ref batch", op_ref_batch, &c, NULL, r_unchanged);
+
+    __libc_free(c.blob_u);
+    __libc_free(c.blob_r);
+    bdh_state_free(c.u);
+    bdh_state_free(c.r1);
+    bdh_state_free(c.r2);
+    bdh_model_free(c.ref);
     unlink("/tmp/bdh-faults-q8.safetensors");
     __libc_free(c.blob);
     __libc_free(c.blob_t);
