@@ -96,6 +96,15 @@ $(BUILD)/tests/%: tests/%.c tests/test_util.h include/bdh.h $(BUILD)/libbdh.so
 	@mkdir -p $(dir $@)
 	$(CC) $(ALLCFLAGS) -Itests -o $@ $< $(RUN_LDFLAGS) -lcmocka -lcjson -lxxhash -lm
 
+# test_faults links the malloc shim, which Python's fault test preloads
+$(BUILD)/tests/test_faults: tests/test_faults.c tests/fault_shim.c tests/fault_shim.h tests/test_util.h include/bdh.h $(BUILD)/libbdh.so
+	@mkdir -p $(dir $@)
+	$(CC) $(ALLCFLAGS) -Itests -o $@ tests/test_faults.c tests/fault_shim.c $(RUN_LDFLAGS) -lcmocka -lcjson -lxxhash -lm
+
+$(BUILD)/tests/libfaultshim.so: tests/fault_shim.c tests/fault_shim.h
+	@mkdir -p $(dir $@)
+	$(CC) $(ALLCFLAGS) -shared -o $@ tests/fault_shim.c
+
 $(BUILD)/bench: bench/bench.c include/bdh.h $(BUILD)/libbdh.so
 	$(CC) $(ALLCFLAGS) -D_GNU_SOURCE -o $@ $< $(RUN_LDFLAGS) -lm
 
@@ -130,8 +139,9 @@ test-cxx: $(BUILD)/tests/header_cxx
 test-cli: all
 	bash tests/cli_test.sh $(BUILD)/bdh
 
-test-python: all
-	@if [ -d bindings/python/tests ]; then BDH_LIBRARY=$(CURDIR)/$(BUILD)/libbdh.so $(PYTHON) -m pytest -q bindings/python/tests; fi
+test-python: all $(BUILD)/tests/libfaultshim.so
+	@if [ -d bindings/python/tests ]; then BDH_LIBRARY=$(CURDIR)/$(BUILD)/libbdh.so \
+	  BDH_FAULT_SHIM=$(CURDIR)/$(BUILD)/tests/libfaultshim.so $(PYTHON) -m pytest -q bindings/python/tests; fi
 
 # Debian packages and Python modules the build and tests need.
 DEB_DEPS := build-essential pkg-config valgrind clang libclang-rt-14-dev libopenblas-dev libcmocka-dev libcjson-dev libxxhash-dev python3 python3-pip python3-venv python3-numpy python3-pytest

@@ -135,6 +135,15 @@ void bdh_observe_layer(bdh_state *s, int layer, int32_t token, const float *xs, 
 
 /* ---- monitors */
 
+/* A call that made the state's observation buffers and then failed takes
+ * them away again: the state is left as it was. */
+static void drop_if_new(bdh_state *s, bool had)
+{
+    if (had || !s->obs) return;
+    bdh_observe_free(s->obs);
+    s->obs = NULL;
+}
+
 /* Both arrays or neither: a failure leaves the monitors as they were. */
 static bdh_status grow_monitors(bdh_observe *o, size_t want)
 {
@@ -173,7 +182,9 @@ bdh_status bdh_state_add_monitor(bdh_state *s, int32_t layer, int32_t i, int32_t
     if (i < 0 || i >= HN || j < 0 || j >= HN)
         return bdh_fail(BDH_ERR_INVALID_ARGUMENT, "bdh_state_add_monitor: neuron (%d, %d) is outside [0, %d)", i, j, HN);
     bdh_observe *o = NULL;
-    if ((rc = get_observe(s, &o)) != BDH_OK || (rc = grow_monitors(o, o->n_mon + 1)) != BDH_OK) return rc;
+    const bool had = s->obs != NULL;
+    if ((rc = get_observe(s, &o)) != BDH_OK) return rc;
+    if ((rc = grow_monitors(o, o->n_mon + 1)) != BDH_OK) return drop_if_new(s, had), rc;
     o->mon[3 * o->n_mon] = layer;
     o->mon[3 * o->n_mon + 1] = i;
     o->mon[3 * o->n_mon + 2] = j;
@@ -222,8 +233,10 @@ bdh_status bdh_observe_reserve(bdh_state *s, size_t n)
 {
     bdh_observe *o = NULL;
     if (n == 0) return BDH_OK;
+    const bool had = s->obs != NULL;
     bdh_status rc = get_observe(s, &o);
-    return rc == BDH_OK ? grow_monitors(o, n) : rc;
+    if (rc == BDH_OK && (rc = grow_monitors(o, n)) != BDH_OK) drop_if_new(s, had);
+    return rc;
 }
 
 bdh_status bdh_observe_set_monitors(bdh_state *s, size_t n, const int32_t *mon, const double *sigma)

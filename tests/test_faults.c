@@ -7,148 +7,13 @@
  * leak nothing: the allocations the call made and kept are counted by the
  * shim below and must all be freed again.
  *
- * The shim wraps malloc and friends in this program (glibc lets a program
- * define them) and acts only on calls made from libbdh.so or libcjson, found
- * by the caller's address, so OpenBLAS and the C library go untouched. Not
- * built under the sanitizers, which own malloc themselves. */
-#define _GNU_SOURCE
+ * The shim (fault_shim.c, linked in) wraps malloc and friends and acts only
+ * on calls made from libbdh.so or libcjson. Not built under the sanitizers,
+ * which own malloc themselves. */
 #include "test_util.h"
+#include "fault_shim.h"
 
-#include <dlfcn.h>
-#include <execinfo.h>
-#include <errno.h>
-#include <stdbool.h>
-#include <stdatomic.h>
 #include <unistd.h>
-
-extern void *__libc_malloc(size_t);
-extern void *__libc_calloc(size_t, size_t);
-extern void *__libc_realloc(void *, size_t);
-extern void *__libc_memalign(size_t, size_t);
-extern void __libc_free(void *);
-
-static _Atomic long countdown = -1; /* fail when it reaches 0; -1: never */
-static _Atomic long live;           /* allocations by the library not yet freed */
-static __thread int inside;         /* dladdr may allocate */
-
-static bool from_library(const void *caller)
-{
-    if (inside) return false;
-    inside = 1;
-    Dl_info info;
-    const bool lib = dladdr(caller, &info) && info.dli_fname &&
-                     (strstr(info.dli_fname, "libbdh.so") || strstr(info.dli_fname, "libcjson"));
-    inside = 0;
-    return lib;
-}
-
-/* true: make this allocation fail */
-static bool injected(const void *caller, bool *counted)
-{
-    *counted = from_library(caller);
-    if (!*counted) return false;
-    long c = atomic_load(&countdown);
-    while (c >= 0 && !atomic_compare_exchange_weak(&countdown, &c, c - 1)) {
-    }
-    if (c == 0 && getenv("BDH_FAULTS_VERBOSE")) { /* which call failed */
-        Dl_info info;
-        inside = 1;
-        if (dladdr(caller, &info))
-            fprintf(stderr, "  (failing an allocation in %s, %s+0x%lx)\n", info.dli_sname ? info.dli_sname : "?", info.dli_fname,
-                    (unsigned long)((const char *)caller - (const char *)info.dli_fbase));
-        inside = 0;
-    }
-    return c == 0;
-}
-
-/* exported, so that libbdh's calls come here (the tests build with hidden visibility) */
-#define SHIM __attribute__((visibility("default")))
-
-/* A header before every block: whether the library made it, the block
- * malloc really returned (for aligned blocks) and the size asked for. */
-#define HDR 64
-#define MAGIC 0x6264686cL
-typedef struct header { long magic; void *base; size_t size; long serial; } header;
-static _Atomic long serial, sweep_from = -1;
-
-static void *finish(char *base, char *user, size_t n, bool counted)
-{
-    header *h = (header *)(void *)(user - HDR);
-    h->magic = counted ? MAGIC : 0;
-    h->base = base;
-    h->size = n;
-    h->serial = atomic_fetch_add(&serial, 1);
-    if (counted) atomic_fetch_add(&live, 1);
-    return user;
-}
-
-SHIM void *malloc(size_t n)
-{
-    bool c;
-    if (injected(__builtin_return_address(0), &c)) return errno = ENOMEM, NULL;
-    char *p = __libc_malloc(n + HDR);
-    return p ? finish(p, p + HDR, n, c) : NULL;
-}
-
-SHIM void *calloc(size_t k, size_t n)
-{
-    bool c;
-    if (injected(__builtin_return_address(0), &c)) return errno = ENOMEM, NULL;
-    if (n && k > ((size_t)-1 - HDR) / n) return NULL;
-    char *p = __libc_calloc(1, k * n + HDR);
-    return p ? finish(p, p + HDR, k * n, c) : NULL;
-}
-
-static void *aligned(size_t a, size_t n, const void *caller)
-{
-    bool c;
-    if (injected(caller, &c)) return errno = ENOMEM, NULL;
-    if (a < HDR) a = HDR;
-    char *p = __libc_memalign(a, n + a);
-    return p ? finish(p, p + a, n, c) : NULL;
-}
-
-SHIM void *aligned_alloc(size_t a, size_t n) { return aligned(a, n, __builtin_return_address(0)); }
-SHIM void *memalign(size_t a, size_t n) { return aligned(a, n, __builtin_return_address(0)); }
-
-SHIM int posix_memalign(void **out, size_t a, size_t n)
-{
-    void *p = aligned(a, n, __builtin_return_address(0));
-    if (!p) return ENOMEM;
-    *out = p;
-    return 0;
-}
-
-SHIM void free(void *user)
-{
-    if (!user) return;
-    header *h = (header *)(void *)((char *)user - HDR);
-    if (h->magic == MAGIC) {
-        atomic_fetch_sub(&live, 1);
-        if (atomic_load(&sweep_from) >= 0 && h->serial < atomic_load(&sweep_from) && getenv("BDH_FAULTS_VERBOSE")) {
-            void *bt[8];
-            fprintf(stderr, "  freeing a block made before the call (serial %ld):\n", h->serial);
-            backtrace_symbols_fd(bt, backtrace(bt, 8), 2);
-        }
-    }
-    h->magic = 0;
-    __libc_free(h->base);
-}
-
-SHIM void *realloc(void *user, size_t n)
-{
-    bool c; /* realloc(NULL, n) is a malloc, and fails like one */
-    if (injected(__builtin_return_address(0), &c)) return errno = ENOMEM, NULL;
-    char *p = __libc_malloc(n + HDR);
-    if (!p) return NULL;
-    const header *old = user ? (const header *)(const void *)((char *)user - HDR) : NULL;
-    void *fresh = finish(p, p + HDR, n, old ? old->magic == MAGIC : c);
-    if (old) {
-        memcpy(fresh, user, old->size < n ? old->size : n);
-        free(user);
-    }
-    return fresh;
-}
 
 /* ---- the sweep */
 
@@ -162,15 +27,13 @@ typedef bdh_status (*op_fn)(void *ctx);
 static long sweep(const char *name, op_fn op, void *ctx, void (*undo)(void *ctx), void (*check)(void *ctx))
 {
     for (long n = 0;; n++) {
-        const long before = atomic_load(&live);
-        atomic_store(&sweep_from, atomic_load(&serial));
-        atomic_store(&countdown, n);
+        const long before = fault_live();
+        fault_arm(n);
         const bdh_status rc = op(ctx);
-        atomic_store(&countdown, -1);
-        atomic_store(&sweep_from, -1);
+        fault_disarm();
         if (rc == BDH_OK) {
             if (undo) undo(ctx);
-            assert_int_equal(atomic_load(&live), before);
+            assert_int_equal(fault_live(), before);
             printf("  %-12s %ld allocations, each failure handled\n", name, n);
             return n;
         }
@@ -178,8 +41,8 @@ static long sweep(const char *name, op_fn op, void *ctx, void (*undo)(void *ctx)
         assert_int_equal(rc, BDH_ERR_OUT_OF_MEMORY);
         assert_true(strlen(bdh_last_error()) > 0);
         if (check) check(ctx);
-        if (atomic_load(&live) != before) fprintf(stderr, "%s, allocation %ld failed: %ld blocks leaked\n", name, n, atomic_load(&live) - before);
-        assert_int_equal(atomic_load(&live), before);
+        if (fault_live() != before) fprintf(stderr, "%s, allocation %ld failed: %ld blocks leaked\n", name, n, fault_live() - before);
+        assert_int_equal(fault_live(), before);
     }
 }
 
@@ -198,7 +61,7 @@ typedef struct ctx {
 static void *saved(const bdh_state *s, size_t *len)
 {
     *len = bdh_state_save_size(s);
-    void *b = __libc_malloc(*len);
+    void *b = fault_raw_malloc(*len);
     assert_int_equal(bdh_state_save(s, b, *len, NULL), BDH_OK);
     return b;
 }
@@ -211,7 +74,7 @@ static void state_unchanged(void *p)
     void *now = saved(c->s, &len);
     assert_int_equal(len, c->blob_len);
     assert_memory_equal(now, c->blob, len);
-    __libc_free(now);
+    fault_raw_free(now);
 }
 
 static bdh_status op_load(void *p)
@@ -269,7 +132,7 @@ static void t_unchanged(void *p)
     void *now = saved(c->t, &len);
     assert_int_equal(len, c->blob_t_len);
     assert_memory_equal(now, c->blob_t, len);
-    __libc_free(now);
+    fault_raw_free(now);
 }
 static bdh_status op_step(void *p)
 {
@@ -339,6 +202,16 @@ static bdh_status op_add_monitor(void *p)
     ctx *c = p;
     return bdh_state_add_monitor(c->u, 1, 4, 5, NULL);
 }
+/* on t, which has no observer yet: a failure must take back the buffers
+ * the call made */
+static bdh_status op_first_monitor(void *p) { return bdh_state_add_monitor(((ctx *)p)->t, 1, 4, 5, NULL); }
+static void undo_first_monitor(void *p)
+{
+    ctx *c = p;
+    bdh_state_free(c->t);
+    assert_int_equal(bdh_state_new(c->m, &c->t), BDH_OK);
+}
+
 /* monitors too live as long as the state */
 static void undo_monitor(void *p)
 {
@@ -353,11 +226,11 @@ static void u_unchanged(void *p)
     void *now = saved(c->u, &len);
     assert_int_equal(len, c->blob_u_len);
     assert_memory_equal(now, c->blob_u, len);
-    __libc_free(now);
+    fault_raw_free(now);
 }
 static void u_snapshot(ctx *c)
 {
-    __libc_free(c->blob_u);
+    fault_raw_free(c->blob_u);
     c->blob_u = saved(c->u, &c->blob_u_len);
 }
 
@@ -379,7 +252,7 @@ static void r_unchanged(void *p)
     void *now = saved(c->r1, &len);
     assert_int_equal(len, c->blob_r_len);
     assert_memory_equal(now, c->blob_r, len);
-    __libc_free(now);
+    fault_raw_free(now);
 }
 
 /* bdh_generate: on failure its stats say what the state consumed */
@@ -416,6 +289,7 @@ static void test_every_allocation_can_fail(void **unused)
     sweep("state_load", op_load_blob, &c, NULL, state_unchanged);
     sweep("generator", op_generator, &c, undo_generator, state_unchanged);
     sweep("quantize", op_quantize, &c, NULL, NULL);
+    sweep("1st monitor", op_first_monitor, &c, undo_first_monitor, t_unchanged);
     /* prefill allocates its chunk buffers first; steps allocate nothing (the sweep shows it) */
     assert_true(sweep("prefill", op_prefill, &c, NULL, t_unchanged) > 0);
     assert_int_equal(sweep("step", op_step, &c, NULL, NULL), 0);
@@ -440,19 +314,19 @@ static void test_every_allocation_can_fail(void **unused)
     assert_int_equal(bdh_state_new(c.ref, &c.r2), BDH_OK);
     c.blob_r = saved(c.r1, &c.blob_r_len);
     sweep("ref prefill", op_ref_prefill, &c, NULL, r_unchanged);
-    __libc_free(c.blob_r);
+    fault_raw_free(c.blob_r);
     c.blob_r = saved(c.r1, &c.blob_r_len);
     sweep("ref batch", op_ref_batch, &c, NULL, r_unchanged);
 
-    __libc_free(c.blob_u);
-    __libc_free(c.blob_r);
+    fault_raw_free(c.blob_u);
+    fault_raw_free(c.blob_r);
     bdh_state_free(c.u);
     bdh_state_free(c.r1);
     bdh_state_free(c.r2);
     bdh_model_free(c.ref);
     unlink("/tmp/bdh-faults-q8.safetensors");
-    __libc_free(c.blob);
-    __libc_free(c.blob_t);
+    fault_raw_free(c.blob);
+    fault_raw_free(c.blob_t);
     bdh_state_free(c.s);
     bdh_state_free(c.t);
     bdh_model_free(c.m);
