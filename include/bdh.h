@@ -127,6 +127,7 @@ typedef struct bdh_model_params {
     int32_t cuda_device;        /* CUDA device ordinal */
     bdh_weight_type weight_type;
     bdh_kernels kernels;        /* CPU only */
+    const struct bdh_config *config;  /* NULL: from the file or config.json */
 } bdh_model_params;
 
 /* ------------------------------------------------- the five stable calls */

@@ -287,7 +287,7 @@ bdh_status bdh_model_quantize(const char *in_path, const char *out_path, bdh_wei
     bdh_safetensors st;
     bdh_weight_views w;
     bdh_config c;
-    bdh_status rc = bdh_weights_open(in_path, &st, &w, &c);
+    bdh_status rc = bdh_weights_open(in_path, NULL, &st, &w, &c);
     if (rc != BDH_OK) return rc;
     if (w.scale[BDH_T_ENCODER]) {
         bdh_safetensors_close(&st);

@@ -84,6 +84,7 @@ class ModelParams(Structure):
         ("cuda_device", c_int32),
         ("weight_type", c_enum),
         ("kernels", c_enum),
+        ("config", c_void_p),  # const bdh_config * (NULL: from the file or config.json)
     ]
 
 
