@@ -293,6 +293,34 @@ static void test_paths(void **unused)
     expect_load(CK "/hf-tied/config.json", NULL, BDH_ERR_FORMAT, "not a safetensors file", NULL);
 }
 
+/* bdh_model_quantize reads every layout; its copy carries the configuration
+ * only when the file's metadata has it (a config.json is not copied). */
+static void test_quantize_layouts(void **unused)
+{
+    const char *q = tmp_path("q8.safetensors");
+    assert_int_equal(bdh_model_quantize(CK "/ref-module-compiled.safetensors", q, BDH_WEIGHTS_Q8_0), BDH_OK);
+    bdh_model *a = tu_load_with(q, 1, BDH_WEIGHTS_AS_STORED, BDH_KERNELS_FAST);
+    bdh_model *b = tu_load_with(CK "/ref-module-compiled.safetensors", 1, BDH_WEIGHTS_Q8_0, BDH_KERNELS_FAST);
+    fixtures f = read_fixtures();
+    float *la = malloc(f.T * f.V * sizeof(float)), *lb = malloc(f.T * f.V * sizeof(float));
+    bdh_state *sa, *sb;
+    assert_int_equal(bdh_state_new(a, &sa), BDH_OK);
+    assert_int_equal(bdh_state_new(b, &sb), BDH_OK);
+    assert_int_equal(bdh_prefill_all(sa, f.tokens, f.T, la), BDH_OK);
+    assert_int_equal(bdh_prefill_all(sb, f.tokens, f.T, lb), BDH_OK);
+    assert_memory_equal(la, lb, f.T * f.V * sizeof(float));
+    assert_true(bdh_model_fingerprint(a) == bdh_model_fingerprint(b));
+    bdh_state_free(sa);
+    bdh_state_free(sb);
+    bdh_model_free(a);
+    bdh_model_free(b);
+    free(la);
+    free(lb);
+    cJSON_Delete(f.root);
+    assert_int_equal(bdh_model_quantize(CK "/hf-untied", q, BDH_WEIGHTS_Q8_0), BDH_ERR_UNSUPPORTED);
+    assert_non_null(strstr(bdh_last_error(), "has no n_layer in its metadata"));
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -300,6 +328,7 @@ int main(void)
         cmocka_unit_test(test_extra_and_missing_tensors),
         cmocka_unit_test(test_config_sources),
         cmocka_unit_test(test_paths),
+        cmocka_unit_test(test_quantize_layouts),
     };
     return cmocka_run_group_tests_name("checkpoint layouts", tests, setup, teardown);
 }
