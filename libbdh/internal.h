@@ -2,6 +2,8 @@
  * Nothing here is part of the public API.
  *
  * The map (docs/architecture.md walks one token through it):
+ *   checkpoint.c               checkpoint layouts, names, configuration
+ *                              sources (checkpoint.h)
  *   model.c, state.c, step.c   what every backend shares: loading and
  *                              checking a file, the state's lifecycle and
  *                              blobs, argument checks; calls go through

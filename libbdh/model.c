@@ -1,8 +1,8 @@
 /* Loading a model: find the reference's tensors in a checkpoint
  * (checkpoint.c: its layout, names and configuration), fingerprint them,
  * and hand them to the backend chosen for the parameters, which packs its
- * own copy (so the file mapping is released after load). The model is reference-counted: the
- * caller's reference and one per state. */
+ * own copy (so the file mapping is released after load). The model is
+ * reference-counted: the caller's reference and one per state. */
 #include "checkpoint.h"
 
 #include <errno.h>
