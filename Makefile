@@ -191,7 +191,7 @@ FUZZ_SECONDS ?= 60
 FUZZ_BUILD   := build-fuzz
 FUZZ_CFLAGS  := -std=c11 -D_DEFAULT_SOURCE -g -O1 -fno-omit-frame-pointer -fsanitize=address,undefined \
                 -fno-sanitize-recover=undefined -pthread -Iinclude -Ilibbdh $(shell pkg-config --cflags openblas 2>/dev/null)
-FUZZ_TARGETS := fuzz_load fuzz_state fuzz_sampler
+FUZZ_TARGETS := fuzz_load fuzz_state fuzz_sampler fuzz_checkpoint
 FUZZ_OBJ     := $(LIB_SRC:libbdh/%.c=$(FUZZ_BUILD)/obj/%.o)
 FUZZ_LIBS    := -lopenblas -lcjson -lxxhash -lm -pthread
 
@@ -211,6 +211,9 @@ fuzz: $(FUZZ_TARGETS:%=$(FUZZ_BUILD)/%) $(FUZZ_BUILD)/make_seeds
 	printf 'First Citizen:\nBefore we proceed' > $(FUZZ_BUILD)/corpus/fuzz_load/text
 	$(FUZZ_BUILD)/make_seeds tests/data/golden/tiny.model.safetensors $(FUZZ_BUILD)/corpus/fuzz_load $(FUZZ_BUILD)/corpus/fuzz_state
 	head -c 1064 /dev/urandom > $(FUZZ_BUILD)/corpus/fuzz_sampler/random
+	@set -e; for c in tests/data/checkpoints/*/config.json; do d=$$(dirname $$c); \
+	  { cat $$c; printf '\n--bdh-fuzz--\n'; cat $$d/model.safetensors; } > $(FUZZ_BUILD)/corpus/fuzz_checkpoint/$$(basename $$d); done
+	cp tests/data/checkpoints/*.safetensors $(FUZZ_BUILD)/corpus/fuzz_checkpoint/
 	@set -e; for t in $(FUZZ_TARGETS); do echo "== $$t, $(FUZZ_SECONDS) s"; \
 	  (cd $(FUZZ_BUILD) && BDH_FUZZ_MODEL=$(CURDIR)/tests/data/golden/tiny.model.safetensors ASAN_OPTIONS=detect_leaks=1 \
 	    ./$$t corpus/$$t -max_total_time=$(FUZZ_SECONDS) -timeout=20 -rss_limit_mb=2048 -max_len=400000 \

@@ -121,12 +121,22 @@ typedef enum bdh_kernels {
                                   is tested against */
 } bdh_kernels;
 
+typedef struct bdh_config {
+    int32_t n_layer;     /* layers (they share one set of weights) */
+    int32_t n_embd;      /* D */
+    int32_t n_head;      /* H */
+    int32_t n_neurons;   /* N, neurons per head */
+    int32_t vocab_size;  /* V; 256 = raw bytes */
+    int32_t mlp_internal_dim_multiplier;
+} bdh_config;
+
 typedef struct bdh_model_params {
     bdh_device device;
     int32_t n_threads;          /* CPU worker threads; 0 = all cores */
     int32_t cuda_device;        /* CUDA device ordinal */
     bdh_weight_type weight_type;
     bdh_kernels kernels;        /* CPU only */
+    const bdh_config *config;   /* NULL: from the file or config.json */
 } bdh_model_params;
 
 /* ------------------------------------------------- the five stable calls */
@@ -146,14 +156,6 @@ BDH_API bdh_status bdh_step(bdh_state *state, int32_t token, float *logits);
 
 BDH_API bdh_model_params bdh_model_default_params(void);
 
-typedef struct bdh_config {
-    int32_t n_layer;     /* layers (they share one set of weights) */
-    int32_t n_embd;      /* D */
-    int32_t n_head;      /* H */
-    int32_t n_neurons;   /* N, neurons per head */
-    int32_t vocab_size;  /* V; 256 = raw bytes */
-    int32_t mlp_internal_dim_multiplier;
-} bdh_config;
 
 BDH_API bdh_status bdh_model_config(const bdh_model *model, bdh_config *out);
 /* Parameters as the reference counts them (attn.freqs not counted). */

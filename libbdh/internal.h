@@ -2,6 +2,8 @@
  * Nothing here is part of the public API.
  *
  * The map (docs/architecture.md walks one token through it):
+ *   checkpoint.c               checkpoint layouts, names, configuration
+ *                              sources (checkpoint.h)
  *   model.c, state.c, step.c   what every backend shares: loading and
  *                              checking a file, the state's lifecycle and
  *                              blobs, argument checks; calls go through
@@ -63,6 +65,11 @@ typedef struct bdh_safetensors {
     char **meta_keys;     /* __metadata__ (string values only) */
     char **meta_values;
     int n_meta;
+    /* checkpoint.c: lm_head in the reference's layout, when the file holds it
+     * transposed or tied (freed by bdh_safetensors_close) */
+    void *owned;
+    bdh_tensor_view owned_view;
+    char owned_name[8];
 } bdh_safetensors;
 
 BDH_INTERNAL bdh_status bdh_safetensors_open(const char *path, bdh_safetensors *out);
@@ -96,10 +103,12 @@ static inline bool bdh_quantizable(int which)
     return which == BDH_T_ENCODER || which == BDH_T_ENCODER_V || which == BDH_T_DECODER;
 }
 
-/* The file at path opened, its tensors found and checked (shapes, metadata,
- * Q8_0 scales, finite values): what a load and a quantization start from.
- * On success st is open (bdh_safetensors_close it). */
-BDH_INTERNAL bdh_status bdh_weights_open(const char *path, bdh_safetensors *st, bdh_weight_views *w, bdh_config *c);
+/* The checkpoint at path (a file or a directory, checkpoint.h) opened, its
+ * tensors found and checked (shapes, configuration, Q8_0 scales, finite
+ * values): what a load and a quantization start from. override: NULL or the
+ * load parameters' config. On success st is open (bdh_safetensors_close it). */
+BDH_INTERNAL bdh_status bdh_weights_open(const char *path, const bdh_config *override, bdh_safetensors *st, bdh_weight_views *w,
+                                         bdh_config *c);
 
 /* -------------------------------------------------------------- quant.c */
 

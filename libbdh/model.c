@@ -1,9 +1,9 @@
-/* Loading a model: find the reference's tensors in a safetensors file, check
- * the configuration against their shapes, fingerprint them, and hand them to
- * the backend chosen for the parameters, which packs its own copy (so the
- * file mapping is released after load). The model is reference-counted: the
- * caller's reference and one per state. */
-#include "internal.h"
+/* Loading a model: find the reference's tensors in a checkpoint
+ * (checkpoint.c: its layout, names and configuration), fingerprint them,
+ * and hand them to the backend chosen for the parameters, which packs its
+ * own copy (so the file mapping is released after load). The model is
+ * reference-counted: the caller's reference and one per state. */
+#include "checkpoint.h"
 
 #include <errno.h>
 #include <math.h>
@@ -16,7 +16,6 @@
 static const char *const tensor_names[BDH_T_COUNT] = {
     "embed.weight", "encoder", "encoder_v", "decoder", "lm_head", "attn.freqs",
 };
-#define COMPILE_PREFIX "_orig_mod."
 
 const char *bdh_tensor_name(int which) { return which >= 0 && which < BDH_T_COUNT ? tensor_names[which] : "?"; }
 
@@ -31,11 +30,6 @@ bdh_elem bdh_weight_elem(bdh_weight_type requested, bdh_elem file)
     }
 }
 
-/* Largest value accepted for any configuration field: far beyond real
- * models, small enough that products of a few fields cannot overflow. */
-#define MAX_DIM (1 << 24)
-#define MAX_LAYERS 4096
-
 bdh_model_params bdh_model_default_params(void)
 {
     bdh_model_params p;
@@ -45,119 +39,6 @@ bdh_model_params bdh_model_default_params(void)
     p.cuda_device = 0;
     p.weight_type = BDH_WEIGHTS_F32;
     return p;
-}
-
-static const bdh_tensor_view *find_tensor(const bdh_safetensors *st, int which)
-{
-    const bdh_tensor_view *t = bdh_safetensors_find(st, tensor_names[which]);
-    if (t) return t;
-    char prefixed[64];
-    snprintf(prefixed, sizeof prefixed, COMPILE_PREFIX "%s", tensor_names[which]);
-    return bdh_safetensors_find(st, prefixed);
-}
-
-/* Parse a metadata value as a whole decimal integer in [lo, hi]. */
-static bool parse_int(const char *s, long lo, long hi, long *out)
-{
-    if (!s || !*s) return false;
-    char *end;
-    errno = 0;
-    long v = strtol(s, &end, 10);
-    if (errno || *end != '\0' || v < lo || v > hi) return false;
-    *out = v;
-    return true;
-}
-
-static bdh_status check_dims(const bdh_tensor_view *t, int which, int n_dims)
-{
-    if (t->n_dims != n_dims)
-        return bdh_fail(BDH_ERR_CONFIG, "tensor %s has %d dimensions, expected %d", tensor_names[which], t->n_dims, n_dims);
-    for (int i = 0; i < n_dims; i++)
-        if (t->shape[i] < 1 || t->shape[i] > MAX_DIM)
-            return bdh_fail(BDH_ERR_CONFIG, "tensor %s has dimension %d of size %lld (expected 1..%d)",
-                            tensor_names[which], i, (long long)t->shape[i], MAX_DIM);
-    if (!bdh_elem_is_float(t->dtype) && !(t->dtype == BDH_ELEM_I8 && bdh_quantizable(which)))
-        return bdh_fail(BDH_ERR_CONFIG, "tensor %s has dtype %s; weights must be F32, F16 or BF16%s", tensor_names[which],
-                        bdh_elem_name(t->dtype), bdh_quantizable(which) ? " (or I8 with Q8_0 scales)" : "");
-    return BDH_OK;
-}
-
-static bdh_status shape_mismatch(int which, const char *expect)
-{
-    return bdh_fail(BDH_ERR_CONFIG, "tensor %s does not have the expected shape %s", tensor_names[which], expect);
-}
-
-/* Read D, H, N, V from the shapes and check that the tensors agree. */
-static bdh_status config_from_shapes(const bdh_tensor_view *const *t, bdh_config *c)
-{
-    static const int rank[BDH_T_COUNT] = {2, 3, 3, 2, 2, 0};
-    bdh_status rc;
-    for (int i = 0; i < BDH_T_FREQS; i++) {
-        if (!t[i]) return bdh_fail(BDH_ERR_CONFIG, "the file has no tensor named %s (nor " COMPILE_PREFIX "%s)",
-                                   tensor_names[i], tensor_names[i]);
-        if ((rc = check_dims(t[i], i, rank[i])) != BDH_OK) return rc;
-    }
-    c->vocab_size = (int32_t)t[BDH_T_EMBED]->shape[0];
-    c->n_embd = (int32_t)t[BDH_T_EMBED]->shape[1];
-    c->n_head = (int32_t)t[BDH_T_ENCODER]->shape[0];
-    c->n_neurons = (int32_t)t[BDH_T_ENCODER]->shape[2];
-    const int64_t D = c->n_embd, H = c->n_head, N = c->n_neurons, V = c->vocab_size;
-    const int64_t *e = t[BDH_T_ENCODER]->shape, *ev = t[BDH_T_ENCODER_V]->shape;
-    if (e[1] != D) return shape_mismatch(BDH_T_ENCODER, "[n_head, n_embd, N] with n_embd from embed.weight");
-    if (ev[0] != H || ev[1] != D || ev[2] != N) return shape_mismatch(BDH_T_ENCODER_V, "equal to encoder's");
-    if (t[BDH_T_DECODER]->shape[0] != H * N || t[BDH_T_DECODER]->shape[1] != D)
-        return shape_mismatch(BDH_T_DECODER, "[n_head*N, n_embd]");
-    if (t[BDH_T_LM_HEAD]->shape[0] != D || t[BDH_T_LM_HEAD]->shape[1] != V)
-        return shape_mismatch(BDH_T_LM_HEAD, "[n_embd, vocab_size]");
-    if (N % 2 != 0)
-        return bdh_fail(BDH_ERR_CONFIG, "N = %lld neurons per head is odd; RoPE needs pairs", (long long)N);
-    const bdh_tensor_view *f = t[BDH_T_FREQS];
-    if (f) {
-        int64_t numel = 1;
-        for (int i = 0; i < f->n_dims; i++) numel *= f->shape[i];
-        if (numel != N || f->n_dims < 1 || f->shape[f->n_dims - 1] != N)
-            return shape_mismatch(BDH_T_FREQS, "[1, 1, 1, N]");
-        if (!bdh_elem_is_float(f->dtype))
-            return bdh_fail(BDH_ERR_CONFIG, "tensor attn.freqs has dtype %s; expected F32", bdh_elem_name(f->dtype));
-    }
-    return BDH_OK;
-}
-
-/* Metadata: n_layer is required; the others, when present, must agree. */
-static bdh_status config_from_metadata(const bdh_safetensors *st, bdh_config *c)
-{
-    long v;
-    const char *s = bdh_safetensors_meta(st, "n_layer");
-    if (!s)
-        return bdh_fail(BDH_ERR_CONFIG, "metadata has no n_layer (the layers share weights, so the shapes cannot tell it)");
-    if (!parse_int(s, 1, MAX_LAYERS, &v))
-        return bdh_fail(BDH_ERR_CONFIG, "metadata n_layer = \"%s\" is not an integer in 1..%d", s, MAX_LAYERS);
-    c->n_layer = (int32_t)v;
-
-    const struct { const char *key; long expect; } fields[] = {
-        {"n_embd", c->n_embd}, {"n_head", c->n_head}, {"vocab_size", c->vocab_size},
-    };
-    for (size_t i = 0; i < sizeof fields / sizeof fields[0]; i++) {
-        s = bdh_safetensors_meta(st, fields[i].key);
-        if (!s) continue;
-        if (!parse_int(s, 1, MAX_DIM, &v))
-            return bdh_fail(BDH_ERR_CONFIG, "metadata %s = \"%s\" is not a positive integer", fields[i].key, s);
-        if (v != fields[i].expect)
-            return bdh_fail(BDH_ERR_CONFIG, "metadata %s = %ld contradicts the tensor shapes (%ld)", fields[i].key, v, fields[i].expect);
-    }
-    /* The reference: N = mlp_internal_dim_multiplier * n_embd // n_head. */
-    s = bdh_safetensors_meta(st, "mlp_internal_dim_multiplier");
-    if (s) {
-        if (!parse_int(s, 1, MAX_DIM, &v))
-            return bdh_fail(BDH_ERR_CONFIG, "metadata mlp_internal_dim_multiplier = \"%s\" is not a positive integer", s);
-        if ((int64_t)v * c->n_embd / c->n_head != c->n_neurons)
-            return bdh_fail(BDH_ERR_CONFIG, "metadata mlp_internal_dim_multiplier = %ld gives N = %lld, but encoder has N = %d",
-                            v, (long long)((int64_t)v * c->n_embd / c->n_head), c->n_neurons);
-        c->mlp_internal_dim_multiplier = (int32_t)v;
-    } else {
-        c->mlp_internal_dim_multiplier = (int32_t)((int64_t)c->n_neurons * c->n_head / c->n_embd);
-    }
-    return BDH_OK;
 }
 
 /* The reference's get_freqs(N, theta=2^16) in float32:
@@ -251,15 +132,12 @@ static bdh_status check_params(const bdh_model_params *p)
     return BDH_OK;
 }
 
-bdh_status bdh_weights_open(const char *path, bdh_safetensors *st, bdh_weight_views *w, bdh_config *c)
+bdh_status bdh_weights_open(const char *path, const bdh_config *override, bdh_safetensors *st, bdh_weight_views *w,
+                            bdh_config *c)
 {
-    bdh_status rc = bdh_safetensors_open(path, st);
+    bdh_status rc = bdh_checkpoint_open(path, override, st, w, c);
     if (rc != BDH_OK) return rc;
-    memset(w, 0, sizeof *w);
-    w->file = st;
-    for (int i = 0; i < BDH_T_COUNT; i++) w->t[i] = find_tensor(st, i);
-    if ((rc = config_from_shapes(w->t, c)) == BDH_OK && (rc = config_from_metadata(st, c)) == BDH_OK)
-        rc = bdh_q8_find_scales(st, w, c);
+    rc = bdh_q8_find_scales(st, w, c);
     for (int i = 0; i < BDH_T_COUNT && rc == BDH_OK; i++) {
         if (w->t[i]) rc = check_finite(w->t[i], tensor_names[i]);
         if (w->scale[i] && rc == BDH_OK) rc = check_finite(w->scale[i], w->scale[i]->name);
@@ -293,7 +171,7 @@ static bdh_status load_from_file(bdh_model *m, const char *path)
 {
     bdh_safetensors st;
     bdh_weight_views w;
-    bdh_status rc = bdh_weights_open(path, &st, &w, &m->cfg);
+    bdh_status rc = bdh_weights_open(path, m->params.config, &st, &w, &m->cfg);
     if (rc != BDH_OK) return with_path(rc, path);
     if ((rc = load_freqs(m, w.t[BDH_T_FREQS])) == BDH_OK) {
         const int64_t D = m->cfg.n_embd, V = m->cfg.vocab_size, HN = (int64_t)m->cfg.n_head * m->cfg.n_neurons;
@@ -332,6 +210,7 @@ bdh_status bdh_model_load(const char *path, const bdh_model_params *params, bdh_
     long cores = sysconf(_SC_NPROCESSORS_ONLN);
     m->n_threads = p.n_threads > 0 ? p.n_threads : (int)(cores > 0 ? cores : 1);
     rc = load_from_file(m, path);
+    m->params.config = NULL; /* the caller's, read during the load only */
     if (rc != BDH_OK) {
         model_destroy(m);
         return rc;

@@ -287,8 +287,13 @@ bdh_status bdh_model_quantize(const char *in_path, const char *out_path, bdh_wei
     bdh_safetensors st;
     bdh_weight_views w;
     bdh_config c;
-    bdh_status rc = bdh_weights_open(in_path, &st, &w, &c);
+    bdh_status rc = bdh_weights_open(in_path, NULL, &st, &w, &c);
     if (rc != BDH_OK) return rc;
+    if (!bdh_safetensors_meta(&st, "n_layer")) { /* its configuration came from a config.json */
+        bdh_safetensors_close(&st);
+        return bdh_fail(BDH_ERR_UNSUPPORTED, "bdh_model_quantize: '%s' has no n_layer in its metadata, so a copy would not load "
+                        "on its own; write the configuration into it first (tools/convert.py)", in_path);
+    }
     if (w.scale[BDH_T_ENCODER]) {
         bdh_safetensors_close(&st);
         return bdh_fail(BDH_ERR_INVALID_ARGUMENT, "bdh_model_quantize: '%s' is already Q8_0", in_path);

@@ -263,6 +263,7 @@ void bdh_safetensors_close(bdh_safetensors *st)
     free(st->meta_keys);
     free(st->meta_values);
     if (st->map) munmap(st->map, st->map_size);
+    free(st->owned);
     memset(st, 0, sizeof *st);
 }
 
@@ -271,6 +272,8 @@ void bdh_safetensors_close(bdh_safetensors *st)
 void bdh_safetensors_release(const bdh_safetensors *st, const bdh_tensor_view *t)
 {
     if (!t || !st->map) return;
+    if ((const uint8_t *)t->data < (const uint8_t *)st->map || (const uint8_t *)t->data >= (const uint8_t *)st->map + st->map_size)
+        return; /* not the file's pages (checkpoint.c's lm_head copy) */
     const uintptr_t page = (uintptr_t)sysconf(_SC_PAGESIZE);
     uintptr_t begin = ((uintptr_t)t->data + page - 1) / page * page;
     uintptr_t end = ((uintptr_t)t->data + t->nbytes) / page * page;

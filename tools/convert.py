@@ -12,7 +12,15 @@ IN.pt may be (anything torch.save wrote):
     "module", with the configuration (a dict, a dataclass such as BDHConfig, or
     any object with those attributes) under "config", "model_config" or
     "bdh_config" when present.
-IN may also be a .safetensors file (e.g. one without __metadata__).
+IN may also be a .safetensors file (e.g. one without __metadata__), with a
+config.json beside it when there is one, or a directory holding model.safetensors
+and config.json (save_pretrained, e.g. jploski/bdh-transformers). As in the
+loader (docs/format.md, "Accepted checkpoints"): any run of the prefixes
+model., backbone., module., _orig_mod. is stripped; lm_head.weight [V, D]
+(nn.Linear) is lm_head transposed; without a head, embed.weight is tied when
+config.json says tie_word_embeddings (the default there); lm_gate is dropped;
+config.json may use Hugging Face's names (num_hidden_layers, hidden_size,
+num_attention_heads).
 
 The output is a safetensors file with the reference's state_dict names and the
 config in __metadata__ as strings (n_layer, n_embd, dropout, n_head,
@@ -44,6 +52,9 @@ CONFIG_FIELDS = ("n_layer", "n_embd", "dropout", "n_head", "mlp_internal_dim_mul
 SD_KEYS = ("model", "model_state_dict", "state_dict", "module")
 CFG_KEYS = ("config", "model_config", "bdh_config")
 DTYPES = {"f32": torch.float32, "f16": torch.float16, "bf16": torch.bfloat16}
+PREFIXES = ("model.", "backbone.", "module.", "_orig_mod.")
+HF_NAMES = {"num_hidden_layers": "n_layer", "hidden_size": "n_embd", "num_attention_heads": "n_head"}
+HARMLESS = ("lm_gate",)  # tensors no forward pass reads
 
 
 class ConvertError(Exception):
@@ -79,21 +90,65 @@ _stub_pickle.load = lambda f, **kw: _StubUnpickler(f, **kw).load()
 _stub_pickle.__name__ = "pickle"
 
 
+def read_config_json(path: str) -> dict:
+    """config.json's fields under our names (Hugging Face's mapped), and tie_word_embeddings."""
+    import json
+
+    try:
+        with open(path) as f:
+            d = json.load(f)
+    except (OSError, ValueError) as e:
+        raise ConvertError(f"{path}: {e}") from e
+    if not isinstance(d, dict):
+        raise ConvertError(f"{path} is not a JSON object")
+    out = {}
+    for k, v in d.items():
+        k2 = HF_NAMES.get(k, k)
+        if k2 in CONFIG_FIELDS and v is not None:
+            if k2 in out and out[k2] != v:
+                raise ConvertError(f"{path}: {k2} = {out[k2]} but {k} = {v}")
+            out[k2] = v
+    out["tie_word_embeddings"] = d.get("tie_word_embeddings", True) is not False
+    return out
+
+
+def load_safetensors(path: str, config_json):
+    from safetensors import safe_open
+
+    with safe_open(path, "pt") as f:
+        meta = f.metadata() or {}
+        sd = {k: f.get_tensor(k) for k in f.keys()}
+    cfg = {k: v for k, v in meta.items() if k in CONFIG_FIELDS}
+    if config_json and os.path.exists(config_json):
+        js = read_config_json(config_json)
+        for k, v in js.items():
+            if k in cfg and str(cfg[k]) != str(v):
+                raise ConvertError(f"the metadata of {path} says {k} = {cfg[k]} but {config_json} says {v}")
+            cfg[k] = v
+    return {"model": sd, "config": cfg or None}
+
+
 def load_checkpoint(path: str):
     if not os.path.exists(path):
-        raise ConvertError(f"{path}: no such file")
+        raise ConvertError(f"{path}: no such file or directory")
+    if os.path.isdir(path):
+        inner = os.path.join(path, "model.safetensors")
+        if not os.path.exists(inner):
+            sharded = os.path.exists(os.path.join(path, "model.safetensors.index.json"))
+            raise ConvertError(f"{path}: " + ("a sharded checkpoint (model.safetensors.index.json) is not supported"
+                                              if sharded else "a directory without model.safetensors"))
+        return load_safetensors(inner, os.path.join(path, "config.json"))
     if path.endswith(".safetensors"):
-        from safetensors import safe_open
-
-        with safe_open(path, "pt") as f:
-            meta = f.metadata() or {}
-            sd = {k: f.get_tensor(k) for k in f.keys()}
-        return {"model": sd, "config": {k: v for k, v in meta.items() if k in CONFIG_FIELDS} or None}
+        return load_safetensors(path, os.path.join(os.path.dirname(path), "config.json"))
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e_safe:  # custom classes (config dataclass, nn.Module) need full unpickling
-        print(f"note: weights_only load failed ({type(e_safe).__name__}); unpickling {path} fully "
+    except pickle.UnpicklingError as e_safe:  # custom classes (config dataclass, nn.Module) need full unpickling
+        if "Unsupported global" not in str(e_safe):  # not a pickle of custom classes: unpickling will not help
+            raise ConvertError(f"{path}: cannot be read by torch.load: {e_safe}") from e_safe
+        print(f"note: weights_only load failed; unpickling {path} fully "
               f"(only do this with checkpoints you trust)", file=sys.stderr)
+    except Exception as e:
+        raise ConvertError(f"{path}: cannot be read by torch.load: {type(e).__name__}: {e}") from e
     try:
         return torch.load(path, map_location="cpu", weights_only=False, pickle_module=_stub_pickle)
     except Exception as e:
@@ -133,23 +188,45 @@ def config_to_dict(config) -> dict:
         d = dict(vars(config))
     else:
         raise ConvertError(f"config of type {type(config).__name__} is not understood")
-    return {k: d[k] for k in CONFIG_FIELDS if k in d and d[k] is not None}
+    d = {HF_NAMES.get(k, k): v for k, v in d.items()}
+    out = {k: d[k] for k in CONFIG_FIELDS if k in d and d[k] is not None}
+    if "tie_word_embeddings" in d:
+        out["tie_word_embeddings"] = d["tie_word_embeddings"] is not False
+    return out
 
 
 # -------------------------------------------------------------- resolving
-def clean_state_dict(sd: dict) -> dict:
-    out = {}
+def strip_prefixes(name: str) -> str:
+    again = True
+    while again:
+        again = False
+        for p in PREFIXES:
+            if name.startswith(p):
+                name, again = name[len(p):], True
+    return name
+
+
+def clean_state_dict(sd: dict, tie: bool = False) -> dict:
+    out, origin = {}, {}
     for k, v in sd.items():
-        k2 = k[len("_orig_mod."):] if k.startswith("_orig_mod.") else k
-        k2 = k2[len("module."):] if k2.startswith("module.") else k2  # DataParallel
+        k2 = strip_prefixes(k)
+        if k2 in HARMLESS:
+            continue
+        if k2 == "lm_head.weight" and isinstance(v, torch.Tensor):  # nn.Linear: [V, D]
+            k2, v = "lm_head", v.t()
         if not isinstance(v, torch.Tensor):
             raise ConvertError(f"state_dict entry {k!r} is a {type(v).__name__}, not a tensor")
-        out[k2] = v
-    unknown = sorted(set(out) - set(PARAM_NAMES) - {FREQS_NAME})
+        if k2 in out:
+            raise ConvertError(f"tensors {origin[k2]!r} and {k!r} are both {k2}")
+        out[k2], origin[k2] = v, k
+    unknown = sorted(origin[k] for k in set(out) - set(PARAM_NAMES) - {FREQS_NAME})
     if unknown:
         raise ConvertError(f"unexpected tensors {unknown}; a BDH-GPU state_dict has {list(PARAM_NAMES)} "
-                           f"and optionally {FREQS_NAME!r} (the broken 'stateful' bdh.py variant with "
-                           f"per-layer attns is not supported)")
+                           f"(or lm_head.weight) and optionally {FREQS_NAME!r}, behind the prefixes "
+                           f"{', '.join(PREFIXES)}; {', '.join(HARMLESS)} is dropped (the broken 'stateful' "
+                           f"bdh.py variant with per-layer attns is not supported)")
+    if "lm_head" not in out and tie and "embed.weight" in out:
+        out["lm_head"] = out["embed.weight"].t()
     missing = [k for k in PARAM_NAMES if k not in out]
     if missing:
         raise ConvertError(f"missing tensors {missing} (found {sorted(out)})")
@@ -214,8 +291,9 @@ def convert(inp: str, out: str, dtype: str = "f32", **flags) -> BDHConfig:
     if dtype not in DTYPES:
         raise ConvertError(f"--dtype must be one of {list(DTYPES)}")
     sd, cfg = split_checkpoint(load_checkpoint(inp))
-    sd = clean_state_dict(sd)
-    config = resolve_config(sd, config_to_dict(cfg), flags)
+    cfg = config_to_dict(cfg)
+    sd = clean_state_dict(sd, tie=bool(cfg.pop("tie_word_embeddings", False)))
+    config = resolve_config(sd, cfg, flags)
     N = config.n_neurons
     out_sd = {k: sd[k].detach().to(DTYPES[dtype]).contiguous() for k in PARAM_NAMES}
     if FREQS_NAME in sd:
@@ -234,7 +312,7 @@ def convert(inp: str, out: str, dtype: str = "f32", **flags) -> BDHConfig:
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("input", help="torch.save'd checkpoint (.pt/.pth/.bin) or .safetensors")
+    ap.add_argument("input", help="torch.save'd checkpoint (.pt/.pth/.bin), .safetensors, or a save_pretrained directory")
     ap.add_argument("output", help="output .safetensors")
     ap.add_argument("--dtype", default="f32", choices=list(DTYPES))
     ap.add_argument("--n-layer", type=int)

@@ -75,18 +75,6 @@ KERNELS = {"fast": 0, "reference": 1}  # bdh_kernels
 STOP_REASONS = {0: "length", 1: "callback", 2: "stop"}  # bdh_stop_reason
 
 
-class ModelParams(Structure):
-    """struct bdh_model_params"""
-
-    _fields_ = [
-        ("device", c_enum),
-        ("n_threads", c_int32),
-        ("cuda_device", c_int32),
-        ("weight_type", c_enum),
-        ("kernels", c_enum),
-    ]
-
-
 class Config(Structure):
     """struct bdh_config"""
 
@@ -97,6 +85,19 @@ class Config(Structure):
         ("n_neurons", c_int32),
         ("vocab_size", c_int32),
         ("mlp_internal_dim_multiplier", c_int32),
+    ]
+
+
+class ModelParams(Structure):
+    """struct bdh_model_params"""
+
+    _fields_ = [
+        ("device", c_enum),
+        ("n_threads", c_int32),
+        ("cuda_device", c_int32),
+        ("weight_type", c_enum),
+        ("kernels", c_enum),
+        ("config", POINTER(Config)),  # NULL: from the file or config.json
     ]
 
 
