@@ -543,5 +543,15 @@ head -c 100 "$TMP/st.bin" >"$TMP/cut-state.bin"
 expect_error 1 "cannot resume from '$TMP/cut-state.bin': .*(BDH_ERR_FORMAT)" "$BDH" chat -m "$SHAKE" --load-state "$TMP/cut-state.bin"
 expect_error 1 "cannot create a file beside '$TMP/no/such/dir/s.bin'" "$BDH" chat -m "$TINY" --save-state "$TMP/no/such/dir/s.bin"
 
+# --- the README's `make run` sample is what the tool prints
+prompt=$(sed -n 's/^RUN_PROMPT ?= //p' Makefile)
+run_cmd=$(sed -n 's/^\t@$(BUILD)\/bdh \(generate .*\)$/\1/p' Makefile)
+run_cmd=${run_cmd//\$(RUN_PROMPT)/$prompt}
+check "the Makefile's run target is the command the README names (${run_cmd/ -m models\/shakespeare.safetensors/})" \
+    grep -qF "(\`bdh ${run_cmd/ -m models\/shakespeare.safetensors/}\`)" README.md
+awk '/^`make run` prints/ { on = 1; next } on && /^```$/ { if (++fence == 2) exit; next } on && fence == 1' README.md >"$TMP/readme_run"
+eval "\"\$BDH\" $run_cmd" >"$TMP/out" 2>/dev/null </dev/null && echo >>"$TMP/out"
+check "README's make run sample is exactly what the tool prints" cmp -s "$TMP/out" "$TMP/readme_run"
+
 echo "cli: $passed passed, $failed failed"
 [ "$failed" -eq 0 ]
