@@ -543,6 +543,31 @@ head -c 100 "$TMP/st.bin" >"$TMP/cut-state.bin"
 expect_error 1 "cannot resume from '$TMP/cut-state.bin': .*(BDH_ERR_FORMAT)" "$BDH" chat -m "$SHAKE" --load-state "$TMP/cut-state.bin"
 expect_error 1 "cannot create a file beside '$TMP/no/such/dir/s.bin'" "$BDH" chat -m "$TINY" --save-state "$TMP/no/such/dir/s.bin"
 
+# --- every long option and its short form do the same
+expect_ok "$BDH" generate --model "$TINY" --prompt hello --max-tokens 60 --temperature 0
+check "generate --model --prompt --max-tokens = -m -p -n" cmp -s "$TMP/out" "$TMP/greedy60"
+expect_ok "$BDH" generate --model "$TINY" --file "$TMP/prompt.txt" --max-tokens 60 --temperature 0
+check "generate --file = -f" cmp -s "$TMP/out" "$TMP/greedy60"
+"$BDH" generate -m "$TINY" -p hello -n 5 --verbose >/dev/null 2>"$TMP/err" </dev/null
+check "generate --verbose = -v" grep -q "^seed: " "$TMP/err"
+for cmd in generate info perplexity quantize trace chat; do
+    expect_ok "$BDH" $cmd -h
+    check "bdh $cmd -h = --help" grep -q "^Usage: bdh $cmd" "$TMP/out"
+done
+expect_ok "$BDH" -h
+check "bdh -h = --help" grep -q "^Usage: bdh" "$TMP/out"
+expect_ok "$BDH" -V
+check "bdh -V = --version" grep -Eq '^bdh [0-9]+\.[0-9]+\.[0-9]+$' "$TMP/out"
+expect_ok "$BDH" perplexity --model "$TINY" --file "$TMP/w1.txt"
+check "perplexity --model --file = -m -f" grep -q "^bits per byte: $one " "$TMP/out"
+expect_ok "$BDH" trace --model "$LONG" --file "$TMP/text.txt" --output "$TMP/long.st" --threads 1
+check "trace --model --file --output = -m -f -o" cmp -s "$TMP/long.st" "$TMP/plain.st"
+expect_ok "$BDH" trace --model "$LONG" --prompt "$(cat "$TMP/cut.txt")" --output "$TMP/longp.st" --threads 1
+check "trace --prompt = -p" cmp -s "$TMP/longp.st" "$TMP/cut.st"
+"$BDH" chat --model "$SHAKE" --temperature 0 --max-tokens 120 --verbose <"$TMP/l1" >"$TMP/out" 2>"$TMP/err"
+check "chat --model --max-tokens = -m -n" cmp -s "$TMP/out" "$TMP/r1"
+check "chat --verbose = -v" grep -q "^turn 1: 7 bytes fed" "$TMP/err"
+
 # --- the README's `make run` sample is what the tool prints
 prompt=$(sed -n 's/^RUN_PROMPT ?= //p' Makefile)
 run_cmd=$(sed -n 's/^\t@$(BUILD)\/bdh \(generate .*\)$/\1/p' Makefile)
