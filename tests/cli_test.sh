@@ -543,6 +543,20 @@ head -c 100 "$TMP/st.bin" >"$TMP/cut-state.bin"
 expect_error 1 "cannot resume from '$TMP/cut-state.bin': .*(BDH_ERR_FORMAT)" "$BDH" chat -m "$SHAKE" --load-state "$TMP/cut-state.bin"
 expect_error 1 "cannot create a file beside '$TMP/no/such/dir/s.bin'" "$BDH" chat -m "$TINY" --save-state "$TMP/no/such/dir/s.bin"
 
+# --- chat on a terminal (a pseudo-terminal from script(1)): the hint and the
+# "> " prompt on standard error; from a pipe, nothing there
+"$BDH" chat -m "$SHAKE" $G <"$TMP/l1" >/dev/null 2>"$TMP/err"
+check "chat from a pipe writes nothing on standard error" test ! -s "$TMP/err"
+if command -v script >/dev/null && script -qec true /dev/null </dev/null >/dev/null 2>&1; then
+    (cat "$TMP/l1"; sleep 1) | timeout 60 script -qec "'$BDH' chat -m '$SHAKE' $G" /dev/null >"$TMP/tty.txt" 2>&1
+    check "chat on a terminal says how to use it" grep -q "^bdh: chat: type a line and Enter; Ctrl-D ends" "$TMP/tty.txt"
+    # (where the terminal echoes the typed line depends on timing: each part on its own)
+    check "chat on a terminal prompts with '> '" grep -q "^> " "$TMP/tty.txt"
+    check "chat on a terminal streams the reply" grep -qF "$(head -n 1 "$TMP/r1")" "$TMP/tty.txt"
+else
+    echo "cli: chat on a terminal not checked: no script(1)"
+fi
+
 # --- every long option and its short form do the same
 expect_ok "$BDH" generate --model "$TINY" --prompt hello --max-tokens 60 --temperature 0
 check "generate --model --prompt --max-tokens = -m -p -n" cmp -s "$TMP/out" "$TMP/greedy60"
