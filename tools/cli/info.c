@@ -12,12 +12,12 @@ static void info_help(FILE *out)
           "Print a model's configuration, parameter count, the dtype of each tensor\n"
           "in the file (Q8_0 for a file 'bdh quantize' wrote), the bytes its weights\n"
           "take in memory when held as --weights says (on the --device), the bytes\n"
-          "of one stream's state, and its fingerprint; then a line about the library and this\n"
-          "machine (build options, CPU kernels, BLAS, CUDA devices).\n"
+          "of one stream's state, and its fingerprint; then a line about the library\n"
+          "and this machine (build options, CPU kernels, BLAS, CUDA devices).\n"
           "\n"
           "      --weights TYPE  hold the weights as f32 (default), bf16, f16, q8_0,\n"
           "                      or as stored in the file (stored)\n"
-          "      --device DEV    load it on cpu (default) or cuda (a build with make CUDA=1)\n"
+          "      --device DEV    cpu (default) or cuda (a build with make CUDA=1)\n"
           "      --cuda-device N which GPU with --device cuda (default 0)\n"
           "  -h, --help          this help\n",
           out);
