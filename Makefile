@@ -224,7 +224,7 @@ fuzz: $(FUZZ_TARGETS:%=$(FUZZ_BUILD)/%) $(FUZZ_BUILD)/make_seeds
 # The library's main job: stream Shakespeare-like text from the shipped model.
 RUN_PROMPT ?= ROMEO:
 run: all
-	@$(BUILD)/bdh generate -m models/shakespeare.safetensors -p "$(RUN_PROMPT)" -n 300 --temperature 0.8 --seed 7
+	@$(BUILD)/bdh generate -m models/shakespeare.safetensors -p "$(RUN_PROMPT)" -n 300 --temperature 0.8 --seed 7 --echo
 	@echo
 
 install: lib

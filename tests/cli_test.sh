@@ -88,7 +88,7 @@ expect_error 1 "at least 2" "$BDH" perplexity -m "$TINY" -f "$TMP/one.txt"
 BDH_MODEL="$TMP/missing.safetensors" expect_error 1 "cannot load model" "$BDH" generate -p hi
 
 # --- help and version: exit 0 on stdout
-for cmd in "" generate info perplexity quantize trace; do
+for cmd in "" generate info perplexity quantize trace chat; do
     expect_ok "$BDH" $cmd --help
     check "bdh $cmd --help prints usage" grep -q "^Usage: bdh" "$TMP/out"
 done
@@ -379,6 +379,218 @@ elif command -v python3 >/dev/null; then
         echo "cli: --png pictures not checked: python3 lacks matplotlib or numpy"
     fi
 fi
+
+# --- options each checked on its own (the sampling flags above only ran together)
+expect_ok "$BDH" generate -m "$TINY" -p hello -n 60 --temperature 0
+cp "$TMP/out" "$TMP/greedy60"
+expect_ok "$BDH" generate -m "$TINY" -p hello -n 60 --temperature 1 --top-p 0.000001 --seed 5
+check "--top-p close to 0 keeps only the most likely byte: greedy" cmp -s "$TMP/out" "$TMP/greedy60"
+expect_ok "$BDH" generate -m "$TINY" -p hello -n 60 --temperature 1 --min-p 1 --seed 5
+check "--min-p 1 keeps only the most likely byte: greedy" cmp -s "$TMP/out" "$TMP/greedy60"
+expect_ok "$BDH" generate -m "$TINY" -p hello -n 60 --temperature 0 --repeat-penalty 5
+check "--repeat-penalty 5 changes the greedy text" test -n "$(cmp "$TMP/out" "$TMP/greedy60" 2>&1)"
+expect_ok "$BDH" generate -m "$TINY" -p hello -n 60 --temperature 0 --repeat-penalty 5 --repeat-window 0
+check "--repeat-window 0: the penalty sees nothing, greedy" cmp -s "$TMP/out" "$TMP/greedy60"
+expect_ok "$BDH" generate -m "$TINY" -p hello -n 60 --temperature 0 --threads 1
+check "--threads 1 gives the text of all cores" cmp -s "$TMP/out" "$TMP/greedy60"
+expect_ok "$BDH" generate -m "$TINY" -p hello -n 60 --temperature 0 --threads 2
+check "--threads 2 gives the same text" cmp -s "$TMP/out" "$TMP/greedy60"
+expect_error 2 "repeat_penalty" "$BDH" generate -m "$TINY" -p hi --repeat-penalty 0
+expect_error 2 "--repeat-window needs an integer >= 0" "$BDH" generate -m "$TINY" -p hi --repeat-window -1
+expect_error 2 "--top-k needs an integer >= 0" "$BDH" generate -m "$TINY" -p hi --top-k x
+expect_error 2 "min_p" "$BDH" generate -m "$TINY" -p hi --min-p 2
+expect_error 2 "--seed needs an unsigned 64-bit integer" "$BDH" generate -m "$TINY" -p hi --seed -1
+expect_error 2 "--stop needs a non-empty string" "$BDH" generate -m "$TINY" -p hi --stop ""
+# perplexity --window: two copies of one window score what one copy scores
+head -c 300 tests/data/golden/README.md >"$TMP/w1.txt"
+cat "$TMP/w1.txt" "$TMP/w1.txt" >"$TMP/w2.txt"
+expect_ok "$BDH" perplexity -m "$TINY" -f "$TMP/w1.txt"
+one=$(sed -n 's/^bits per byte: \([0-9.]*\) .*/\1/p' "$TMP/out")
+expect_ok "$BDH" perplexity -m "$TINY" -f "$TMP/w2.txt" --window 300
+check "--window 300 over two copies: each window from a zero state (${one:-?} and 598 predictions)" \
+    grep -q "^bits per byte: ${one:-none} (598 predictions)$" "$TMP/out"
+expect_ok "$BDH" perplexity -m "$TINY" -f "$TMP/w2.txt"
+check "without --window the second copy is scored in context (another result)" \
+    test -n "$one" -a "$(grep -c "^bits per byte: $one " "$TMP/out")" -eq 0
+expect_error 2 "--window needs bytes >= 2, not '1'" "$BDH" perplexity -m "$TINY" -f "$TMP/w2.txt" --window 1
+expect_error 2 "--offset needs bytes >= 0" "$BDH" perplexity -m "$TINY" -f "$TMP/w2.txt" --offset -1
+
+# --- --device and --cuda-device on every command that loads a model
+loaders=("generate -m $TINY -p hi -n 5" "info $TINY" "perplexity -m $TINY -f $TMP/w1.txt" "trace -m $TINY -p hi -o $TMP/dev.st"
+    "chat -m $TINY -n 5")
+for cmd in "${loaders[@]}"; do
+    expect_error 2 "--device needs cpu or cuda, not 'gpu'" "$BDH" $cmd --device gpu
+    expect_error 2 "--cuda-device 1 needs --device cuda" "$BDH" $cmd --cuda-device 1
+    expect_error 2 "--cuda-device needs a device number >= 0, not '-1'" "$BDH" $cmd --device cuda --cuda-device -1
+done
+if "$BDH" info "$TINY" | grep -q "CUDA: not built"; then
+    for cmd in "${loaders[@]}"; do
+        expect_error 1 "cannot load model: this libbdh was built without CUDA (rebuild with make CUDA=1)" "$BDH" $cmd --device cuda
+        expect_error 1 "built without CUDA" "$BDH" $cmd --device cuda --cuda-device 0
+    done
+    check "a refused --device cuda writes no trace" test ! -e "$TMP/dev.st"
+else
+    echo "cli: --device cuda not checked: this libbdh has CUDA (tests/cuda runs it on a GPU)"
+fi
+expect_ok "$BDH" generate -m "$TINY" -p hello -n 60 --temperature 0 --device cpu
+check "--device cpu is the default" cmp -s "$TMP/out" "$TMP/greedy60"
+"$BDH" generate -m "$TINY" -p hello -n 5 -v --device cpu >/dev/null 2>"$TMP/err" </dev/null
+check "-v says the device" grep -q "^device:  cpu$" "$TMP/err"
+expect_ok "$BDH" info --device cpu "$TINY"
+check "info says the device" grep -q "^device: *cpu$" "$TMP/out"
+expect_ok "$BDH" perplexity -m "$TINY" -f "$TMP/w1.txt" --device cpu
+check "perplexity --device cpu is the default" grep -q "^bits per byte: $one " "$TMP/out"
+expect_ok "$BDH" trace -m "$LONG" -f "$TMP/text.txt" -o "$TMP/dev.st" --threads 1 --device cpu
+check "trace --device cpu is the default" cmp -s "$TMP/dev.st" "$TMP/plain.st"
+
+# --- generate --echo: the prompt, then the text
+expect_ok "$BDH" generate -m "$TINY" -p hello -n 60 --temperature 0 --echo
+check "--echo writes the prompt before the generated bytes" cmp -s "$TMP/out" <(printf hello; cat "$TMP/greedy60")
+if printf hello | "$BDH" generate -m "$TINY" -n 60 --temperature 0 --echo >"$TMP/out" 2>"$TMP/err"; then ok; else bad "--echo with stdin"; fi
+check "--echo of a prompt from standard input" cmp -s "$TMP/out" <(printf hello; cat "$TMP/greedy60")
+expect_ok "$BDH" generate -m "$TINY" -p hello -n 0 --echo
+check "--echo -n 0 writes the prompt alone" test "$(cat "$TMP/out")" = hello
+
+# --- chat: usage and runtime errors
+expect_error 2 "unknown or ambiguous option '--bogus'" "$BDH" chat -m "$TINY" --bogus
+expect_error 2 "unexpected argument 'extra'" "$BDH" chat -m "$TINY" extra
+expect_error 2 "top_p" "$BDH" chat -m "$TINY" --top-p 0
+expect_error 2 "-n needs a count" "$BDH" chat -m "$TINY" -n -3
+expect_error 2 "--weights needs f32, bf16, f16, q8_0 or stored, not 'int4'" "$BDH" chat -m "$TINY" --weights int4
+expect_error 2 "--threads needs a count" "$BDH" chat -m "$TINY" --threads x
+expect_error 2 "needs a value" "$BDH" chat -m "$TINY" --save-state
+expect_error 2 "--save-state '$TMP/model-copy.st' is the model" "$BDH" chat -m "$TMP/model-copy.st" --save-state "$TMP/model-copy.st"
+expect_error 1 "needs a byte-level model" "$BDH" chat -m "$ODD"
+expect_error 1 "cannot open '$TMP/nostate.bin'" "$BDH" chat -m "$TINY" --load-state "$TMP/nostate.bin"
+expect_ok "$BDH" chat -m "$TINY"
+check "chat on empty input exits 0 and writes nothing" test ! -s "$TMP/out"
+
+# --- chat over two turns is generate over the stream (greedy)
+G="--temperature 0 -n 120"
+printf 'ROMEO:\n' >"$TMP/l1"
+printf 'JULIET:\n' >"$TMP/l2"
+printf 'Nurse:\n' >"$TMP/l3"
+"$BDH" chat -m "$SHAKE" $G <"$TMP/l1" >"$TMP/r1" 2>"$TMP/err"
+check "chat of one line exits 0" test $? -eq 0
+expect_ok "$BDH" generate -m "$SHAKE" -f "$TMP/l1" $G --stop $'\n\n'
+check "chat's first reply is generate's text for that line" cmp -s "$TMP/out" "$TMP/r1"
+check "the reply ends at the default stop, a blank line" test "$(tail -c 2 "$TMP/r1" | od -An -c | tr -d ' ')" = '\n\n'
+cat "$TMP/l1" "$TMP/l2" | "$BDH" chat -m "$SHAKE" $G -v >"$TMP/r12" 2>"$TMP/err12"
+check "chat of two lines exits 0" test $? -eq 0
+check "the first of two replies is the reply of one" cmp -s "$TMP/r1" <(head -c "$(size "$TMP/r1")" "$TMP/r12")
+tail -c +$(($(size "$TMP/r1") + 1)) "$TMP/r12" >"$TMP/r2"
+cat "$TMP/l1" "$TMP/r1" "$TMP/l2" >"$TMP/stream12"
+expect_ok "$BDH" generate -m "$SHAKE" -f "$TMP/stream12" $G --stop $'\n\n'
+check "the second reply is generate's text over line 1, reply 1, line 2 (greedy)" cmp -s "$TMP/out" "$TMP/r2"
+check "the second reply is not empty" test -s "$TMP/r2"
+whole=$(( $(size "$TMP/stream12") + $(size "$TMP/r2") ))
+check "-v: after two turns the position is the bytes of the stream, $whole: nothing was fed twice" \
+    grep -q "^turn 2: 8 bytes fed, $(size "$TMP/r2") generated (.*), position $whole$" "$TMP/err12"
+check "-v says the starting position" grep -q "^position: 0$" "$TMP/err12"
+cat "$TMP/l1" "$TMP/l2" | "$BDH" chat -m "$SHAKE" $G --echo >"$TMP/echoed" 2>/dev/null
+check "chat --echo writes the whole stream: lines and replies" cmp -s "$TMP/echoed" <(cat "$TMP/stream12" "$TMP/r2")
+
+# sampled: turn 1 (position 0) draws with the seed itself, as generate does
+S="--temperature 0.8 --seed 5 -n 120"
+"$BDH" chat -m "$SHAKE" $S <"$TMP/l1" >"$TMP/s1" 2>/dev/null
+expect_ok "$BDH" generate -m "$SHAKE" -f "$TMP/l1" $S --stop $'\n\n'
+check "chat's first sampled reply is generate's with the same --seed" cmp -s "$TMP/out" "$TMP/s1"
+ALL="--temperature 0.7 --top-k 20 --top-p 0.9 --min-p 0.05 --repeat-penalty 1.2 --repeat-window 8 --seed 3 --threads 1 --weights q8_0 --device cpu -n 80"
+"$BDH" chat -m "$SHAKE" $ALL <"$TMP/l1" >"$TMP/s1" 2>/dev/null
+expect_ok "$BDH" generate -m "$SHAKE" -f "$TMP/l1" $ALL --stop $'\n\n'
+check "chat passes every sampling, --threads, --weights and --device option on as generate does" cmp -s "$TMP/out" "$TMP/s1"
+"$BDH" chat -m "$SHAKE" --temperature 0 -n 300 --stop e --stop o <"$TMP/l1" >"$TMP/s1" 2>/dev/null
+expect_ok "$BDH" generate -m "$SHAKE" -f "$TMP/l1" --temperature 0 -n 300 --stop e --stop o
+check "chat --stop replaces the default stop (repeatable)" cmp -s "$TMP/out" "$TMP/s1"
+check "and the reply ends at one" grep -q '[eo]$' "$TMP/s1"
+cat "$TMP/l1" "$TMP/l2" | "$BDH" chat -m "$SHAKE" -n 0 -v >"$TMP/out" 2>"$TMP/err"
+check "chat -n 0: no replies, the lines are fed all the same (position 15)" \
+    test ! -s "$TMP/out" -a -n "$(grep "^turn 2: 8 bytes fed, 0 generated .*position 15$" "$TMP/err")"
+printf 'ROMEO:' | "$BDH" chat -m "$SHAKE" $G -v >/dev/null 2>"$TMP/err"
+check "a last line without a newline is fed as it is (6 bytes)" grep -q "^turn 1: 6 bytes fed" "$TMP/err"
+
+# --- save, load, continue: the same bytes as one unbroken run
+for mode in "$G" "$S"; do
+    cat "$TMP/l1" "$TMP/l2" "$TMP/l3" | "$BDH" chat -m "$SHAKE" $mode >"$TMP/unbroken" 2>/dev/null
+    rm -f "$TMP/st.bin"
+    cat "$TMP/l1" "$TMP/l2" | "$BDH" chat -m "$SHAKE" $mode --save-state "$TMP/st.bin" >"$TMP/part1" 2>/dev/null
+    "$BDH" chat -m "$SHAKE" $mode --load-state "$TMP/st.bin" --save-state "$TMP/st.bin" <"$TMP/l3" >"$TMP/part2" 2>/dev/null
+    check "save after two turns, load, third turn = one run of three ($mode)" \
+        cmp -s "$TMP/unbroken" <(cat "$TMP/part1" "$TMP/part2")
+done
+check "--save-state leaves no temporary file" test -z "$(ls "$TMP" | grep 'st.bin.tmp')"
+"$BDH" chat -m "$SHAKE" --load-state "$TMP/st.bin" -n 0 -v </dev/null >/dev/null 2>"$TMP/err"
+check "-v after --load-state says where the stream resumes" \
+    grep -q "^position: $(( $(cat "$TMP/l1" "$TMP/l2" "$TMP/l3" | wc -c) + $(size "$TMP/unbroken") ))$" "$TMP/err"
+# the state is written after every turn: wait for the first turn's file, copy it, then send line 2
+rm -f "$TMP/turn.bin"
+{
+    cat "$TMP/l1"
+    for _ in $(seq 300); do [ -e "$TMP/turn.bin" ] && break; sleep 0.1; done
+    cp "$TMP/turn.bin" "$TMP/after1.bin"
+    cat "$TMP/l2"
+} | "$BDH" chat -m "$SHAKE" $G --save-state "$TMP/turn.bin" >/dev/null 2>&1
+"$BDH" chat -m "$SHAKE" $G --load-state "$TMP/after1.bin" <"$TMP/l2" >"$TMP/out" 2>/dev/null
+check "the state saved after turn 1, loaded, gives turn 2's reply" cmp -s "$TMP/out" "$TMP/r2"
+# refused states, and a refused load leaves --save-state's file alone
+"$BDH" chat -m "$TINY" --save-state "$TMP/tiny-state.bin" </dev/null >/dev/null 2>&1
+check "chat with no turns still writes --save-state (a zero state)" test -s "$TMP/tiny-state.bin"
+cp "$TMP/st.bin" "$TMP/keep.bin"
+expect_error 1 "cannot resume from '$TMP/tiny-state.bin': .*(BDH_ERR_MODEL_MISMATCH)" \
+    "$BDH" chat -m "$SHAKE" --load-state "$TMP/tiny-state.bin" --save-state "$TMP/keep.bin"
+check "a refused --load-state leaves --save-state's file as it was" cmp -s "$TMP/st.bin" "$TMP/keep.bin"
+head -c 100 "$TMP/st.bin" >"$TMP/cut-state.bin"
+expect_error 1 "cannot resume from '$TMP/cut-state.bin': .*(BDH_ERR_FORMAT)" "$BDH" chat -m "$SHAKE" --load-state "$TMP/cut-state.bin"
+expect_error 1 "cannot create a file beside '$TMP/no/such/dir/s.bin'" "$BDH" chat -m "$TINY" --save-state "$TMP/no/such/dir/s.bin"
+
+# --- chat on a terminal (a pseudo-terminal from script(1)): the hint and the
+# "> " prompt on standard error; from a pipe, nothing there
+"$BDH" chat -m "$SHAKE" $G <"$TMP/l1" >/dev/null 2>"$TMP/err"
+check "chat from a pipe writes nothing on standard error" test ! -s "$TMP/err"
+if command -v script >/dev/null && script -qec true /dev/null </dev/null >/dev/null 2>&1; then
+    (cat "$TMP/l1"; sleep 1) | timeout 60 script -qec "'$BDH' chat -m '$SHAKE' $G" /dev/null >"$TMP/tty.txt" 2>&1
+    check "chat on a terminal says how to use it" grep -q "^bdh: chat: type a line and Enter; Ctrl-D ends" "$TMP/tty.txt"
+    # (where the terminal echoes the typed line depends on timing: each part on its own)
+    check "chat on a terminal prompts with '> '" grep -q "^> " "$TMP/tty.txt"
+    check "chat on a terminal streams the reply" grep -qF "$(head -n 1 "$TMP/r1")" "$TMP/tty.txt"
+else
+    echo "cli: chat on a terminal not checked: no script(1)"
+fi
+
+# --- every long option and its short form do the same
+expect_ok "$BDH" generate --model "$TINY" --prompt hello --max-tokens 60 --temperature 0
+check "generate --model --prompt --max-tokens = -m -p -n" cmp -s "$TMP/out" "$TMP/greedy60"
+expect_ok "$BDH" generate --model "$TINY" --file "$TMP/prompt.txt" --max-tokens 60 --temperature 0
+check "generate --file = -f" cmp -s "$TMP/out" "$TMP/greedy60"
+"$BDH" generate -m "$TINY" -p hello -n 5 --verbose >/dev/null 2>"$TMP/err" </dev/null
+check "generate --verbose = -v" grep -q "^seed: " "$TMP/err"
+for cmd in generate info perplexity quantize trace chat; do
+    expect_ok "$BDH" $cmd -h
+    check "bdh $cmd -h = --help" grep -q "^Usage: bdh $cmd" "$TMP/out"
+done
+expect_ok "$BDH" -h
+check "bdh -h = --help" grep -q "^Usage: bdh" "$TMP/out"
+expect_ok "$BDH" -V
+check "bdh -V = --version" grep -Eq '^bdh [0-9]+\.[0-9]+\.[0-9]+$' "$TMP/out"
+expect_ok "$BDH" perplexity --model "$TINY" --file "$TMP/w1.txt"
+check "perplexity --model --file = -m -f" grep -q "^bits per byte: $one " "$TMP/out"
+expect_ok "$BDH" trace --model "$LONG" --file "$TMP/text.txt" --output "$TMP/long.st" --threads 1
+check "trace --model --file --output = -m -f -o" cmp -s "$TMP/long.st" "$TMP/plain.st"
+expect_ok "$BDH" trace --model "$LONG" --prompt "$(cat "$TMP/cut.txt")" --output "$TMP/longp.st" --threads 1
+check "trace --prompt = -p" cmp -s "$TMP/longp.st" "$TMP/cut.st"
+"$BDH" chat --model "$SHAKE" --temperature 0 --max-tokens 120 --verbose <"$TMP/l1" >"$TMP/out" 2>"$TMP/err"
+check "chat --model --max-tokens = -m -n" cmp -s "$TMP/out" "$TMP/r1"
+check "chat --verbose = -v" grep -q "^turn 1: 7 bytes fed" "$TMP/err"
+
+# --- the README's `make run` sample is what the tool prints
+prompt=$(sed -n 's/^RUN_PROMPT ?= //p' Makefile)
+run_cmd=$(sed -n 's/^\t@$(BUILD)\/bdh \(generate .*\)$/\1/p' Makefile)
+run_cmd=${run_cmd//\$(RUN_PROMPT)/$prompt}
+check "the Makefile's run target is the command the README names (${run_cmd/ -m models\/shakespeare.safetensors/})" \
+    grep -qF "(\`bdh ${run_cmd/ -m models\/shakespeare.safetensors/}\`)" README.md
+awk '/^`make run` prints/ { on = 1; next } on && /^```$/ { if (++fence == 2) exit; next } on && fence == 1' README.md >"$TMP/readme_run"
+eval "\"\$BDH\" $run_cmd" >"$TMP/out" 2>/dev/null </dev/null && echo >>"$TMP/out"
+check "README's make run sample is exactly what the tool prints" cmp -s "$TMP/out" "$TMP/readme_run"
 
 echo "cli: $passed passed, $failed failed"
 [ "$failed" -eq 0 ]

@@ -2,7 +2,8 @@
  *
  *   main.c               command dispatch, bdh --help/--version, the OpenBLAS re-exec
  *   common.c             errors and their exit codes, option values, files, the model
- *   generate.c           bdh generate
+ *   generate.c           bdh generate, and the sampling options chat shares
+ *   chat.c               bdh chat: turns on top of one kept state
  *   info.c               bdh info
  *   perplexity.c         bdh perplexity
  *   quantize.c           bdh quantize
@@ -39,6 +40,7 @@ int cmd_info(int argc, char **argv);
 int cmd_perplexity(int argc, char **argv);
 int cmd_quantize(int argc, char **argv);
 int cmd_trace(int argc, char **argv);
+int cmd_chat(int argc, char **argv);
 
 /* ---------------------------------------------------- common.c: errors */
 
@@ -63,7 +65,7 @@ int parse_float(const char *s, float *out);  /* finite */
 /* getopt values of the long options without a short form. The ones below
  * OPT_COMMAND are shared (parse_text_option, parse_weights); each command
  * numbers its own from OPT_COMMAND up. */
-enum { OPT_THREADS = 256, OPT_OFFSET, OPT_LENGTH, OPT_WEIGHTS, OPT_COMMAND };
+enum { OPT_THREADS = 256, OPT_OFFSET, OPT_LENGTH, OPT_WEIGHTS, OPT_DEVICE, OPT_CUDA_DEVICE, OPT_COMMAND };
 
 /* --offset, --length, --threads: shared by perplexity and trace. */
 typedef struct text_span {
@@ -82,12 +84,33 @@ int parse_weights(const char *U, const char *arg, bdh_weight_type *out);
 /* The --weights name of a weight type ("f32", ..., "stored"). */
 const char *weights_name(bdh_weight_type type);
 
+/* --device cpu|cuda and --cuda-device N: where the model runs. */
+typedef struct model_place {
+    bdh_device device;
+    int32_t cuda_device;
+    int cuda_device_given;
+} model_place;
+#define MODEL_PLACE_CPU ((model_place){BDH_DEVICE_CPU, 0, 0})
+/* The getopt_long entries of the two options, for a longopts table. */
+#define PLACE_LONGOPTS \
+    {"device", required_argument, NULL, OPT_DEVICE}, {"cuda-device", required_argument, NULL, OPT_CUDA_DEVICE}
+/* OPT_DEVICE or OPT_CUDA_DEVICE with its value in arg; 0 or EXIT_USAGE. */
+int parse_place_option(const char *U, int c, const char *arg, model_place *p);
+/* After the options: --cuda-device without --device cuda is a usage error. */
+int check_place(const char *U, const model_place *p);
+/* "cpu", or "cuda N". */
+const char *place_name(const model_place *p, char *buf, size_t cap);
+
 /* ------------------------------------------------------ common.c: files */
 
 /* Whole file (or stdin when path is NULL) into a malloc'd buffer; NULL
  * after printing why. */
 char *read_all(const char *path, size_t *len);
 int file_exists(const char *path);
+/* len bytes into path, atomically: a temporary file beside it, fsync,
+ * rename; on failure (after printing why) an existing file is as it was.
+ * 0 or EXIT_RUNTIME. */
+int write_file_atomic(const char *path, const void *data, size_t len);
 /* a and b (either may be NULL) name one file: the same path, or the same
  * file through another name */
 int same_file(const char *a, const char *b);
@@ -103,9 +126,47 @@ const char *default_model(char *buf, size_t cap);
 /* Load with n_threads = threads and weight_type = weights; 0 or
  * EXIT_RUNTIME after printing why. */
 int load_model(const char *path, int threads, bdh_weight_type weights, bdh_model **out);
+/* The same on the device p names (NULL: the CPU); a device this build
+ * lacks fails with the library's message. */
+int load_model_at(const char *path, int threads, bdh_weight_type weights, const model_place *p, bdh_model **out);
 /* 0 for a vocab_size 256 model, else EXIT_RUNTIME after saying so. */
 int need_byte_model(const char *cmd, const bdh_model *m);
 double mib(size_t bytes);
+
+/* --------------------------- generate.c: the options chat shares */
+
+/* -n and the sampling options (--temperature ... --stop). */
+typedef struct gen_settings {
+    long n_tokens;
+    bdh_sampler_params sp;
+    int seeded; /* --seed given */
+    const char **stop;
+    size_t *stop_len;
+    int n_stop;
+} gen_settings;
+
+enum { OPT_TEMP = OPT_COMMAND, OPT_TOPK, OPT_TOPP, OPT_MINP, OPT_REPP, OPT_REPW, OPT_SEED, OPT_STOP, OPT_GEN_NEXT };
+
+/* The getopt_long entries of those options, for a longopts table. */
+#define GEN_LONGOPTS \
+    {"max-tokens", required_argument, NULL, 'n'}, {"temperature", required_argument, NULL, OPT_TEMP}, \
+    {"top-k", required_argument, NULL, OPT_TOPK}, {"top-p", required_argument, NULL, OPT_TOPP}, \
+    {"min-p", required_argument, NULL, OPT_MINP}, {"repeat-penalty", required_argument, NULL, OPT_REPP}, \
+    {"repeat-window", required_argument, NULL, OPT_REPW}, {"seed", required_argument, NULL, OPT_SEED}, \
+    {"stop", required_argument, NULL, OPT_STOP}
+
+/* generate's defaults: -n 256, temperature 0.8, no stop, no seed yet. */
+gen_settings gen_settings_default(void);
+/* 1 if c is one of GEN_LONGOPTS (or 'n'), else 0. */
+int is_gen_option(int c);
+/* One of them with its value; 0 or an exit code. */
+int parse_gen_option(const char *U, gen_settings *g, int c, const char *arg);
+/* After the options: the library checks the sampler settings; the seed
+ * from the clock when --seed was not given. 0 or EXIT_USAGE. */
+int finish_gen_settings(const char *U, gen_settings *g);
+/* The bdh_generate_params they make. */
+bdh_generate_params gen_params(const gen_settings *g);
+void gen_settings_free(gen_settings *g);
 
 /* ------------------------------------------- json.c: a growing string */
 

@@ -1,5 +1,6 @@
 /* What the commands share: error messages and exit codes, option values
- * (--weights among them), reading files, finding and loading the model. */
+ * (--weights, --device among them), reading and writing files, finding and
+ * loading the model. */
 #include "cli.h"
 
 #include <errno.h>
@@ -118,6 +119,35 @@ const char *weights_name(bdh_weight_type type)
     return "?";
 }
 
+int parse_place_option(const char *U, int c, const char *arg, model_place *p)
+{
+    long v;
+    if (c == OPT_DEVICE) {
+        if (strcmp(arg, "cpu") == 0) p->device = BDH_DEVICE_CPU;
+        else if (strcmp(arg, "cuda") == 0) p->device = BDH_DEVICE_CUDA;
+        else return usage_fail(U, "--device needs cpu or cuda, not '%s'", arg);
+        return 0;
+    }
+    if (parse_long(arg, 0, INT32_MAX, &v)) return usage_fail(U, "--cuda-device needs a device number >= 0, not '%s'", arg);
+    p->cuda_device = (int32_t)v;
+    p->cuda_device_given = 1;
+    return 0;
+}
+
+int check_place(const char *U, const model_place *p)
+{
+    if (p->cuda_device_given && p->device != BDH_DEVICE_CUDA)
+        return usage_fail(U, "--cuda-device %d needs --device cuda", (int)p->cuda_device);
+    return 0;
+}
+
+const char *place_name(const model_place *p, char *buf, size_t cap)
+{
+    if (p->device == BDH_DEVICE_CPU) snprintf(buf, cap, "cpu");
+    else snprintf(buf, cap, "cuda %d", (int)p->cuda_device);
+    return buf;
+}
+
 /* ---------------------------------------------------------------- files */
 
 char *read_all(const char *path, size_t *len)
@@ -149,6 +179,36 @@ char *read_all(const char *path, size_t *len)
 }
 
 int file_exists(const char *path) { return access(path, R_OK) == 0; }
+
+int write_file_atomic(const char *path, const void *data, size_t len)
+{
+    char tmp[PATH_MAX + 16];
+    errno = ENAMETOOLONG;
+    const int fd = snprintf(tmp, sizeof tmp, "%s.tmp-XXXXXX", path) < (int)sizeof tmp ? mkstemp(tmp) : -1;
+    if (fd < 0) {
+        err("cannot create a file beside '%s': %s", path, strerror(errno));
+        return EXIT_RUNTIME;
+    }
+    const unsigned char *p = data;
+    size_t done = 0;
+    int e = 0; /* the first failure's errno */
+    while (!e && done < len) {
+        ssize_t w = write(fd, p + done, len - done);
+        if (w < 0 && errno == EINTR) continue;
+        if (w <= 0) e = w < 0 ? errno : EIO;
+        else done += (size_t)w;
+    }
+    if (!e && fsync(fd) != 0) e = errno;
+    if (!e && fchmod(fd, 0644) != 0) e = errno;
+    if (close(fd) != 0 && !e) e = errno;
+    if (!e && rename(tmp, path) != 0) e = errno;
+    if (e) {
+        err("cannot write '%s': %s (nothing was replaced)", path, strerror(e));
+        unlink(tmp);
+        return EXIT_RUNTIME;
+    }
+    return 0;
+}
 
 int same_file(const char *a, const char *b)
 {
@@ -193,9 +253,18 @@ const char *default_model(char *buf, size_t cap)
 
 int load_model(const char *path, int threads, bdh_weight_type weights, bdh_model **out)
 {
+    return load_model_at(path, threads, weights, NULL, out);
+}
+
+int load_model_at(const char *path, int threads, bdh_weight_type weights, const model_place *p, bdh_model **out)
+{
     bdh_model_params mp = bdh_model_default_params();
     mp.n_threads = threads;
     mp.weight_type = weights;
+    if (p) {
+        mp.device = p->device;
+        mp.cuda_device = p->cuda_device;
+    }
     bdh_status rc = bdh_model_load(path, &mp, out);
     if (rc != BDH_OK) {
         err("cannot load model: %s", bdh_last_error()); /* the message names the file */

@@ -15,13 +15,15 @@ static void generate_help(FILE *out)
     fputs("Usage: bdh generate [-m MODEL] [-p PROMPT | -f FILE] [options]\n"
           "\n"
           "Stream text from a byte-level model (vocab_size 256). Only the generated\n"
-          "bytes go to standard output, each flushed as soon as it exists. Without -p\n"
-          "or -f the prompt is read from standard input; it must not be empty.\n"
+          "bytes go to standard output (after the prompt with --echo), each flushed as\n"
+          "soon as it exists. Without -p or -f the prompt is read from standard input;\n"
+          "it must not be empty.\n"
           "\n"
           "  -m, --model FILE        model (default: $BDH_MODEL, else the shipped\n"
           "                          models/" DEFAULT_MODEL_NAME ")\n"
           "  -p, --prompt TEXT       prompt text\n"
           "  -f, --file FILE         read the prompt from FILE\n"
+          "      --echo              write the prompt to standard output first\n"
           "  -n, --max-tokens N      bytes to generate (default 256)\n"
           "      --temperature T     0 = greedy (default 0.8)\n"
           "      --top-k K           keep the K most likely, ties included (default 0 = off)\n"
@@ -34,6 +36,8 @@ static void generate_help(FILE *out)
           "      --threads N         CPU threads (default 0 = all cores)\n"
           "      --weights TYPE      hold the weights as f32 (default), bf16, f16, q8_0,\n"
           "                          or as stored in the file (stored)\n"
+          "      --device DEV        cpu (default) or cuda (a build with make CUDA=1)\n"
+          "      --cuda-device N     which GPU with --device cuda (default 0)\n"
           "  -v, --verbose           seed, weights and speed statistics on standard error\n"
           "  -h, --help              this help\n",
           out);
@@ -41,20 +45,38 @@ static void generate_help(FILE *out)
 
 typedef struct gen_opts {
     const char *model, *prompt, *prompt_file;
-    long n_tokens, threads;
+    long threads;
     bdh_weight_type weights;
-    int seeded, verbose;
-    bdh_sampler_params sp;
-    const char **stop;
-    size_t *stop_len;
-    int n_stop;
+    model_place place;
+    int verbose, echo;
+    gen_settings g;
 } gen_opts;
 
-enum { OPT_TEMP = OPT_COMMAND, OPT_TOPK, OPT_TOPP, OPT_MINP, OPT_REPP, OPT_REPW, OPT_SEED, OPT_STOP };
+enum { OPT_ECHO = OPT_GEN_NEXT };
 
 static const char *const U = "generate ";
 
-static int add_stop(gen_opts *o, const char *s)
+/* ------------------------------------ the options chat shares */
+
+gen_settings gen_settings_default(void)
+{
+    gen_settings g = {.n_tokens = 256, .sp = bdh_sampler_default_params()};
+    g.sp.temperature = 0.8f;
+    return g;
+}
+
+void gen_settings_free(gen_settings *g)
+{
+    free(g->stop);
+    free(g->stop_len);
+    g->stop = NULL;
+    g->stop_len = NULL;
+    g->n_stop = 0;
+}
+
+int is_gen_option(int c) { return c == 'n' || (c >= OPT_TEMP && c <= OPT_STOP); }
+
+static int add_stop(gen_settings *o, const char *s)
 {
     const char **stop = realloc(o->stop, (size_t)(o->n_stop + 1) * sizeof *stop);
     if (stop) o->stop = stop;
@@ -66,53 +88,94 @@ static int add_stop(gen_opts *o, const char *s)
     return 0;
 }
 
-/* Range checks are the library's (see generate_parse). */
-static int set_float(const char *name, const char *arg, float *out)
+/* Range checks are the library's (see finish_gen_settings). */
+static int set_float(const char *cmd, const char *name, const char *arg, float *out)
 {
-    if (parse_float(arg, out)) return usage_fail(U, "%s needs a number, not '%s'", name, arg);
+    if (parse_float(arg, out)) return usage_fail(cmd, "%s needs a number, not '%s'", name, arg);
     return 0;
 }
 
-/* One option of generate; returns 0 or an exit code. */
-static int generate_opt(gen_opts *o, int c, const char *arg)
+int parse_gen_option(const char *cmd, gen_settings *o, int c, const char *arg)
 {
     long v;
     switch (c) {
-    case 'm': o->model = arg; return 0;
-    case 'p': o->prompt = arg; return 0;
-    case 'f': o->prompt_file = arg; return 0;
-    case 'v': o->verbose = 1; return 0;
     case 'n':
-        if (parse_long(arg, 0, INT32_MAX, &o->n_tokens)) return usage_fail(U, "-n needs a count >= 0, not '%s'", arg);
+        if (parse_long(arg, 0, INT32_MAX, &o->n_tokens)) return usage_fail(cmd, "-n needs a count >= 0, not '%s'", arg);
         return 0;
-    case OPT_THREADS:
-        if (parse_long(arg, 0, 4096, &o->threads)) return usage_fail(U, "--threads needs a count from 0 (all cores) to 4096, not '%s'", arg);
-        return 0;
-    case OPT_WEIGHTS: return parse_weights(U, arg, &o->weights);
     case OPT_TOPK:
-        if (parse_long(arg, 0, INT32_MAX, &v)) return usage_fail(U, "--top-k needs an integer >= 0, not '%s'", arg);
+        if (parse_long(arg, 0, INT32_MAX, &v)) return usage_fail(cmd, "--top-k needs an integer >= 0, not '%s'", arg);
         o->sp.top_k = (int32_t)v;
         return 0;
     case OPT_REPW:
-        if (parse_long(arg, 0, INT32_MAX, &v)) return usage_fail(U, "--repeat-window needs an integer >= 0, not '%s'", arg);
+        if (parse_long(arg, 0, INT32_MAX, &v)) return usage_fail(cmd, "--repeat-window needs an integer >= 0, not '%s'", arg);
         o->sp.repeat_window = (int32_t)v;
         return 0;
     case OPT_SEED:
-        if (parse_u64(arg, &o->sp.seed)) return usage_fail(U, "--seed needs an unsigned 64-bit integer, not '%s'", arg);
+        if (parse_u64(arg, &o->sp.seed)) return usage_fail(cmd, "--seed needs an unsigned 64-bit integer, not '%s'", arg);
         o->seeded = 1;
         return 0;
     case OPT_STOP:
-        if (!*arg) return usage_fail(U, "--stop needs a non-empty string");
+        if (!*arg) return usage_fail(cmd, "--stop needs a non-empty string");
         if (add_stop(o, arg)) {
             err("out of memory");
             return EXIT_RUNTIME;
         }
         return 0;
-    case OPT_TEMP: return set_float("--temperature", arg, &o->sp.temperature);
-    case OPT_TOPP: return set_float("--top-p", arg, &o->sp.top_p);
-    case OPT_MINP: return set_float("--min-p", arg, &o->sp.min_p);
-    case OPT_REPP: return set_float("--repeat-penalty", arg, &o->sp.repeat_penalty);
+    case OPT_TEMP: return set_float(cmd, "--temperature", arg, &o->sp.temperature);
+    case OPT_TOPP: return set_float(cmd, "--top-p", arg, &o->sp.top_p);
+    case OPT_MINP: return set_float(cmd, "--min-p", arg, &o->sp.min_p);
+    case OPT_REPP: return set_float(cmd, "--repeat-penalty", arg, &o->sp.repeat_penalty);
     }
+    return usage_fail(cmd, "unhandled option"); /* a longopts entry without a case */
+}
+
+static uint64_t clock_seed(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return ((uint64_t)ts.tv_sec * 1000000007ull) ^ (uint64_t)ts.tv_nsec ^ ((uint64_t)getpid() << 32);
+}
+
+int finish_gen_settings(const char *cmd, gen_settings *g)
+{
+    /* The library is the one authority on valid sampler settings. */
+    bdh_sampler *probe;
+    if (bdh_sampler_new(&g->sp, 256, &probe) != BDH_OK) return usage_fail(cmd, "%s", bdh_last_error());
+    bdh_sampler_free(probe);
+    if (!g->seeded) g->sp.seed = clock_seed();
+    return 0;
+}
+
+bdh_generate_params gen_params(const gen_settings *g)
+{
+    bdh_generate_params gp = bdh_generate_default_params();
+    gp.sampler = g->sp;
+    gp.max_new_tokens = (int32_t)g->n_tokens;
+    gp.stop = g->stop;
+    gp.stop_len = g->stop_len;
+    gp.n_stop = g->n_stop;
+    return gp;
+}
+
+/* ------------------------------------------------- generate itself */
+
+/* One option of generate; returns 0 or an exit code. */
+static int generate_opt(gen_opts *o, int c, const char *arg)
+{
+    switch (c) {
+    case 'm': o->model = arg; return 0;
+    case 'p': o->prompt = arg; return 0;
+    case 'f': o->prompt_file = arg; return 0;
+    case 'v': o->verbose = 1; return 0;
+    case OPT_ECHO: o->echo = 1; return 0;
+    case OPT_THREADS:
+        if (parse_long(arg, 0, 4096, &o->threads)) return usage_fail(U, "--threads needs a count from 0 (all cores) to 4096, not '%s'", arg);
+        return 0;
+    case OPT_WEIGHTS: return parse_weights(U, arg, &o->weights);
+    case OPT_DEVICE:
+    case OPT_CUDA_DEVICE: return parse_place_option(U, c, arg, &o->place);
+    }
+    if (is_gen_option(c)) return parse_gen_option(U, &o->g, c, arg);
     return usage_fail(U, "unhandled option"); /* a longopts entry without a case */
 }
 
@@ -120,15 +183,16 @@ static int generate_opt(gen_opts *o, int c, const char *arg)
 static int generate_parse(int argc, char **argv, gen_opts *o)
 {
     static const struct option longopts[] = {
-        {"model", required_argument, NULL, 'm'},        {"prompt", required_argument, NULL, 'p'},
-        {"file", required_argument, NULL, 'f'},         {"max-tokens", required_argument, NULL, 'n'},
-        {"temperature", required_argument, NULL, OPT_TEMP}, {"top-k", required_argument, NULL, OPT_TOPK},
-        {"top-p", required_argument, NULL, OPT_TOPP},   {"min-p", required_argument, NULL, OPT_MINP},
-        {"repeat-penalty", required_argument, NULL, OPT_REPP},
-        {"repeat-window", required_argument, NULL, OPT_REPW},
-        {"seed", required_argument, NULL, OPT_SEED},    {"stop", required_argument, NULL, OPT_STOP},
-        {"threads", required_argument, NULL, OPT_THREADS}, {"weights", required_argument, NULL, OPT_WEIGHTS},
-        {"verbose", no_argument, NULL, 'v'},            {"help", no_argument, NULL, 'h'},
+        {"model", required_argument, NULL, 'm'},
+        {"prompt", required_argument, NULL, 'p'},
+        {"file", required_argument, NULL, 'f'},
+        GEN_LONGOPTS,
+        {"threads", required_argument, NULL, OPT_THREADS},
+        {"weights", required_argument, NULL, OPT_WEIGHTS},
+        PLACE_LONGOPTS,
+        {"echo", no_argument, NULL, OPT_ECHO},
+        {"verbose", no_argument, NULL, 'v'},
+        {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0}};
     int c;
     while ((c = getopt_long(argc, argv, ":m:p:f:n:vh", longopts, NULL)) != -1) {
@@ -142,18 +206,8 @@ static int generate_parse(int argc, char **argv, gen_opts *o)
     }
     if (optind < argc) return usage_fail(U, "unexpected argument '%s'", argv[optind]);
     if (o->prompt && o->prompt_file) return usage_fail(U, "give the prompt with -p or -f, not both");
-    /* The library is the one authority on valid sampler settings. */
-    bdh_sampler *probe;
-    if (bdh_sampler_new(&o->sp, 256, &probe) != BDH_OK) return usage_fail(U, "%s", bdh_last_error());
-    bdh_sampler_free(probe);
-    return 0;
-}
-
-static uint64_t clock_seed(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    return ((uint64_t)ts.tv_sec * 1000000007ull) ^ (uint64_t)ts.tv_nsec ^ ((uint64_t)getpid() << 32);
+    int rc = check_place(U, &o->place);
+    return rc ? rc : finish_gen_settings(U, &o->g);
 }
 
 /* A generator ends by length or by a stop sequence (BDH_STOP_CALLBACK is
@@ -203,23 +257,24 @@ static int generate_run(const gen_opts *o, const char *model_path, const char *t
         err("out of memory");
         return EXIT_RUNTIME;
     }
-    int rc = load_model(model_path, (int)o->threads, o->weights, &m);
+    int rc = load_model_at(model_path, (int)o->threads, o->weights, &o->place, &m);
     if (!rc) rc = need_byte_model("generate", m);
     bdh_status st = BDH_OK;
     if (!rc && (st = bdh_state_new(m, &s)) != BDH_OK) rc = lib_fail("cannot create a state", st);
     if (!rc) {
         for (size_t i = 0; i < len; i++) prompt[i] = (unsigned char)text[i];
-        bdh_generate_params gp = bdh_generate_default_params();
-        gp.sampler = o->sp;
-        gp.max_new_tokens = (int32_t)o->n_tokens;
-        gp.stop = o->stop;
-        gp.stop_len = o->stop_len;
-        gp.n_stop = o->n_stop;
+        const bdh_generate_params gp = gen_params(&o->g);
+        char where[32];
         if (o->verbose)
-            fprintf(stderr, "model:   %s\nweights: %s, %.2f MiB in memory\nseed:    %" PRIu64 "\n", model_path,
-                    weights_name(o->weights), mib(bdh_model_weight_bytes(m)), o->sp.seed);
+            fprintf(stderr, "model:   %s\ndevice:  %s\nweights: %s, %.2f MiB in memory\nseed:    %" PRIu64 "\n",
+                    model_path, place_name(&o->place, where, sizeof where), weights_name(o->weights),
+                    mib(bdh_model_weight_bytes(m)), o->g.sp.seed);
+        if (o->echo && (fwrite(text, 1, len, stdout) != len || fflush(stdout) == EOF)) {
+            err("cannot write to standard output");
+            rc = EXIT_RUNTIME;
+        }
         bdh_generate_stats stats;
-        rc = stream(s, prompt, len, &gp, &stats);
+        if (!rc) rc = stream(s, prompt, len, &gp, &stats);
         if (!rc && o->verbose) print_gen_stats(m, &stats);
     }
     bdh_state_free(s);
@@ -230,15 +285,12 @@ static int generate_run(const gen_opts *o, const char *model_path, const char *t
 
 int cmd_generate(int argc, char **argv)
 {
-    gen_opts o = {.n_tokens = 256, .weights = BDH_WEIGHTS_F32, .sp = bdh_sampler_default_params()};
-    o.sp.temperature = 0.8f;
+    gen_opts o = {.weights = BDH_WEIGHTS_F32, .place = MODEL_PLACE_CPU, .g = gen_settings_default()};
     int rc = generate_parse(argc, argv, &o);
     if (rc) {
-        free(o.stop);
-        free(o.stop_len);
+        gen_settings_free(&o.g);
         return rc < 0 ? 0 : rc;
     }
-    if (!o.seeded) o.sp.seed = clock_seed();
     char buf[PATH_MAX + 64];
     const char *model_path = o.model ? o.model : default_model(buf, sizeof buf);
     size_t len = 0;
@@ -253,7 +305,6 @@ int cmd_generate(int argc, char **argv)
     if (!rc && len == 0) rc = usage_fail(U, "the prompt is empty");
     if (!rc) rc = generate_run(&o, model_path, text, len);
     free(owned);
-    free(o.stop);
-    free(o.stop_len);
+    gen_settings_free(&o.g);
     return rc;
 }

@@ -7,22 +7,25 @@
 
 static void info_help(FILE *out)
 {
-    fputs("Usage: bdh info [--weights TYPE] MODEL\n"
+    fputs("Usage: bdh info [--weights TYPE] [--device DEV] MODEL\n"
           "\n"
           "Print a model's configuration, parameter count, the dtype of each tensor\n"
           "in the file (Q8_0 for a file 'bdh quantize' wrote), the bytes its weights\n"
-          "take in memory when held as --weights says, the bytes of one stream's\n"
-          "state, and its fingerprint; then a line about the library and this\n"
-          "machine (build options, CPU kernels, BLAS, CUDA devices).\n"
+          "take in memory when held as --weights says (on the --device), the bytes\n"
+          "of one stream's state, and its fingerprint; then a line about the library\n"
+          "and this machine (build options, CPU kernels, BLAS, CUDA devices).\n"
           "\n"
           "      --weights TYPE  hold the weights as f32 (default), bf16, f16, q8_0,\n"
           "                      or as stored in the file (stored)\n"
+          "      --device DEV    cpu (default) or cuda (a build with make CUDA=1)\n"
+          "      --cuda-device N which GPU with --device cuda (default 0)\n"
           "  -h, --help          this help\n",
           out);
 }
 
-static void print_info(const char *path, const bdh_model *m, bdh_weight_type weights)
+static void print_info(const char *path, const bdh_model *m, bdh_weight_type weights, const model_place *place)
 {
+    char where[32];
     static const char *const tensors[] = {"embed.weight", "encoder", "encoder_v", "decoder", "lm_head", "attn.freqs"};
     bdh_config c;
     bdh_model_config(m, &c);
@@ -41,6 +44,7 @@ static void print_info(const char *path, const bdh_model *m, bdh_weight_type wei
     }
     printf("\nweights:      %zu bytes (%.2f MiB) in memory, held as %s\n", bdh_model_weight_bytes(m),
            mib(bdh_model_weight_bytes(m)), weights_name(weights));
+    printf("device:       %s\n", place_name(place, where, sizeof where));
     printf("state:        %zu bytes (%.2f MiB) per stream\n", bdh_model_state_bytes(m), mib(bdh_model_state_bytes(m)));
     printf("fingerprint:  %016" PRIx64 "\n", bdh_model_fingerprint(m));
     printf("system:       %s\n", bdh_system_info());
@@ -48,23 +52,29 @@ static void print_info(const char *path, const bdh_model *m, bdh_weight_type wei
 
 int cmd_info(int argc, char **argv)
 {
-    static const struct option longopts[] = {
-        {"weights", required_argument, NULL, OPT_WEIGHTS}, {"help", no_argument, NULL, 'h'}, {NULL, 0, NULL, 0}};
+    static const struct option longopts[] = {{"weights", required_argument, NULL, OPT_WEIGHTS},
+                                             PLACE_LONGOPTS,
+                                             {"help", no_argument, NULL, 'h'},
+                                             {NULL, 0, NULL, 0}};
     bdh_weight_type weights = BDH_WEIGHTS_F32;
+    model_place place = MODEL_PLACE_CPU;
     int c, rc;
     while ((c = getopt_long(argc, argv, ":h", longopts, NULL)) != -1) {
         if (c == 'h') {
             info_help(stdout);
             return 0;
         }
-        if (c != OPT_WEIGHTS) return bad_option("info ", c, argv);
-        if ((rc = parse_weights("info ", optarg, &weights))) return rc;
+        if (c == OPT_WEIGHTS) rc = parse_weights("info ", optarg, &weights);
+        else if (c == OPT_DEVICE || c == OPT_CUDA_DEVICE) rc = parse_place_option("info ", c, optarg, &place);
+        else return bad_option("info ", c, argv);
+        if (rc) return rc;
     }
     if (argc - optind != 1) return usage_fail("info ", "info needs exactly one MODEL argument");
+    if ((rc = check_place("info ", &place))) return rc;
     bdh_model *m;
-    rc = load_model(argv[optind], 1, weights, &m);
+    rc = load_model_at(argv[optind], 1, weights, &place, &m);
     if (rc) return rc;
-    print_info(argv[optind], m, weights);
+    print_info(argv[optind], m, weights, &place);
     bdh_model_free(m);
     return 0;
 }

@@ -29,6 +29,8 @@ static void perplexity_help(FILE *out)
           "      --threads N     CPU threads (default 0 = all cores)\n"
           "      --weights TYPE  hold the weights as f32 (default), bf16, f16, q8_0,\n"
           "                      or as stored in the file (stored)\n"
+          "      --device DEV    cpu (default) or cuda (a build with make CUDA=1)\n"
+          "      --cuda-device N which GPU with --device cuda (default 0)\n"
           "  -h, --help          this help\n"
           "\n"
           "The validation split of tiny Shakespeare (its last 10%, from byte\n"
@@ -43,6 +45,7 @@ typedef struct ppl_opts {
     text_span span;
     long window; /* 0: one stream */
     bdh_weight_type weights;
+    model_place place;
 } ppl_opts;
 
 enum { OPT_WINDOW = OPT_COMMAND };
@@ -54,9 +57,9 @@ static int perplexity_parse(int argc, char **argv, ppl_opts *o)
         {"model", required_argument, NULL, 'm'},    {"file", required_argument, NULL, 'f'},
         {"offset", required_argument, NULL, OPT_OFFSET}, {"length", required_argument, NULL, OPT_LENGTH},
         {"threads", required_argument, NULL, OPT_THREADS}, {"window", required_argument, NULL, OPT_WINDOW},
-        {"weights", required_argument, NULL, OPT_WEIGHTS}, {"help", no_argument, NULL, 'h'},
+        {"weights", required_argument, NULL, OPT_WEIGHTS}, PLACE_LONGOPTS, {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0}};
-    const char *U = "perplexity ";
+    const char *const U = "perplexity ";
     int c, rc;
     while ((c = getopt_long(argc, argv, ":m:f:h", longopts, NULL)) != -1) {
         switch (c) {
@@ -71,6 +74,10 @@ static int perplexity_parse(int argc, char **argv, ppl_opts *o)
         case OPT_WEIGHTS:
             if ((rc = parse_weights(U, optarg, &o->weights))) return rc;
             break;
+        case OPT_DEVICE:
+        case OPT_CUDA_DEVICE:
+            if ((rc = parse_place_option(U, c, optarg, &o->place))) return rc;
+            break;
         case OPT_WINDOW:
             if (parse_long(optarg, 2, LONG_MAX, &o->window)) return usage_fail(U, "--window needs bytes >= 2, not '%s'", optarg);
             break;
@@ -78,6 +85,7 @@ static int perplexity_parse(int argc, char **argv, ppl_opts *o)
         }
     }
     if (optind < argc) return usage_fail(U, "unexpected argument '%s'", argv[optind]);
+    if ((rc = check_place(U, &o->place))) return rc;
     if (!o->file) return usage_fail(U, "perplexity needs a text file (-f TEXT)");
     return 0;
 }
@@ -133,7 +141,7 @@ static int score(bdh_state *s, const unsigned char *text, size_t n, double *bits
 
 int cmd_perplexity(int argc, char **argv)
 {
-    ppl_opts o = {.weights = BDH_WEIGHTS_F32};
+    ppl_opts o = {.weights = BDH_WEIGHTS_F32, .place = MODEL_PLACE_CPU};
     int rc = perplexity_parse(argc, argv, &o);
     if (rc) return rc < 0 ? 0 : rc;
     char buf[PATH_MAX + 64];
@@ -152,7 +160,7 @@ int cmd_perplexity(int argc, char **argv)
         err("'%s' has %zu bytes to score from offset %zu; at least 2 are needed", o.file, n, off);
         rc = EXIT_RUNTIME;
     }
-    if (!rc) rc = load_model(model_path, (int)o.span.threads, o.weights, &m);
+    if (!rc) rc = load_model_at(model_path, (int)o.span.threads, o.weights, &o.place, &m);
     if (!rc) rc = need_byte_model("perplexity", m);
     if (!rc && (st = bdh_state_new(m, &s)) != BDH_OK) rc = lib_fail("cannot create a state", st);
     /* one stream, or windows each from a zero state (the last may be shorter) */

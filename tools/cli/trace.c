@@ -38,6 +38,9 @@ static void trace_help(FILE *out)
           "      --threads N        CPU threads (default 0 = all cores)\n"
           "      --weights TYPE     hold the weights as f32 (default), bf16, f16, q8_0,\n"
           "                         or as stored in the file (stored)\n"
+          "      --device DEV       cpu (default) or cuda (a build with make CUDA=1; the\n"
+          "                         activations are observed on the CPU only)\n"
+          "      --cuda-device N    which GPU with --device cuda (default 0)\n"
           "  -h, --help             this help\n"
           "\n"
           "Example:\n"
@@ -51,6 +54,7 @@ typedef struct trace_opts {
     const char *model, *file, *text, *output, *png;
     text_span span;
     bdh_weight_type weights;
+    model_place place;
     int32_t (*syn)[3];
     int n_syn;
 } trace_opts;
@@ -100,6 +104,7 @@ static int trace_parse(int argc, char **argv, trace_opts *o)
         {"synapse", required_argument, NULL, OPT_SYNAPSE}, {"png", required_argument, NULL, OPT_PNG},
         {"offset", required_argument, NULL, OPT_OFFSET}, {"length", required_argument, NULL, OPT_LENGTH},
         {"threads", required_argument, NULL, OPT_THREADS}, {"weights", required_argument, NULL, OPT_WEIGHTS},
+        PLACE_LONGOPTS,
         {"help", no_argument, NULL, 'h'},                {NULL, 0, NULL, 0}};
     int c, rc;
     while ((c = getopt_long(argc, argv, ":m:f:p:o:h", longopts, NULL)) != -1) {
@@ -119,6 +124,10 @@ static int trace_parse(int argc, char **argv, trace_opts *o)
         case OPT_WEIGHTS:
             if ((rc = parse_weights(U, optarg, &o->weights))) return rc;
             break;
+        case OPT_DEVICE:
+        case OPT_CUDA_DEVICE:
+            if ((rc = parse_place_option(U, c, optarg, &o->place))) return rc;
+            break;
         case OPT_OFFSET:
         case OPT_LENGTH:
         case OPT_THREADS:
@@ -128,6 +137,7 @@ static int trace_parse(int argc, char **argv, trace_opts *o)
         }
     }
     if (optind < argc) return usage_fail(U, "unexpected argument '%s'", argv[optind]);
+    if ((rc = check_place(U, &o->place))) return rc;
     if (!o->file && !o->text) return usage_fail(U, "trace needs a text (-f TEXT or -p TEXT)");
     if (o->file && o->text) return usage_fail(U, "give the text with -f or -p, not both");
     if (!o->output) return usage_fail(U, "trace needs an output file (-o OUT.safetensors)");
@@ -255,7 +265,7 @@ static int trace_run(const trace_opts *o, const char *model_path, const unsigned
     int32_t *tokens = malloc(n * sizeof *tokens);
     double *sigma = NULL;
     int rc = tokens ? 0 : (err("out of memory"), EXIT_RUNTIME);
-    if (!rc) rc = load_model(model_path, (int)o->span.threads, o->weights, &m);
+    if (!rc) rc = load_model_at(model_path, (int)o->span.threads, o->weights, &o->place, &m);
     if (!rc) rc = need_byte_model("trace", m);
     bdh_status st = BDH_OK;
     if (!rc && (st = bdh_state_new(m, &s)) != BDH_OK) rc = lib_fail("cannot create a state", st);
@@ -304,7 +314,7 @@ static int trace_run(const trace_opts *o, const char *model_path, const unsigned
 
 int cmd_trace(int argc, char **argv)
 {
-    trace_opts o = {.weights = BDH_WEIGHTS_F32};
+    trace_opts o = {.weights = BDH_WEIGHTS_F32, .place = MODEL_PLACE_CPU};
     int rc = trace_parse(argc, argv, &o);
     if (rc) {
         free(o.syn);
