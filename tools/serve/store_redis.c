@@ -230,7 +230,7 @@ static int redis_put(void *impl, const char *id, const void *blob, size_t len, c
     int ac[] = {3, 3};
     const char **av[] = {set, mset};
     const size_t *al[] = {setl, msetl};
-    redisReply *e;
+    redisReply *e = NULL;
     if (transaction(r, 2, ac, av, al, &e, "SET", err, errlen) != STORE_OK) {
         size_t used = strlen(err ? err : "");
         if (err && len >= MAX_BULK && used + 1 < errlen)
@@ -279,7 +279,7 @@ static int redis_del(void *impl, const char *id, char *err, size_t errlen)
     int ac[] = {2, 3};
     const char **av[] = {ex, del};
     const size_t *al[] = {exl, dell};
-    redisReply *e;
+    redisReply *e = NULL;
     if (transaction(r, 2, ac, av, al, &e, "DEL", err, errlen) != STORE_OK) return STORE_ERROR;
     if (e->element[0]->type != REDIS_REPLY_INTEGER) return reply_fail(r, "DEL", e, err, errlen);
     int rc = e->element[0]->integer == 1 ? STORE_OK : STORE_NOT_FOUND;
@@ -297,7 +297,7 @@ static int redis_stat(void *impl, const char *id, store_info *info, char *err, s
     int ac[] = {2, 2, 2};
     const char **av[] = {ex, sl, mt};
     const size_t *al[] = {exl, sll, mtl};
-    redisReply *e;
+    redisReply *e = NULL;
     if (transaction(r, 3, ac, av, al, &e, "STRLEN", err, errlen) != STORE_OK) return STORE_ERROR;
     redisReply *exists = e->element[0], *bytes = e->element[1], *mtime = e->element[2];
     if (exists->type != REDIS_REPLY_INTEGER || bytes->type != REDIS_REPLY_INTEGER)
