@@ -111,21 +111,23 @@ static bool redis_pings(int port)
     return ok;
 }
 
-static void stop_redis(void)
+static void stop_redis(pid_t *pid)
 {
-    if (redis_pid <= 0) return;
-    kill(redis_pid, SIGTERM);
+    if (*pid <= 0) return;
+    kill(*pid, SIGTERM);
     for (int i = 0; i < 200; i++) {
-        if (waitpid(redis_pid, NULL, WNOHANG) == redis_pid) {
-            redis_pid = -1;
+        if (waitpid(*pid, NULL, WNOHANG) == *pid) {
+            *pid = -1;
             return;
         }
         usleep(10000);
     }
-    kill(redis_pid, SIGKILL);
-    waitpid(redis_pid, NULL, 0);
-    redis_pid = -1;
+    kill(*pid, SIGKILL);
+    waitpid(*pid, NULL, 0);
+    *pid = -1;
 }
+
+static pid_t strict_pid = -1; /* a second one, without CONFIG (redis_closes_mid_value) */
 
 static int remove_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw)
 {
@@ -134,41 +136,47 @@ static int remove_entry(const char *path, const struct stat *st, int flag, struc
 
 static void cleanup(void)
 {
-    stop_redis();
+    stop_redis(&redis_pid);
+    stop_redis(&strict_pid);
     if (root[0]) nftw(root, remove_entry, 16, FTW_DEPTH | FTW_PHYS);
 }
 
-/* Starts redis-server on a free port, no persistence, 32 databases; true
- * once it answers PING (within 10 s). */
-static bool start_redis(void)
+/* Starts redis-server on a free port, no persistence, 32 databases, then
+ * extra options (up to 4 pairs); true once it answers PING (within 10 s). */
+static bool start_redis(const char *name, const char *const *extra, pid_t *pid_out, int *port_out)
 {
     for (int attempt = 0; attempt < 3; attempt++) {
         int port = free_port();
         if (port <= 0) continue;
         char portstr[16], log[128];
         snprintf(portstr, sizeof portstr, "%d", port);
-        snprintf(log, sizeof log, "%s/redis.log", root);
+        snprintf(log, sizeof log, "%s/%s.log", root, name);
+        const char *argv[32] = {"redis-server", "--port", portstr, "--bind", "127.0.0.1", "--save", "", "--appendonly",
+                                "no", "--dir", root, "--databases", "32"};
+        for (int i = 0; extra && extra[i] && i < 8; i++) argv[13 + i] = extra[i];
         pid_t pid = fork();
         if (pid == 0) {
             prctl(PR_SET_PDEATHSIG, SIGKILL); /* never outlives the test */
             freopen(log, "a", stdout);
             dup2(fileno(stdout), 2);
-            execlp("redis-server", "redis-server", "--port", portstr, "--bind", "127.0.0.1", "--save", "",
-                   "--appendonly", "no", "--dir", root, "--databases", "32", (char *)NULL);
+            execvp("redis-server", (char *const *)argv);
             _exit(127);
         }
         if (pid < 0) return false;
-        redis_pid = pid;
+        *pid_out = pid;
         double until = now_s() + 10;
         while (now_s() < until) {
-            if (waitpid(pid, NULL, WNOHANG) == pid) break; /* exited: the port was taken, try another */
+            if (waitpid(pid, NULL, WNOHANG) == pid) { /* exited: the port was taken, try another */
+                *pid_out = -1;
+                break;
+            }
             if (redis_pings(port)) {
-                redis_port = port;
+                *port_out = port;
                 return true;
             }
             usleep(20000);
         }
-        stop_redis();
+        stop_redis(pid_out);
         fprintf(stderr, "test_store: redis-server on port %d did not answer PING (log: %s)\n", port, log);
     }
     return false;
@@ -589,27 +597,106 @@ static void bad_specs(void **state)
 }
 
 /* A dropped connection (CLIENT KILL, as an idle timeout or a proxy would)
- * is reconnected once, on the database chosen. */
+ * is reconnected once, on the database chosen: for a read, for a count, and
+ * for a big write, whose write(2) to the dead connection raises SIGPIPE
+ * (left at its default here, which would end the process). */
 static void redis_reconnects(void **state)
 {
     char spec[256];
     store *s = fresh(REDIS_STORE, spec, sizeof spec);
+    assert_true(signal(SIGPIPE, SIG_DFL) != SIG_ERR);
+    size_t len = (size_t)16 << 20;
+    uint8_t *big = pattern(len, 11);
     put_ok(s, "r", "before", 6);
     struct timeval tv = {2, 0};
     redisContext *c = redisConnectWithTimeout("127.0.0.1", redis_port, tv);
     assert_true(c && !c->err);
-    for (int i = 0; i < 3; i++) {
+    for (int i = 0; i < 9; i++) { /* a write to a dead connection raises SIGPIPE often, not always: 3 tries */
         redisReply *r = redisCommand(c, "CLIENT KILL TYPE normal SKIPME yes");
         assert_non_null(r);
         assert_int_equal(r->type, REDIS_REPLY_INTEGER);
         assert_true(r->integer >= 1); /* the store's connection went */
         freeReplyObject(r);
-        get_equal(s, "r", i ? "after" : "before", i ? 5 : 6);
-        put_ok(s, "r", "after", 5);
-        assert_int_equal(count(s), 1); /* still on its own database */
+        if (i == 0) get_equal(s, "r", "before", 6);
+        if (i % 3 == 1) put_ok(s, "r", big, len);
+        if (i % 3 == 2) assert_int_equal(count(s), 1); /* still on its own database */
+        if (i >= 3 && i % 3 == 0) get_equal(s, "r", big, len);
     }
+    get_equal(s, "r", big, len);
     redisFree(c);
     store_close(s);
+    free(big);
+}
+
+static void redis_config(const char *name, const char *value)
+{
+    struct timeval tv = {2, 0};
+    redisContext *c = redisConnectWithTimeout("127.0.0.1", redis_port, tv);
+    assert_true(c && !c->err);
+    redisReply *r = redisCommand(c, "CONFIG SET %s %s", name, value);
+    assert_true(r && r->type == REDIS_REPLY_STATUS);
+    freeReplyObject(r);
+    redisFree(c);
+}
+
+/* A state over Redis's proto-max-bulk-len (lowered here to 1 MB), which
+ * Redis would refuse by closing the connection mid-value: the write fails
+ * saying why, the old blob stays, and the store works on. The store reads the
+ * limit when it connects. */
+static void redis_value_too_big(void **state)
+{
+    if (redis_pid <= 0) skip();
+    char spec[256], err[512] = "";
+    redis_config("proto-max-bulk-len", "1mb");
+    store *s = fresh(REDIS_STORE, spec, sizeof spec);
+    redis_config("proto-max-bulk-len", "512mb");
+    put_ok(s, "v", "small", 5);
+    size_t len = (size_t)32 << 20;
+    uint8_t *big = pattern(len, 9);
+    int rc = store_put(s, "v", big, len, err, sizeof err);
+    print_message("refused: %s\n", err);
+    assert_int_equal(rc, STORE_ERROR);
+    assert_non_null(strstr(err, "proto-max-bulk-len"));
+    get_equal(s, "v", "small", 5);
+    store_close(s);
+    s = reopen(spec); /* the limit as Redis has it now */
+    put_ok(s, "v", big, len);
+    get_equal(s, "v", big, len);
+    free(big);
+    store_close(s);
+}
+
+/* Redis closing the connection while a value is still being sent: a
+ * Redis whose CONFIG is disabled (as managed ones often are), so the store
+ * cannot learn proto-max-bulk-len (1 MB there) and sends a 32 MB value.
+ * Redis answers an error and closes while the value is being sent. The
+ * write fails (hiredis sees the reset, not Redis's answer), the old blob
+ * stays, the store works on. */
+static void redis_closes_mid_value(void **state)
+{
+    if (redis_pid <= 0) skip();
+    const char *const extra[] = {"--rename-command", "CONFIG", "", "--proto-max-bulk-len", "1mb", NULL};
+    int port = 0;
+    assert_true(start_redis("redis-strict", extra, &strict_pid, &port));
+    char spec[64], err[512] = "";
+    snprintf(spec, sizeof spec, "redis://127.0.0.1:%d", port);
+    store *s = reopen(spec);
+    assert_true(signal(SIGPIPE, SIG_DFL) != SIG_ERR);
+    put_ok(s, "v", "small", 5);
+    size_t len = (size_t)32 << 20;
+    uint8_t *big = pattern(len, 10);
+    for (int i = 0; i < 3; i++) {
+        err[0] = '\0';
+        assert_int_equal(store_put(s, "v", big, len, err, sizeof err), STORE_ERROR); /* after a reconnect too */
+        assert_true(err[0] != '\0');
+        get_equal(s, "v", "small", 5);
+    }
+    print_message("refused: %s\n", err);
+    put_ok(s, "v", "under 1 MB", 10);
+    get_equal(s, "v", "under 1 MB", 10);
+    free(big);
+    store_close(s);
+    stop_redis(&strict_pid);
 }
 
 int main(void)
@@ -623,7 +710,7 @@ int main(void)
     if (!on_path("redis-server"))
         fprintf(stderr, "test_store: redis-server is not installed: the Redis tests are SKIPPED "
                         "(apt-get install redis-server)\n");
-    else if (!start_redis()) {
+    else if (!start_redis("redis", NULL, &redis_pid, &redis_port)) {
         fprintf(stderr, "test_store: redis-server is installed but did not start\n");
         return 1;
     }
@@ -632,7 +719,8 @@ int main(void)
         cmocka_unit_test(dir_killed_writer),  cmocka_unit_test(dir_shared),          cmocka_unit_test(dir_files),
         cmocka_unit_test(bad_specs),          cmocka_unit_test(redis_round_trip),    cmocka_unit_test(redis_bad_ids),
         cmocka_unit_test(redis_big_blob),     cmocka_unit_test(redis_killed_writer), cmocka_unit_test(redis_shared),
-        cmocka_unit_test(redis_reconnects),
+        cmocka_unit_test(redis_reconnects),   cmocka_unit_test(redis_value_too_big),
+        cmocka_unit_test(redis_closes_mid_value),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

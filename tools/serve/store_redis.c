@@ -10,6 +10,8 @@
 #include <errno.h>
 #include <hiredis/hiredis.h>
 #include <limits.h>
+#include <pthread.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -19,8 +21,6 @@
 #define KEY_PREFIX "bdh:session:"
 #define MTIME_PREFIX "bdh:mtime:"
 #define CONNECT_TIMEOUT_S 5
-/* Redis's proto-max-bulk-len by default */
-#define MAX_BULK ((size_t)512 << 20)
 /* per socket read or write, not per command: a 200 MB state crosses a
  * 1 Gbit/s link in under 2 s */
 #define COMMAND_TIMEOUT_S 30
@@ -30,7 +30,8 @@ typedef struct redis_store {
     char host[256];
     int port;
     int db;
-    char spec[320]; /* for messages */
+    long long bulk_limit; /* Redis's proto-max-bulk-len; 0: it did not say */
+    char spec[320];       /* for messages */
 } redis_store;
 
 /* Digits only, value in [lo, hi]. */
@@ -94,7 +95,39 @@ static int reply_fail(redis_store *r, const char *what, redisReply *reply, char 
     return rc;
 }
 
-/* Timeouts and SELECT on a fresh connection, then PING. */
+/* hiredis writes with write(2), so writing to a connection Redis has closed
+ * raises SIGPIPE, whose default action ends the process. Around each
+ * exchange SIGPIPE is blocked, and one raised meanwhile is taken back. */
+typedef struct pipe_guard {
+    sigset_t old;
+    bool was_pending;
+} pipe_guard;
+
+static void guard_pipe(pipe_guard *g)
+{
+    sigset_t set, pending;
+    sigemptyset(&set);
+    sigaddset(&set, SIGPIPE);
+    pthread_sigmask(SIG_BLOCK, &set, &g->old);
+    sigpending(&pending);
+    g->was_pending = sigismember(&pending, SIGPIPE);
+}
+
+static void unguard_pipe(pipe_guard *g)
+{
+    sigset_t set, pending;
+    sigemptyset(&set);
+    sigaddset(&set, SIGPIPE);
+    sigpending(&pending);
+    if (!g->was_pending && sigismember(&pending, SIGPIPE)) {
+        struct timespec zero = {0, 0};
+        sigtimedwait(&set, NULL, &zero);
+    }
+    pthread_sigmask(SIG_SETMASK, &g->old, NULL);
+}
+
+/* Timeouts and SELECT on a fresh connection, then the largest value Redis
+ * takes (CONFIG can be disabled, as on managed Redis: then unknown). */
 static int prepare(redis_store *r, char *err, size_t errlen)
 {
     struct timeval tv = {COMMAND_TIMEOUT_S, 0};
@@ -102,8 +135,11 @@ static int prepare(redis_store *r, char *err, size_t errlen)
     redisReply *reply = redisCommand(r->c, "SELECT %d", r->db);
     if (!reply || reply->type != REDIS_REPLY_STATUS) return reply_fail(r, "SELECT", reply, err, errlen);
     freeReplyObject(reply);
-    reply = redisCommand(r->c, "PING");
-    if (!reply || reply->type != REDIS_REPLY_STATUS) return reply_fail(r, "PING", reply, err, errlen);
+    reply = redisCommand(r->c, "CONFIG GET proto-max-bulk-len");
+    if (!reply) return reply_fail(r, "CONFIG GET", reply, err, errlen);
+    r->bulk_limit = 0;
+    if (reply->type == REDIS_REPLY_ARRAY && reply->elements == 2 && reply->element[1]->type == REDIS_REPLY_STRING)
+        r->bulk_limit = strtoll(reply->element[1]->str, NULL, 10);
     freeReplyObject(reply);
     return STORE_OK;
 }
@@ -117,10 +153,13 @@ int store_redis_open(const char *spec, void **impl, char *err, size_t errlen)
         return STORE_ERROR;
     }
     struct timeval tv = {CONNECT_TIMEOUT_S, 0};
+    pipe_guard g;
+    guard_pipe(&g);
     r->c = redisConnectWithTimeout(r->host, r->port, tv);
     int rc = !r->c ? store_fail(err, errlen, "session store %s: out of memory", spec)
            : r->c->err ? store_fail(err, errlen, "session store %s: cannot connect: %s", spec, r->c->errstr)
                        : prepare(r, err, errlen);
+    unguard_pipe(&g);
     if (rc != STORE_OK) {
         if (r->c) redisFree(r->c);
         free(r);
@@ -152,8 +191,9 @@ static int reconnect(redis_store *r, char *err, size_t errlen)
 /* Sends commands[0..n) in one pipeline and reads their n replies into
  * replies[]. A connection found broken (a Redis restart, an idle timeout, an
  * earlier failure) is reconnected and the pipeline sent once more: each use
- * here (GET, SCAN, a MULTI/EXEC) can be repeated safely. */
-static int pipeline(redis_store *r, int n, const int *argc, const char **argv[], const size_t *argvlen[],
+ * here (GET, SCAN, a MULTI/EXEC) can be repeated safely. An error Redis sent
+ * before closing (a value over proto-max-bulk-len) is reported, not retried. */
+static int exchange(redis_store *r, int n, const int *argc, const char **argv[], const size_t *argvlen[],
                     redisReply **replies, const char *what, char *err, size_t errlen)
 {
     for (int attempt = 0; attempt < 2; attempt++) {
@@ -163,10 +203,25 @@ static int pipeline(redis_store *r, int n, const int *argc, const char **argv[],
         int got = 0;
         for (void *reply; got < n && redisGetReply(r->c, &reply) == REDIS_OK; got++) replies[got] = reply;
         if (got == n) return STORE_OK;
-        for (int i = 0; i < got; i++) freeReplyObject(replies[i]);
+        redisReply *refused = NULL;
+        for (int i = 0; i < got; i++) {
+            if (!refused && replies[i]->type == REDIS_REPLY_ERROR) refused = replies[i];
+            else freeReplyObject(replies[i]);
+        }
+        if (refused) return reply_fail(r, what, refused, err, errlen);
         if (!connection_lost(r)) break;
     }
     return reply_fail(r, what, NULL, err, errlen);
+}
+
+static int pipeline(redis_store *r, int n, const int *argc, const char **argv[], const size_t *argvlen[],
+                    redisReply **replies, const char *what, char *err, size_t errlen)
+{
+    pipe_guard g;
+    guard_pipe(&g);
+    int rc = exchange(r, n, argc, argv, argvlen, replies, what, err, errlen);
+    unguard_pipe(&g);
+    return rc;
 }
 
 static int command(redis_store *r, int argc, const char **argv, const size_t *argvlen, redisReply **reply,
@@ -222,6 +277,12 @@ static int transaction(redis_store *r, int n, const int *argc, const char **argv
 static int redis_put(void *impl, const char *id, const void *blob, size_t len, char *err, size_t errlen)
 {
     redis_store *r = impl;
+    /* Redis would drop the connection mid-value; say why before sending it */
+    if (r->bulk_limit > 0 && (unsigned long long)len > (unsigned long long)r->bulk_limit)
+        return store_fail(err, errlen,
+                          "session store %s: a %zu-byte state is over Redis's proto-max-bulk-len (%lld bytes; "
+                          "512 MB by default, set in redis.conf)",
+                          r->spec, len, r->bulk_limit);
     char key[80], mkey[80], now[24];
     keys(id, key, mkey);
     snprintf(now, sizeof now, "%lld", (long long)time(NULL));
@@ -231,12 +292,7 @@ static int redis_put(void *impl, const char *id, const void *blob, size_t len, c
     const char **av[] = {set, mset};
     const size_t *al[] = {setl, msetl};
     redisReply *e = NULL;
-    if (transaction(r, 2, ac, av, al, &e, "SET", err, errlen) != STORE_OK) {
-        size_t used = strlen(err ? err : "");
-        if (err && len >= MAX_BULK && used + 1 < errlen)
-            snprintf(err + used, errlen - used, " (a %zu-byte value: Redis refuses values over its proto-max-bulk-len, 512 MB by default)", len);
-        return STORE_ERROR;
-    }
+    if (transaction(r, 2, ac, av, al, &e, "SET", err, errlen) != STORE_OK) return STORE_ERROR;
     freeReplyObject(e);
     return STORE_OK;
 }
