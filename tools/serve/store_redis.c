@@ -191,8 +191,8 @@ static int reconnect(redis_store *r, char *err, size_t errlen)
 /* Sends commands[0..n) in one pipeline and reads their n replies into
  * replies[]. A connection found broken (a Redis restart, an idle timeout, an
  * earlier failure) is reconnected and the pipeline sent once more: each use
- * here (GET, SCAN, a MULTI/EXEC) can be repeated safely. An error Redis sent
- * before closing (a value over proto-max-bulk-len) is reported, not retried. */
+ * here (GET, SCAN, a MULTI/EXEC) can be repeated safely. An error Redis
+ * answered before closing is reported, not retried. */
 static int exchange(redis_store *r, int n, const int *argc, const char **argv[], const size_t *argvlen[],
                     redisReply **replies, const char *what, char *err, size_t errlen)
 {
