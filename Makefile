@@ -57,6 +57,7 @@ LIB_OBJ  := $(LIB_SRC:libbdh/%.c=$(BUILD)/obj/%.o) $(CU_OBJ)
 
 CLI_SRC  := $(wildcard tools/cli/*.c)
 TEST_SRC := $(wildcard tests/test_*.c)
+TEST_SRC := $(filter-out tests/test_store.c,$(TEST_SRC)) # built with the stores, not libbdh (test-store)
 # test_faults replaces malloc, which the sanitizers own
 ifneq ($(SANITIZE),)
 TEST_SRC := $(filter-out tests/test_faults.c,$(TEST_SRC))
@@ -65,7 +66,7 @@ TESTS    := $(TEST_SRC:tests/%.c=$(BUILD)/tests/%)
 # the programs link to the shared library; rpath makes them run from the tree
 RUN_LDFLAGS := -L$(BUILD) -Wl,-rpath,'$$ORIGIN/..' -Wl,-rpath,'$$ORIGIN' -lbdh
 
-.PHONY: fuzz test-tsan version bench all lib test test-valgrind test-c test-cxx test-cli test-install test-python install clean deps check check-cuda run
+.PHONY: test-store fuzz test-tsan version bench all lib test test-valgrind test-c test-cxx test-cli test-install test-python install clean deps check check-cuda run
 all: lib $(if $(CLI_SRC),$(BUILD)/bdh)
 lib: $(BUILD)/libbdh.so $(BUILD)/libbdh.a
 
@@ -120,7 +121,7 @@ $(BUILD)/tests/header_cxx: tests/header_cxx.cpp include/bdh.h $(BUILD)/libbdh.so
 	$(CXX) -std=c++11 -Wall -Wextra -pedantic $(SANFLAGS) -Iinclude -o $@ $< $(RUN_LDFLAGS) -Wl,-rpath,'$$ORIGIN/..'
 
 # (the sanitizer build is not installed, nor loaded into Python)
-test: test-c test-cxx test-cli $(if $(SANITIZE),,test-install test-python)
+test: test-c test-store test-cxx test-cli $(if $(SANITIZE),,test-install test-python)
 
 # test_fastpath and test_q8 again with the dot kernels capped (AVX2, plain
 # C): every variant this machine can run is checked against the reference.
@@ -128,6 +129,16 @@ test-c: $(TESTS)
 	@set -e; for t in $(TESTS); do echo "== $$t"; $$t; done
 	@set -e; for k in avx2 c; do for t in test_fastpath test_q8; do echo "== $(BUILD)/tests/$$t (BDH_CPU_KERNEL=$$k)"; \
 	  BDH_CPU_KERNEL=$$k $(BUILD)/tests/$$t; done; done
+
+# The session stores of bdh serve (tools/serve/store*.c), against a
+# directory and a redis-server the test starts on 127.0.0.1 and stops.
+STORE_SRC := $(wildcard tools/serve/store*.c)
+$(BUILD)/tests/test_store: tests/test_store.c $(STORE_SRC) $(wildcard tools/serve/store*.h)
+	@mkdir -p $(dir $@)
+	$(CC) $(ALLCFLAGS) -Itools/serve -o $@ tests/test_store.c $(STORE_SRC) -lcmocka -lhiredis
+
+test-store: $(BUILD)/tests/test_store
+	$(BUILD)/tests/test_store
 
 test-install: lib
 	bash tests/install_test.sh $(BUILD)
@@ -144,7 +155,7 @@ test-python: all $(BUILD)/tests/libfaultshim.so
 	  BDH_FAULT_SHIM=$(CURDIR)/$(BUILD)/tests/libfaultshim.so $(PYTHON) -m pytest -q bindings/python/tests; fi
 
 # Debian packages and Python modules the build and tests need.
-DEB_DEPS := build-essential pkg-config valgrind clang libclang-rt-14-dev libopenblas-dev libcmocka-dev libcjson-dev libxxhash-dev python3 python3-pip python3-venv python3-numpy python3-pytest
+DEB_DEPS := build-essential pkg-config valgrind clang libclang-rt-14-dev libopenblas-dev libcmocka-dev libcjson-dev libxxhash-dev libhiredis-dev libmicrohttpd-dev redis-server python3 python3-pip python3-venv python3-numpy python3-pytest
 deps:
 	@missing=$$(for p in $(DEB_DEPS); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
 	if [ -n "$$missing" ]; then \
