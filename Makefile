@@ -65,7 +65,7 @@ TESTS    := $(TEST_SRC:tests/%.c=$(BUILD)/tests/%)
 # the programs link to the shared library; rpath makes them run from the tree
 RUN_LDFLAGS := -L$(BUILD) -Wl,-rpath,'$$ORIGIN/..' -Wl,-rpath,'$$ORIGIN' -lbdh
 
-.PHONY: fuzz test-tsan version bench all lib test test-valgrind test-c test-cxx test-cli test-install test-python install clean deps check check-cuda run
+.PHONY: fuzz test-tsan version bench all lib test test-valgrind test-c test-cxx test-cli test-install test-python install uninstall clean deps check check-cuda run
 all: lib $(if $(CLI_SRC),$(BUILD)/bdh)
 lib: $(BUILD)/libbdh.so $(BUILD)/libbdh.a
 
@@ -214,15 +214,35 @@ run: all
 	@$(BUILD)/bdh generate -m models/shakespeare.safetensors -p "$(RUN_PROMPT)" -n 300 --temperature 0.8 --seed 7
 	@echo
 
-install: lib
-	install -d $(DESTDIR)$(PREFIX)/include $(DESTDIR)$(PREFIX)/lib/pkgconfig $(DESTDIR)$(PREFIX)/bin
-	install -m 644 include/bdh.h $(DESTDIR)$(PREFIX)/include/
-	install -m 755 $(BUILD)/libbdh.so.$(VERSION) $(DESTDIR)$(PREFIX)/lib/
-	ln -sf libbdh.so.$(VERSION) $(DESTDIR)$(PREFIX)/lib/libbdh.so.$(SOVERSION)
-	ln -sf libbdh.so.$(VERSION) $(DESTDIR)$(PREFIX)/lib/libbdh.so
-	install -m 644 $(BUILD)/libbdh.a $(DESTDIR)$(PREFIX)/lib/
-	sed -e 's|@PREFIX@|$(PREFIX)|' -e 's|@VERSION@|$(VERSION)|' bdh.pc.in > $(DESTDIR)$(PREFIX)/lib/pkgconfig/bdh.pc
-	if [ -x $(BUILD)/bdh ]; then install -m 755 $(BUILD)/bdh $(DESTDIR)$(PREFIX)/bin/; fi
+# make install [PREFIX=/usr/local] [DESTDIR=staging]: the header, both
+# libraries, bdh.pc, the tool (its RUNPATH $ORIGIN/../lib finds PREFIX/lib)
+# and the shipped model in PREFIX/share/bdh, where the tool looks by default.
+# ldconfig refreshes the loader's cache for a system prefix only (a private
+# prefix is reached through RUNPATH; a staged DESTDIR is not this machine's
+# yet). make uninstall removes those files (the directories they went into
+# stay, as automake's uninstall leaves them; share/bdh is ours alone).
+# (DEFAULT_MODEL_NAME in tools/cli/cli.h)
+DEFAULT_MODEL := shakespeare.safetensors
+DEST          = $(DESTDIR)$(PREFIX)
+SYSTEM_PREFIX = $(and $(if $(DESTDIR),,y),$(filter /usr /usr/local,$(patsubst %/,%,$(PREFIX))))
+INSTALLED     = include/bdh.h lib/libbdh.so.$(VERSION) lib/libbdh.so.$(SOVERSION) lib/libbdh.so lib/libbdh.a \
+                lib/pkgconfig/bdh.pc bin/bdh share/bdh/$(DEFAULT_MODEL)
+install: all
+	install -d $(DEST)/include $(DEST)/lib/pkgconfig $(DEST)/bin $(DEST)/share/bdh
+	install -m 644 include/bdh.h $(DEST)/include/
+	install -m 755 $(BUILD)/libbdh.so.$(VERSION) $(DEST)/lib/
+	ln -sf libbdh.so.$(VERSION) $(DEST)/lib/libbdh.so.$(SOVERSION)
+	ln -sf libbdh.so.$(VERSION) $(DEST)/lib/libbdh.so
+	install -m 644 $(BUILD)/libbdh.a $(DEST)/lib/
+	sed -e 's|@PREFIX@|$(PREFIX)|' -e 's|@VERSION@|$(VERSION)|' bdh.pc.in > $(DEST)/lib/pkgconfig/bdh.pc
+	install -m 755 $(BUILD)/bdh $(DEST)/bin/
+	install -m 644 models/$(DEFAULT_MODEL) $(DEST)/share/bdh/
+	$(if $(SYSTEM_PREFIX),ldconfig)
+
+uninstall:
+	rm -f $(INSTALLED:%=$(DEST)/%)
+	[ ! -d $(DEST)/share/bdh ] || rmdir --ignore-fail-on-non-empty $(DEST)/share/bdh
+	$(if $(SYSTEM_PREFIX),ldconfig)
 
 clean:
 	rm -rf build build-san build-cuda

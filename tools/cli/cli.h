@@ -96,9 +96,10 @@ void exe_dir(char *buf, size_t cap);
 
 /* ------------------------------------------------------ common.c: model */
 
-/* -m, else $BDH_MODEL, else the shipped model next to the executable, else
- * the install's data directory (-DBDH_DATADIR); buf (PATH_MAX + 64 bytes)
- * may hold the answer. NULL after printing why there is none. */
+/* -m, else $BDH_MODEL, else the shipped model in the install's data
+ * directory (<exe>/../share/bdh), else in the checkout (<exe>/../models);
+ * buf (PATH_MAX + 64 bytes) may hold the answer. NULL after printing why
+ * there is none. */
 const char *default_model(char *buf, size_t cap);
 /* Load with n_threads = threads and weight_type = weights; 0 or
  * EXIT_RUNTIME after printing why. */
