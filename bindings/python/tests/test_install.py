@@ -12,7 +12,7 @@ import textwrap
 
 import pytest
 
-import bdh
+import libbdh as bdh
 from conftest import PY_ROOT, REPO, TINY
 
 pytestmark = pytest.mark.skipif(os.environ.get("BDH_SKIP_INSTALL_TEST", "") not in ("", "0"),
@@ -51,7 +51,7 @@ def test_pip_install_into_fresh_venv(tmp_path):
 
     code = textwrap.dedent(f"""
         import os, sys
-        import bdh
+        import libbdh as bdh
         site = os.path.realpath({str(venv)!r})
         assert os.path.realpath(bdh.__file__).startswith(site), bdh.__file__
         assert os.path.realpath(bdh.library_path).startswith(site), bdh.library_path
@@ -60,8 +60,8 @@ def test_pip_install_into_fresh_venv(tmp_path):
         assert os.path.exists(os.path.join(os.path.dirname(bdh.__file__), "_build_version.py"))
         assert bdh.__version__ == {bdh.__version__!r} == bdh.library_version(), bdh.__version__
         from importlib.metadata import version
-        assert version("bdh") == bdh.__version__
-        import bdh.plot, bdh._safetensors  # the optional-matplotlib module imports without it
+        assert version("libbdh") == bdh.__version__
+        import libbdh.plot, libbdh._safetensors  # the optional-matplotlib module imports without it
         assert callable(bdh.trace) and callable(bdh.load_trace)
         with bdh.Model({str(TINY)!r}) as m:
             s = m.new_state()
