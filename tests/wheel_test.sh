@@ -65,7 +65,7 @@ check test -f "$site1/libbdh/libbdh.so"
 check cmp -s "$tmp/want.txt" "$tmp/got1.txt"
 
 # 2. make wheel in the clone: one manylinux wheel in dist/
-check make -s -C "$src" -j"$BDH_MAKE_JOBS" wheel
+check bash -c "make -s -C '$src' -j'$BDH_MAKE_JOBS' wheel > '$tmp/wheel.log' 2>&1" || tail -30 "$tmp/wheel.log"
 wheels=("$src"/dist/libbdh-*-py3-none-manylinux*_x86_64.whl)
 check test "${#wheels[@]}" -eq 1 -a -f "${wheels[0]}"
 "$py" -m venv "$tmp/venv2"
