@@ -266,4 +266,4 @@ uninstall:
 	$(if $(SYSTEM_PREFIX),ldconfig)
 
 clean:
-	rm -rf build build-san build-cuda
+	rm -rf build build-san build-cuda dist bindings/python/build
