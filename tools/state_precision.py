@@ -51,7 +51,7 @@ import numpy as np  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "bindings", "python"))
-from bdh import _safetensors  # noqa: E402  (pure numpy; does not load libbdh)
+from libbdh import _safetensors  # noqa: E402  (pure numpy; does not load libbdh)
 
 VAL_OFFSET = 1003854          # int(0.9 * 1115394)
 SHORT = 8192
@@ -329,7 +329,7 @@ def range_stats(bits, top, base_bits, base_top, lo, hi):
 
 def check_against_libbdh(m: Model, model_path: str, data: bytes, n: int, out: dict) -> None:
     os.environ.setdefault("BDH_LIBRARY", os.path.join(ROOT, "build", "libbdh.so"))
-    import bdh
+    import libbdh as bdh
     s = Stream(m, "f32")
     mine = np.stack([s.step(b) for b in data[:n]])
     for kernels in ("fast", "reference"):
@@ -397,7 +397,7 @@ def main() -> int:
 
     base_st, base_bits, base_top = results["f32"]
     # parity of the whole f32 stream with libbdh (fast kernels), as extra evidence
-    import bdh
+    import libbdh as bdh
     with bdh.Model(a.model, threads=2) as lm:
         ref = lm.new_state().prefill_all(bytes(data[:len(base_bits)]))
     lp = ref.astype(np.float64)

@@ -10,7 +10,7 @@
  *   trace.c              bdh trace: recording the activations, the trace file's tensors
  *   safetensors_write.c  the canonical safetensors writer the trace file goes through
  *   json.c               a growing string, the JSON string escaper the header needs
- *   plot.c               bdh trace --png: runs python3 -m bdh.plot
+ *   plot.c               bdh trace --png: runs python3 -m libbdh.plot
  *
  * Exit codes: 0 ok, 1 runtime error (bad model file, I/O), 2 usage error.
  * Commands return one of them (never exit), so main returns it. */
@@ -119,9 +119,10 @@ void exe_dir(char *buf, size_t cap);
 
 /* ------------------------------------------------------ common.c: model */
 
-/* -m, else $BDH_MODEL, else the shipped model next to the executable, else
- * the install's data directory (-DBDH_DATADIR); buf (PATH_MAX + 64 bytes)
- * may hold the answer. NULL after printing why there is none. */
+/* -m, else $BDH_MODEL, else the shipped model in the install's data
+ * directory (<exe>/../share/bdh), else in the checkout (<exe>/../models);
+ * buf (PATH_MAX + 64 bytes) may hold the answer. NULL after printing why
+ * there is none. */
 const char *default_model(char *buf, size_t cap);
 /* Load with n_threads = threads and weight_type = weights; 0 or
  * EXIT_RUNTIME after printing why. */
@@ -198,7 +199,7 @@ int write_safetensors(const char *path, const char *const *meta, int n_meta, con
 
 /* ---------------------------------------- plot.c: bdh trace --png DIR */
 
-/* python3 -m bdh.plot TRACE --out DIR; 0 or EXIT_RUNTIME after saying why. */
+/* python3 -m libbdh.plot TRACE --out DIR; 0 or EXIT_RUNTIME after saying why. */
 int draw_pictures(const char *trace_path, const char *dir);
 
 #endif /* BDH_CLI_H */

@@ -229,25 +229,27 @@ void exe_dir(char *buf, size_t cap)
 
 /* ---------------------------------------------------------------- model */
 
-/* <exe>/../models is right for build/bdh in a checkout. */
+/* <exe>/../models is right for build/bdh in a checkout; <exe>/../share/bdh
+ * for PREFIX/bin/bdh after `make install` into any prefix. */
 const char *default_model(char *buf, size_t cap)
 {
     const char *env = getenv("BDH_MODEL");
     if (env && *env) return env;
     char here[PATH_MAX];
     exe_dir(here, sizeof here);
-    if (*here) {
-        snprintf(buf, cap, "%s/../models/" DEFAULT_MODEL_NAME, here);
-        if (file_exists(buf)) return buf;
-    } else {
+    if (!*here) {
         snprintf(buf, cap, "models/" DEFAULT_MODEL_NAME);
+        if (file_exists(buf)) return buf;
+        err("no model given (-m), BDH_MODEL is not set, and the default model is not at '%s'; pass -m MODEL",
+            buf);
+        return NULL;
     }
-#ifdef BDH_DATADIR
-    char shared[PATH_MAX];
-    snprintf(shared, sizeof shared, "%s/" DEFAULT_MODEL_NAME, BDH_DATADIR);
-    if (file_exists(shared)) return strcpy(buf, shared);
-#endif
-    err("no model given (-m), BDH_MODEL is not set, and the default model is not at '%s'; pass -m MODEL", buf);
+    snprintf(buf, cap, "%s/../share/bdh/" DEFAULT_MODEL_NAME, here);
+    if (file_exists(buf)) return buf;
+    snprintf(buf, cap, "%s/../models/" DEFAULT_MODEL_NAME, here);
+    if (file_exists(buf)) return buf;
+    err("no model given (-m), BDH_MODEL is not set, and the default model is neither at '%s/../share/bdh/"
+        DEFAULT_MODEL_NAME "' (installed) nor at '%s' (checkout); pass -m MODEL", here, buf);
     return NULL;
 }
 

@@ -1,5 +1,5 @@
 /* bdh trace --png DIR: the pictures are drawn by the Python package
- * (python3 -m bdh.plot OUT --out DIR); this runs it and explains failures. */
+ * (python3 -m libbdh.plot OUT --out DIR); this runs it and explains failures. */
 #include "cli.h"
 
 #include <errno.h>
@@ -24,7 +24,7 @@ int draw_pictures(const char *trace_path, const char *dir)
     char here[PATH_MAX], path[PATH_MAX + 64];
     exe_dir(here, sizeof here);
     if (*here) {
-        snprintf(path, sizeof path, "%s/../bindings/python/bdh/plot.py", here);
+        snprintf(path, sizeof path, "%s/../bindings/python/libbdh/plot.py", here);
         if (file_exists(path)) {
             snprintf(path, sizeof path, "%s/../bindings/python", here);
             const char *old = getenv("PYTHONPATH");
@@ -42,7 +42,7 @@ int draw_pictures(const char *trace_path, const char *dir)
         if ((!lib || !*lib) && file_exists(path)) setenv("BDH_LIBRARY", path, 1);
 #endif
     }
-    char *args[] = {(char *)py, "-m", "bdh.plot", (char *)trace_path, "--out", (char *)dir, NULL};
+    char *args[] = {(char *)py, "-m", "libbdh.plot", (char *)trace_path, "--out", (char *)dir, NULL};
     fflush(stdout);
     pid_t pid;
     int rc = posix_spawnp(&pid, py, NULL, NULL, args, environ);
@@ -61,7 +61,7 @@ int draw_pictures(const char *trace_path, const char *dir)
     if (WIFEXITED(status) && WEXITSTATUS(status) == 3)
         err("--png: matplotlib is missing (pip install matplotlib); the trace is in '%s'", trace_path);
     else
-        err("--png: '%s -m bdh.plot' failed (%s %d; is the bdh Python package installed? pip install "
+        err("--png: '%s -m libbdh.plot' failed (%s %d; is the libbdh Python package installed? pip install "
             "./bindings/python); the trace is in '%s'", py, WIFEXITED(status) ? "exit status" : "signal",
             WIFEXITED(status) ? WEXITSTATUS(status) : WTERMSIG(status), trace_path);
     return EXIT_RUNTIME;

@@ -1,6 +1,6 @@
 /* The canonical safetensors writer: the header exactly as
  * docs/trace-format.md ("The header") spells it, which is also what
- * bindings/python/bdh/_safetensors.py writes. It is built here with
+ * bindings/python/libbdh/_safetensors.py writes. It is built here with
  * snprintf, not cJSON (which the library links but the tool does not), so
  * that the tool links with nothing but libbdh. */
 #include "cli.h"

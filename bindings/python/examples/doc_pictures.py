@@ -20,8 +20,8 @@ sys.path.insert(0, os.path.join(HERE, ".."))
 
 import numpy as np  # noqa: E402
 
-import bdh  # noqa: E402
-import bdh.plot as bplot  # noqa: E402
+import libbdh as bdh  # noqa: E402
+import libbdh.plot as bplot  # noqa: E402
 
 VALID = int(0.9 * 1115394)  # the validation split of tiny Shakespeare starts here
 

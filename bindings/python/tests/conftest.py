@@ -22,7 +22,7 @@ TOL = 1e-4  # max |diff| / max |logit| per position, as the C tests
 # Import the package from this checkout (BDH_LIBRARY, set by `make test`,
 # picks the library; otherwise the checkout's build/).
 sys.path.insert(0, str(PY_ROOT))
-import bdh  # noqa: E402
+import libbdh as bdh  # noqa: E402
 
 _DTYPES = {"F32": "<f4", "F64": "<f8", "I32": "<i4", "I64": "<i8", "F16": "<f2", "U8": "u1", "I8": "i1"}
 

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-import bdh
-from bdh import _lib, _version
+import libbdh as bdh
+from libbdh import _lib, _version
 from conftest import PY_ROOT, REPO, TINY, have_cc
 
 HEADER = REPO / "include" / "bdh.h"
@@ -136,7 +136,7 @@ def test_callbacks_match_header():
 
 def test_every_header_function_is_declared(header):
     missing = sorted(set(header.functions) - set(_lib.PROTOTYPES))
-    assert not missing, f"add these to PROTOTYPES in bindings/python/bdh/_lib.py: {missing}"
+    assert not missing, f"add these to PROTOTYPES in bindings/python/libbdh/_lib.py: {missing}"
     extra = sorted(set(_lib.PROTOTYPES) - set(header.functions) - _lib.OPTIONAL)
     assert not extra, f"declared in the binding but not in include/bdh.h: {extra}"
 
@@ -274,7 +274,7 @@ def test_version_and_exports():
     for name in ("Model", "State", "Sampler", "Generation", "BDHError", "library_path", "library_version",
                  "system_info", "trace", "load_trace", "Trace", "Activation"):
         assert hasattr(bdh, name) and name in bdh.__all__, name
-    assert (PY_ROOT / "bdh" / "py.typed").exists()
+    assert (PY_ROOT / "libbdh" / "py.typed").exists()
     for obj in (bdh.Model, bdh.Model.generate, bdh.State.step, bdh.State.prefill, bdh.State.save,
                 bdh.State.load, bdh.Model.new_state, bdh.BDHError, bdh.Generation, bdh.system_info):
         assert obj.__doc__, obj
@@ -303,9 +303,9 @@ def _run_import(code: str, env_extra: dict, cwd: Path, path: Path = PY_ROOT):
 
 
 def test_lookup_env_var(tmp_path):
-    r = _run_import("import bdh; print(bdh.library_path)", {"BDH_LIBRARY": bdh.library_path}, tmp_path)
+    r = _run_import("import libbdh as bdh; print(bdh.library_path)", {"BDH_LIBRARY": bdh.library_path}, tmp_path)
     assert r.returncode == 0 and r.stdout.strip() == bdh.library_path, r.stderr
-    r = _run_import("import bdh", {"BDH_LIBRARY": str(tmp_path / "nope.so")}, tmp_path)
+    r = _run_import("import libbdh as bdh", {"BDH_LIBRARY": str(tmp_path / "nope.so")}, tmp_path)
     assert r.returncode != 0 and "ImportError" in r.stderr and "nope.so" in r.stderr
 
 
@@ -313,35 +313,66 @@ def test_lookup_checkout_build(tmp_path):
     lib = REPO / "build" / "libbdh.so"
     if not lib.exists():
         pytest.skip("no build/libbdh.so in this checkout")
-    r = _run_import("import bdh; print(bdh.library_path)", {}, tmp_path)
+    r = _run_import("import libbdh as bdh; print(bdh.library_path)", {}, tmp_path)
     assert r.returncode == 0, r.stderr
     assert Path(r.stdout.strip()).resolve() == lib.resolve()
 
 
 def test_lookup_package_copy_and_failure(tmp_path):
-    pkg = tmp_path / "site" / "bdh"
-    shutil.copytree(PY_ROOT / "bdh", pkg, ignore=shutil.ignore_patterns("__pycache__", "libbdh*"))
+    pkg = tmp_path / "site" / "libbdh"
+    shutil.copytree(PY_ROOT / "libbdh", pkg, ignore=shutil.ignore_patterns("__pycache__", "libbdh*"))
     # nothing: every place is listed
-    r = _run_import("import bdh", {}, tmp_path, tmp_path / "site")
+    r = _run_import("import libbdh as bdh", {}, tmp_path, tmp_path / "site")
     if r.returncode == 0:
         pytest.skip("a system-wide libbdh is installed (find_library found it)")
     for part in ("BDH_LIBRARY", "copy inside the package", "checkout build/", "find_library", str(pkg)):
         assert part in r.stderr, (part, r.stderr)
     # a copy inside the package is found
     shutil.copy(os.path.realpath(bdh.library_path), pkg / "libbdh.so")
-    r = _run_import("import bdh; print(bdh.library_path); print(bdh.Model(sys.argv[1] if len(sys.argv) > 1 else "
+    r = _run_import("import libbdh as bdh; print(bdh.library_path); print(bdh.Model(sys.argv[1] if len(sys.argv) > 1 else "
                     f"{str(TINY)!r}).config['vocab_size'])", {}, tmp_path, tmp_path / "site")
     assert r.returncode == 0, r.stderr
     assert r.stdout.split() == [str(pkg / "libbdh.so"), "256"]
 
 
 def test_import_from_checkout_as_issue_says(tmp_path):
-    """python3 -c "import sys; sys.path.insert(0, 'bindings/python'); import bdh; ..." from the root."""
+    """python3 -c "import sys; sys.path.insert(0, 'bindings/python'); import libbdh as bdh; ..." from the root."""
     code = textwrap.dedent(f"""
-        import sys; sys.path.insert(0, 'bindings/python'); import bdh
+        import sys; sys.path.insert(0, 'bindings/python'); import libbdh as bdh
         m = bdh.Model('tests/data/golden/tiny.model.safetensors')
         print(len(b''.join(m.generate(b'ROMEO:', max_new_tokens=10, seed=1))))
     """)
     env = dict(os.environ, BDH_LIBRARY=bdh.library_path)
     r = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
     assert r.returncode == 0 and r.stdout.strip() == "10", r.stderr
+
+
+def test_import_failure_names_the_missing_library(tmp_path):
+    """A libbdh.so whose dependency is absent: the error names that soname
+    (as the loader reports it), not "build it with make"."""
+    if not have_cc():
+        pytest.skip("no C compiler")
+    cc = os.environ.get("CC", "cc")
+    dep, fake = tmp_path / "libbdhtestdep.so.3", tmp_path / "libbdh.so"
+    (tmp_path / "dep.c").write_text("int bdh_test_dep(void) { return 1; }\n")
+    (tmp_path / "fake.c").write_text("int bdh_test_dep(void);\nint bdh_fake(void) { return bdh_test_dep(); }\n")
+    subprocess.run([cc, "-shared", "-fPIC", "-Wl,-soname,libbdhtestdep.so.3", "-o", str(dep), str(tmp_path / "dep.c")],
+                   check=True)
+    subprocess.run([cc, "-shared", "-fPIC", "-o", str(fake), str(tmp_path / "fake.c"), str(dep)], check=True)
+    dep.unlink()  # now libbdh.so is there and what it needs is not
+    r = _run_import("import libbdh", {"BDH_LIBRARY": str(fake)}, tmp_path)
+    assert r.returncode != 0 and "needs libbdhtestdep.so.3, which the dynamic loader cannot find" in r.stderr, \
+        r.stderr
+    pkg = tmp_path / "site" / "libbdh"
+    shutil.copytree(PY_ROOT / "libbdh", pkg, ignore=shutil.ignore_patterns("__pycache__", "libbdh*"))
+    shutil.copy(fake, pkg / "libbdh.so")
+    r = _run_import("import libbdh", {}, tmp_path, tmp_path / "site")
+    if r.returncode == 0:
+        pytest.skip("a system-wide libbdh is installed (find_library found it)")
+    assert f"libbdh: {pkg / 'libbdh.so'} needs libbdhtestdep.so.3, which the dynamic loader cannot find" in r.stderr, \
+        r.stderr
+    # the Debian hint for the libraries libbdh really needs
+    err = OSError("libopenblas.so.0: cannot open shared object file: No such file or directory")
+    assert _lib.missing_dependency("/x/libbdh.so", err) == "libopenblas.so.0"
+    assert "apt-get install libopenblas0" in _lib._missing_message("/x/libbdh.so", "libopenblas.so.0")
+    assert _lib.missing_dependency("/x/libbdh.so", OSError("/x/libbdh.so: cannot open shared object file")) is None

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-import bdh
+import libbdh as bdh
 from conftest import TINY, TOL, expect_path, golden_cases, read_safetensors, rel_err
 
 

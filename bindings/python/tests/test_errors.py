@@ -9,7 +9,7 @@ import threading
 import numpy as np
 import pytest
 
-import bdh
+import libbdh as bdh
 from conftest import ODD, TINY
 
 

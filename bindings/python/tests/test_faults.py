@@ -23,7 +23,7 @@ CHILD = textwrap.dedent(
     r"""
     import ctypes, json, sys
     sys.path.insert(0, sys.argv[1])
-    import bdh
+    import libbdh as bdh
     shim = ctypes.CDLL(sys.argv[2])
     shim.fault_live.restype = ctypes.c_long
     TINY = sys.argv[3]

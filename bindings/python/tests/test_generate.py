@@ -12,8 +12,8 @@ import time
 import numpy as np
 import pytest
 
-import bdh
-from bdh import _lib
+import libbdh as bdh
+from libbdh import _lib
 from conftest import DATA, ODD, TINY, cli_path
 
 PROMPT = b"ROMEO:"

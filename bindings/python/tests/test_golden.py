@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-import bdh
+import libbdh as bdh
 from conftest import TOL, expect_path, golden_cases, read_safetensors, rel_err
 
 CASES = golden_cases()

@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import bdh
-from bdh import _safetensors
+import libbdh as bdh
+from libbdh import _safetensors
 from conftest import DATA, ODD, REPO, TINY, cli_path, expect_path, read_safetensors, rel_err
 
 LONG = DATA / "golden" / "long.model.safetensors"
@@ -482,7 +482,7 @@ def need_matplotlib() -> None:
 
 
 def test_plot_without_matplotlib_says_so(monkeypatch, long_trace, tmp_path):
-    import bdh.plot as bplot
+    import libbdh.plot as bplot
 
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # import fails
     monkeypatch.setitem(sys.modules, "matplotlib.figure", None)
@@ -495,7 +495,7 @@ def test_plot_without_matplotlib_says_so(monkeypatch, long_trace, tmp_path):
 
 def test_plot_pictures(tmp_path, long_trace):
     need_matplotlib()
-    import bdh.plot as bplot
+    import libbdh.plot as bplot
     from matplotlib.figure import Figure
 
     tr = long_trace
@@ -529,10 +529,10 @@ def test_plot_module_entry_point(tmp_path, long_trace):
     p = tmp_path / "t.safetensors"
     long_trace.save(p)
     env = dict(os.environ, BDH_LIBRARY=bdh.library_path, PYTHONPATH=str(REPO / "bindings" / "python"))
-    r = subprocess.run([sys.executable, "-m", "bdh.plot", str(p), "--out", str(tmp_path / "png"), "--layer", "1"],
+    r = subprocess.run([sys.executable, "-m", "libbdh.plot", str(p), "--out", str(tmp_path / "png"), "--layer", "1"],
                        env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
     assert len(r.stdout.split()) == 6 and (tmp_path / "png" / "raster_x.png").exists()
-    r = subprocess.run([sys.executable, "-m", "bdh.plot", str(p), "--out", str(tmp_path / "png"), "--layer", "9"],
+    r = subprocess.run([sys.executable, "-m", "libbdh.plot", str(p), "--out", str(tmp_path / "png"), "--layer", "9"],
                        env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 2 and "--layer 9" in r.stderr

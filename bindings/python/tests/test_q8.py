@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import bdh
+import libbdh as bdh
 from conftest import BF16, ODD, TINY, expect_path, golden_cases, read_safetensors, rel_err
 
 

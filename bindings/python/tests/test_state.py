@@ -9,7 +9,7 @@ import weakref
 import numpy as np
 import pytest
 
-import bdh
+import libbdh as bdh
 from conftest import BF16, ODD, TINY
 
 PROMPT = b"First Citizen:\nBefore we proceed any further, hear me speak."

@@ -7,7 +7,7 @@ import threading
 import numpy as np
 import pytest
 
-import bdh
+import libbdh as bdh
 from conftest import DATA, TINY
 
 LONG = DATA / "golden" / "long.model.safetensors"

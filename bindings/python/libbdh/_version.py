@@ -11,7 +11,7 @@ __all__ = ["from_header", "package_version"]
 
 _DEFINE = re.compile(r"^#define\s+BDH_VERSION_(MAJOR|MINOR|PATCH)\s+(\d+)\s*$", re.M)
 
-#: include/bdh.h seen from bindings/python/bdh/ in a checkout
+#: include/bdh.h seen from bindings/python/libbdh/ in a checkout
 CHECKOUT_HEADER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "..", "include", "bdh.h")
 
 

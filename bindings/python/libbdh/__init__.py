@@ -1,7 +1,7 @@
 """Python binding for libbdh, inference for the BDH-GPU ("Dragon Hatchling")
 architecture, over ctypes (no compiler needed; numpy is the one dependency).
 
-    import bdh
+    import libbdh as bdh
     with bdh.Model("model.safetensors") as model:
         for chunk in model.generate("ROMEO:", max_new_tokens=200, seed=1, text=True):
             print(chunk, end="", flush=True)

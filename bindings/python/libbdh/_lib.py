@@ -11,6 +11,7 @@ import ctypes
 import ctypes.util
 import glob
 import os
+import re
 import sys
 from ctypes import (
     CFUNCTYPE,
@@ -286,6 +287,34 @@ def _candidates() -> List[Tuple[str, str]]:
     return out
 
 
+# The loader's message for a library it cannot find, e.g.
+# "libopenblas.so.0: cannot open shared object file: No such file or directory"
+_NOT_FOUND = re.compile(r"([^\s:/]+\.so[.\d]*): cannot open shared object file")
+#: Debian packages of the libraries libbdh.so needs (for the hint only)
+_DEBIAN_PACKAGES = {
+    "libopenblas.so.0": "libopenblas0",
+    "libcjson.so.1": "libcjson1",
+    "libxxhash.so.0": "libxxhash0",
+    "libgfortran.so.5": "libgfortran5",
+}
+
+
+def missing_dependency(path: str, error: BaseException) -> Optional[str]:
+    """The soname the loader could not find when loading `path` failed with
+    `error`, if that was the cause and it is not `path` itself."""
+    m = _NOT_FOUND.search(str(error))
+    return m.group(1) if m and m.group(1) != os.path.basename(path) else None
+
+
+def _missing_message(path: str, soname: str) -> str:
+    pkg = _DEBIAN_PACKAGES.get(soname)
+    hint = f" (Debian: apt-get install {pkg})" if pkg else ""
+    return (
+        f"libbdh: {path} needs {soname}, which the dynamic loader cannot find: install it{hint}, "
+        "or install the libbdh wheel built by `make wheel`, which carries its libraries"
+    )
+
+
 def _load() -> Tuple[ctypes.CDLL, str]:
     tried: List[str] = []
     env = os.environ.get("BDH_LIBRARY")
@@ -294,10 +323,11 @@ def _load() -> Tuple[ctypes.CDLL, str]:
             return ctypes.CDLL(env), env
         except OSError as e:
             # An explicit choice that does not work is an error, not a hint.
-            raise ImportError(
-                f"bdh: cannot load the library named by BDH_LIBRARY={env!r}: {e}"
-            ) from e
+            soname = missing_dependency(env, e)
+            why = _missing_message(env, soname) if soname else f"libbdh: cannot load {env!r}"
+            raise ImportError(f"{why} (the library named by BDH_LIBRARY; {e})") from e
     tried.append("BDH_LIBRARY environment variable: not set")
+    broken: List[Tuple[str, str]] = []  # (path, the soname it lacks)
     for where, path in _candidates():
         if where.startswith("system") and path == "libbdh: not found":
             tried.append(f"{where}: not found")
@@ -309,10 +339,15 @@ def _load() -> Tuple[ctypes.CDLL, str]:
             return ctypes.CDLL(path), path
         except OSError as e:
             tried.append(f"{where}: {path} ({e})")
-    raise ImportError(
-        "bdh: cannot find libbdh. Build it with `make` in the libbdh checkout, or set "
-        "BDH_LIBRARY to the path of libbdh.so. Tried, in order:\n  " + "\n  ".join(tried)
-    )
+            soname = missing_dependency(path, e)
+            if soname:
+                broken.append((path, soname))
+    if broken:  # a libbdh was there: what it lacks is the news, not "build it"
+        headline = _missing_message(*broken[0]) + "."
+    else:
+        headline = ("libbdh: cannot find libbdh. Build it with `make` in the libbdh checkout, or set "
+                    "BDH_LIBRARY to the path of libbdh.so.")
+    raise ImportError(headline + " Tried, in order:\n  " + "\n  ".join(tried))
 
 
 lib, library_path = _load()

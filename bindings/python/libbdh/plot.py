@@ -5,7 +5,7 @@ Every function returns a ``matplotlib.figure.Figure`` (made without pyplot,
 so no window opens and no global state changes) and, given ``path``, saves
 it there too. From the shell::
 
-    python3 -m bdh.plot TRACE.safetensors --out DIR
+    python3 -m libbdh.plot TRACE.safetensors --out DIR
 
 writes raster_x.png, raster_y.png, density.png, top_bytes.png,
 top_classes.png and, when the trace monitored synapses, synapses.png.
@@ -56,8 +56,8 @@ def _mpl() -> Any:
         from matplotlib.figure import Figure
     except ImportError:
         raise ImportError(
-            "bdh.plot needs matplotlib, which is not installed: pip install matplotlib "
-            "(the rest of the bdh package works without it)"
+            "libbdh.plot needs matplotlib, which is not installed: pip install matplotlib "
+            "(the rest of the libbdh package works without it)"
         ) from None
     return matplotlib, Figure
 
@@ -360,9 +360,9 @@ def save_all(trace: Trace, out_dir: Union[str, "os.PathLike[str]"], layer: Optio
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    """``python3 -m bdh.plot TRACE --out DIR [--layer L]``. Exit status 0,
+    """``python3 -m libbdh.plot TRACE --out DIR [--layer L]``. Exit status 0,
     1 for a bad trace file, 2 for bad arguments, 3 without matplotlib."""
-    ap = argparse.ArgumentParser(prog="python3 -m bdh.plot",
+    ap = argparse.ArgumentParser(prog="python3 -m libbdh.plot",
                                  description="Draw the pictures of a trace file (bdh trace, bdh.Trace.save).")
     ap.add_argument("trace", help="the trace file (.safetensors)")
     ap.add_argument("--out", required=True, help="directory for the PNG files (created if needed)")
@@ -371,15 +371,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         _mpl()
     except ImportError as e:
-        print(f"bdh.plot: {e}", file=sys.stderr)
+        print(f"libbdh.plot: {e}", file=sys.stderr)
         return 3
     try:
         tr = load_trace(args.trace)
     except (OSError, ValueError) as e:
-        print(f"bdh.plot: cannot read the trace {args.trace!r}: {e}", file=sys.stderr)
+        print(f"libbdh.plot: cannot read the trace {args.trace!r}: {e}", file=sys.stderr)
         return 1
     if args.layer is not None and not 0 <= args.layer < tr.n_layer:
-        print(f"bdh.plot: --layer {args.layer} is outside [0, {tr.n_layer})", file=sys.stderr)
+        print(f"libbdh.plot: --layer {args.layer} is outside [0, {tr.n_layer})", file=sys.stderr)
         return 2
     for p in save_all(tr, args.out, args.layer):
         print(p)
