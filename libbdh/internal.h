@@ -100,6 +100,8 @@ static inline bool bdh_quantizable(int which)
  * Q8_0 scales, finite values): what a load and a quantization start from.
  * On success st is open (bdh_safetensors_close it). */
 BDH_INTERNAL bdh_status bdh_weights_open(const char *path, bdh_safetensors *st, bdh_weight_views *w, bdh_config *c);
+/* The reference's RoPE frequencies for n neurons (a file without attn.freqs). */
+BDH_INTERNAL void bdh_default_freqs(float *freqs, int n);
 
 /* -------------------------------------------------------------- quant.c */
 
@@ -124,6 +126,27 @@ typedef struct bdh_q8_copies {
 } bdh_q8_copies;
 BDH_INTERNAL bdh_status bdh_q8_dequantized_views(const bdh_config *c, bdh_weight_views *w, bdh_q8_copies *copies);
 BDH_INTERNAL void bdh_q8_copies_free(bdh_q8_copies *copies);
+
+/* ------------------------------------------------------------ st_write.c */
+
+/* A tensor to write: name, element type, shape, little-endian C-order bytes. */
+typedef struct bdh_out_tensor {
+    const char *name;
+    bdh_elem dtype;
+    int n_dims;
+    int64_t shape[BDH_MAX_DIMS];
+    const void *data;
+    size_t nbytes;
+} bdh_out_tensor;
+
+/* A safetensors file at path: meta holds n_meta (key, value) string pairs
+ * flat (k0, v0, k1, v1, ...), then the tensors, in this order. Written to a
+ * temporary file beside path, fsynced and renamed into place: on failure an
+ * existing file at path is left as it was. */
+BDH_INTERNAL bdh_status bdh_safetensors_write(const char *path, const char *const *meta, int n_meta,
+                                              const bdh_out_tensor *t, int n);
+/* a and b name one file: the same path, or the same file by another name. */
+BDH_INTERNAL bool bdh_same_file(const char *a, const char *b);
 
 /* ------------------------------------------------------------ weights.c */
 

@@ -13,15 +13,10 @@
  * same int8 blocks). */
 #include "internal.h"
 
-#include <cjson/cJSON.h>
-#include <errno.h>
-#include <fcntl.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
-#include <unistd.h>
 
 /* ------------------------------------------------------------------ reading */
 
@@ -138,112 +133,6 @@ bdh_status bdh_q8_check_range(const bdh_weight_views *w)
 
 /* ------------------------------------------------------------------ writing */
 
-typedef struct out_tensor {
-    const char *name;
-    bdh_elem dtype;
-    int n_dims;
-    int64_t shape[BDH_MAX_DIMS];
-    const void *data;
-    size_t nbytes;
-} out_tensor;
-
-/* The JSON header: metadata, then each tensor with its offsets; padded with
- * spaces to a multiple of 8 bytes (as the safetensors library writes it). */
-/* cJSON's adders fail quietly when out of memory: each one is checked, so a
- * header is whole or not written at all. */
-static bool add_array(cJSON *obj, const char *name, const double *v, int n)
-{
-    cJSON *a = cJSON_CreateDoubleArray(v, n);
-    if (a && cJSON_AddItemToObject(obj, name, a)) return true;
-    cJSON_Delete(a);
-    return false;
-}
-
-static char *header_json(const bdh_safetensors *in, const out_tensor *t, int n, uint64_t fingerprint, size_t *len)
-{
-    cJSON *root = cJSON_CreateObject(), *meta = cJSON_AddObjectToObject(root, "__metadata__");
-    bool ok = meta != NULL;
-    for (int i = 0; ok && i < in->n_meta; i++)
-        if (strncmp(in->meta_keys[i], "q8_0", 4) != 0 && strcmp(in->meta_keys[i], "quantization") != 0)
-            ok = cJSON_AddStringToObject(meta, in->meta_keys[i], in->meta_values[i]) != NULL;
-    char fp[24];
-    snprintf(fp, sizeof fp, "%016llx", (unsigned long long)fingerprint);
-    ok = ok && cJSON_AddStringToObject(meta, "quantization", "q8_0") && cJSON_AddStringToObject(meta, "q8_0_block", "32") &&
-         cJSON_AddStringToObject(meta, "q8_0_fingerprint", fp);
-    size_t off = 0;
-    for (int i = 0; ok && i < n; i++) {
-        cJSON *e = cJSON_AddObjectToObject(root, t[i].name);
-        double dims[BDH_MAX_DIMS], offs[2] = {(double)off, (double)(off + t[i].nbytes)};
-        for (int d = 0; d < t[i].n_dims; d++) dims[d] = (double)t[i].shape[d];
-        ok = e && cJSON_AddStringToObject(e, "dtype", bdh_elem_name(t[i].dtype)) && add_array(e, "shape", dims, t[i].n_dims) &&
-             add_array(e, "data_offsets", offs, 2);
-        off += t[i].nbytes;
-    }
-    if (!ok) {
-        cJSON_Delete(root);
-        return NULL;
-    }
-    char *json = cJSON_PrintUnformatted(root);
-    cJSON_Delete(root);
-    if (!json) return NULL;
-    const size_t raw = strlen(json), padded = (raw + 7) / 8 * 8;
-    char *out = realloc(json, padded + 1);
-    if (!out) {
-        free(json);
-        return NULL;
-    }
-    memset(out + raw, ' ', padded - raw);
-    out[padded] = '\0';
-    *len = padded;
-    return out;
-}
-
-static bool write_all(int fd, const void *p, size_t n)
-{
-    const uint8_t *b = p;
-    while (n > 0) {
-        const ssize_t w = write(fd, b, n);
-        if (w < 0 && errno == EINTR) continue;
-        if (w <= 0) return false;
-        b += w;
-        n -= (size_t)w;
-    }
-    return true;
-}
-
-/* Write the file next to its destination, then rename it into place: a
- * failure leaves any existing file at `path` as it was. */
-static bdh_status write_file(const char *path, const bdh_safetensors *in, const out_tensor *t, int n, uint64_t fingerprint)
-{
-    size_t hlen;
-    char *json = header_json(in, t, n, fingerprint, &hlen);
-    if (!json) return bdh_fail(BDH_ERR_OUT_OF_MEMORY, "out of memory writing the header of '%s'", path);
-    char tmp[4200];
-    if (snprintf(tmp, sizeof tmp, "%s.tmp-XXXXXX", path) >= (int)sizeof tmp) {
-        free(json);
-        return bdh_fail(BDH_ERR_INVALID_ARGUMENT, "output path is too long");
-    }
-    const int fd = mkstemp(tmp);
-    if (fd < 0) {
-        free(json);
-        return bdh_fail(BDH_ERR_IO, "cannot create a file beside '%s': %s", path, strerror(errno));
-    }
-    uint8_t len8[8];
-    for (int i = 0; i < 8; i++) len8[i] = (uint8_t)((uint64_t)hlen >> (8 * i));
-    bool ok = write_all(fd, len8, 8) && write_all(fd, json, hlen);
-    for (int i = 0; ok && i < n; i++) ok = write_all(fd, t[i].data, t[i].nbytes);
-    const int err = errno;
-    ok = ok && fsync(fd) == 0 && fchmod(fd, 0644) == 0;
-    ok = close(fd) == 0 && ok;
-    free(json);
-    if (!ok || rename(tmp, path) != 0) {
-        const int e = ok ? errno : err;
-        unlink(tmp);
-        return bdh_fail(BDH_ERR_IO, "cannot write '%s': %s (nothing was replaced)", path, strerror(e));
-    }
-    return BDH_OK;
-}
-
 /* Quantize tensor `which` of w in its file layout into q and s. */
 static bdh_status quantize_tensor(const bdh_config *c, const bdh_weight_views *w, int which, int8_t *q, uint16_t *s)
 {
@@ -265,15 +154,30 @@ static bdh_status quantize_tensor(const bdh_config *c, const bdh_weight_views *w
     return rc;
 }
 
-static bool same_file(const char *a, const char *b)
+/* The input's metadata (less any quantization keys) and the three Q8_0 keys,
+ * then the tensors, through the atomic writer (st_write.c). */
+static bdh_status write_quantized(const char *path, const bdh_safetensors *in, const bdh_out_tensor *t, int n, uint64_t fingerprint)
 {
-    struct stat sa, sb;
-    return stat(a, &sa) == 0 && stat(b, &sb) == 0 && sa.st_dev == sb.st_dev && sa.st_ino == sb.st_ino;
+    const char **meta = malloc((size_t)(in->n_meta + 3) * 2 * sizeof *meta);
+    if (!meta) return bdh_fail(BDH_ERR_OUT_OF_MEMORY, "out of memory writing the header of '%s'", path);
+    int m = 0;
+    for (int i = 0; i < in->n_meta; i++)
+        if (strncmp(in->meta_keys[i], "q8_0", 4) != 0 && strcmp(in->meta_keys[i], "quantization") != 0) {
+            meta[2 * m] = in->meta_keys[i];
+            meta[2 * m++ + 1] = in->meta_values[i];
+        }
+    char fp[24];
+    snprintf(fp, sizeof fp, "%016llx", (unsigned long long)fingerprint);
+    const char *q8[6] = {"quantization", "q8_0", "q8_0_block", "32", "q8_0_fingerprint", fp};
+    memcpy(meta + 2 * m, q8, sizeof q8);
+    const bdh_status rc = bdh_safetensors_write(path, meta, m + 3, t, n);
+    free(meta);
+    return rc;
 }
 
-static void describe(out_tensor *o, const char *name, const bdh_tensor_view *t, bdh_elem dtype, const void *data, size_t nbytes)
+static void describe(bdh_out_tensor *o, const char *name, const bdh_tensor_view *t, bdh_elem dtype, const void *data, size_t nbytes)
 {
-    *o = (out_tensor){name, dtype, t->n_dims, {0}, data, nbytes};
+    *o = (bdh_out_tensor){name, dtype, t->n_dims, {0}, data, nbytes};
     memcpy(o->shape, t->shape, sizeof o->shape);
 }
 
@@ -282,7 +186,7 @@ bdh_status bdh_model_quantize(const char *in_path, const char *out_path, bdh_wei
     if (!in_path || !out_path) return bdh_fail(BDH_ERR_INVALID_ARGUMENT, "bdh_model_quantize: a path is NULL");
     if (type != BDH_WEIGHTS_Q8_0)
         return bdh_fail(BDH_ERR_INVALID_ARGUMENT, "bdh_model_quantize: type %d: only BDH_WEIGHTS_Q8_0 is written", (int)type);
-    if (strcmp(in_path, out_path) == 0 || same_file(in_path, out_path))
+    if (bdh_same_file(in_path, out_path))
         return bdh_fail(BDH_ERR_INVALID_ARGUMENT, "bdh_model_quantize: the output '%s' is the input", out_path);
     bdh_safetensors st;
     bdh_weight_views w;
@@ -298,7 +202,7 @@ bdh_status bdh_model_quantize(const char *in_path, const char *out_path, bdh_wei
         return rc;
     }
     static const char *const scale_names[BDH_T_COUNT] = {NULL, "encoder.scale", "encoder_v.scale", "decoder.scale"};
-    out_tensor o[BDH_T_COUNT * 2];
+    bdh_out_tensor o[BDH_T_COUNT * 2];
     int8_t *q[BDH_T_COUNT] = {0};
     uint16_t *s[BDH_T_COUNT] = {0};
     int n = 0;
@@ -320,7 +224,7 @@ bdh_status bdh_model_quantize(const char *in_path, const char *out_path, bdh_wei
         o[n].n_dims = scale_shape(i, &c, shape);
         memcpy(o[n++].shape, shape, sizeof shape);
     }
-    if (rc == BDH_OK) rc = write_file(out_path, &st, o, n, bdh_weights_fingerprint(&c, &w, true));
+    if (rc == BDH_OK) rc = write_quantized(out_path, &st, o, n, bdh_weights_fingerprint(&c, &w, true));
     for (int i = 0; i < BDH_T_COUNT; i++) {
         free(q[i]);
         free(s[i]);
