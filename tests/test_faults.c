@@ -1,6 +1,6 @@
 /* Allocation failures: every allocation that libbdh (or cJSON for it) makes
- * in load, state_new, copy, prefill, step, step_batch, the generator and
- * quantize is made to fail in turn (the n-th, swept over n until the call
+ * in load, state_new, copy, prefill, step, step_batch, the generator,
+ * quantize and merge is made to fail in turn (the n-th, swept over n until the call
  * succeeds). Each failure must return BDH_ERR_OUT_OF_MEMORY with a message,
  * leave *out NULL and the state as it was (as the header promises), and
  * leak nothing: the allocations the call made and kept are counted by the
@@ -307,6 +307,12 @@ static bdh_status op_quantize(void *p)
     return bdh_model_quantize(TINY, "/tmp/bdh-faults-q8.safetensors", BDH_WEIGHTS_Q8_0);
 }
 
+static bdh_status op_merge(void *p)
+{
+    (void)p;
+    return bdh_model_merge(TINY, TINY, "/tmp/bdh-faults-merge.safetensors", NULL);
+}
+
 static void test_every_allocation_can_fail(void **unused)
 {
     ctx c = {0};
@@ -327,12 +333,14 @@ static void test_every_allocation_can_fail(void **unused)
     sweep("state_load", op_load_blob, &c, NULL, state_unchanged);
     sweep("generator", op_generator, &c, undo_generator, state_unchanged);
     sweep("quantize", op_quantize, &c, NULL, NULL);
+    assert_true(sweep("merge", op_merge, &c, NULL, NULL) > 5);
     /* prefill allocates its chunk buffers first; steps allocate nothing (the sweep shows it) */
     assert_true(sweep("prefill", op_prefill, &c, NULL, t_unchanged) > 0);
     assert_int_equal(sweep("step", op_step, &c, NULL, NULL), 0);
     assert_int_equal(sweep("step_batch", op_batch, &c, NULL, NULL), 0);
 
     unlink("/tmp/bdh-faults-q8.safetensors");
+    unlink("/tmp/bdh-faults-merge.safetensors");
     __libc_free(c.blob);
     __libc_free(c.blob_t);
     bdh_state_free(c.s);
