@@ -181,6 +181,32 @@ BDH_API const char *bdh_model_file_dtype(const bdh_model *model, const char *ten
  * as it was. */
 BDH_API bdh_status bdh_model_quantize(const char *in_path, const char *out_path, bdh_weight_type type);
 
+/* Where a merged model's embed.weight and lm_head come from. */
+typedef enum bdh_merge_embed {
+    BDH_MERGE_EMBED_MEAN = 0, /* the mean of A's and B's (default) */
+    BDH_MERGE_EMBED_A = 1,    /* A's, as they are */
+    BDH_MERGE_EMBED_B = 2     /* B's, as they are */
+} bdh_merge_embed;
+
+typedef struct bdh_merge_params {
+    bdh_merge_embed embed;
+} bdh_merge_params;
+
+BDH_API bdh_merge_params bdh_merge_default_params(void);
+
+/* Merge two models with the same n_layer, n_embd, n_head and vocab_size
+ * into one whose heads hold both neuron populations (the paper's model
+ * merging, docs/merging.md): per head, A's N_A neurons then B's N_B, in
+ * encoder, encoder_v, decoder and attn.freqs (each half keeps its RoPE
+ * frequencies); embed.weight and lm_head as params->embed says (params NULL
+ * = defaults); mlp_internal_dim_multiplier the sum. Inputs may be F32, F16,
+ * BF16 or Q8_0 (dequantized); the output is F32 with the configuration in
+ * its metadata, written beside out_path and renamed into place: on failure
+ * an existing out_path is left as it was. Refuses different configurations,
+ * tensors it does not know, and out_path naming an input. */
+BDH_API bdh_status bdh_model_merge(const char *path_a, const char *path_b, const char *out_path,
+                                   const bdh_merge_params *params);
+
 /* ---------------------------------------------------------------- state */
 
 /* Back to position 0, all-zero state. */

@@ -43,7 +43,7 @@ bdh_model_params bdh_model_default_params(void)
 
 /* The reference's get_freqs(N, theta=2^16) in float32:
  * 1 / theta^(2*floor(j/2) / N) / (2*pi). */
-static void default_freqs(float *freqs, int n)
+void bdh_default_freqs(float *freqs, int n)
 {
     const float two_pi = (float)(2.0 * M_PI);
     for (int j = 0; j < n; j++) {
@@ -57,7 +57,7 @@ static bdh_status load_freqs(bdh_model *m, const bdh_tensor_view *t)
 {
     if (!(m->freqs = malloc((size_t)m->cfg.n_neurons * sizeof(float)))) return bdh_fail(BDH_ERR_OUT_OF_MEMORY, "out of memory");
     if (t) bdh_elem_to_f32(t->dtype, t->data, m->freqs, (size_t)m->cfg.n_neurons);
-    else default_freqs(m->freqs, m->cfg.n_neurons);
+    else bdh_default_freqs(m->freqs, m->cfg.n_neurons);
     return BDH_OK;
 }
 

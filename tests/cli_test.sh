@@ -591,6 +591,54 @@ check "the Makefile's run target is the command the README names (${run_cmd/ -m 
 awk '/^`make run` prints/ { on = 1; next } on && /^```$/ { if (++fence == 2) exit; next } on && fence == 1' README.md >"$TMP/readme_run"
 eval "\"\$BDH\" $run_cmd" >"$TMP/out" 2>/dev/null </dev/null && echo >>"$TMP/out"
 check "README's make run sample is exactly what the tool prints" cmp -s "$TMP/out" "$TMP/readme_run"
+# --- merge (docs/merging.md)
+expect_ok "$BDH" merge --help
+check "bdh merge --help prints usage" grep -q "^Usage: bdh merge" "$TMP/out"
+check "bdh merge --help names --embed-from" grep -q -- "--embed-from W" "$TMP/out"
+expect_ok "$BDH" --help
+check "bdh --help lists merge" grep -q "^  merge " "$TMP/out"
+expect_error 2 "merge needs two model files, A and B" "$BDH" merge -o "$TMP/m.st"
+expect_error 2 "merge needs two model files, A and B" "$BDH" merge "$TINY" -o "$TMP/m.st"
+expect_error 2 "merge needs two model files, A and B" "$BDH" merge "$TINY" "$TINY" "$TINY" -o "$TMP/m.st"
+expect_error 2 "merge needs -o OUT, the file to write" "$BDH" merge "$TINY" "$TINY"
+expect_error 2 "--embed-from needs mean, a or b, not 'c'" "$BDH" merge --embed-from c "$TINY" "$TINY" -o "$TMP/m.st"
+expect_error 2 "unknown or ambiguous option '--bogus'" "$BDH" merge --bogus "$TINY" "$TINY" -o "$TMP/m.st"
+expect_error 2 "needs a value" "$BDH" merge "$TINY" "$TINY" -o
+expect_error 1 "cannot merge: n_layer is 2 in '$TINY' but 6 in '$LONG': a merge needs the same n_layer, n_embd, n_head and vocab_size (BDH_ERR_CONFIG)" \
+    "$BDH" merge "$TINY" "$LONG" -o "$TMP/m.st"
+expect_error 1 "cannot merge: n_layer is 2 in '$TINY' but 3 in '$ODD'" "$BDH" merge "$TINY" "$ODD" -o "$TMP/m.st"
+expect_error 1 "cannot merge: cannot open '$TMP/missing.safetensors'" "$BDH" merge "$TINY" "$TMP/missing.safetensors" -o "$TMP/m.st"
+expect_error 1 "cannot merge: .*'$TMP/junk.safetensors'.*is not a safetensors file" "$BDH" merge "$TMP/junk.safetensors" "$TINY" -o "$TMP/m.st"
+cp "$TINY" "$TMP/tiny-copy.st"
+expect_error 1 "the output '$TMP/tiny-copy.st' is an input (BDH_ERR_INVALID_ARGUMENT)" "$BDH" merge "$TINY" "$TMP/tiny-copy.st" -o "$TMP/tiny-copy.st"
+ln -sf "$TMP/tiny-copy.st" "$TMP/tiny-copy-link.st"
+expect_error 1 "is an input" "$BDH" merge "$TMP/tiny-copy.st" "$TINY" -o "$TMP/tiny-copy-link.st"
+check "merge onto an input leaves the input as it was" cmp -s "$TINY" "$TMP/tiny-copy.st"
+echo keep >"$TMP/merge-kept.st"
+expect_error 1 "cannot merge" "$BDH" merge "$TINY" "$LONG" -o "$TMP/merge-kept.st"
+check "a failed merge leaves an existing OUT as it was" test "$(cat "$TMP/merge-kept.st")" = keep
+check "a failed merge writes no file" test ! -e "$TMP/m.st"
+expect_ok "$BDH" merge "$TINY" "$TINY" -o "$TMP/self.st"
+check "merge reports what it wrote" grep -Eq "^wrote $TMP/self.st: 2 layers, n_embd 32, 2 heads of 256 neurons, embed and lm_head averaged; 0.25 MiB$" "$TMP/out"
+check "merge leaves no temporary file" test "$(ls "$TMP" | grep -c tmp-)" -eq 0
+expect_ok "$BDH" info "$TMP/self.st"
+check "info of a merge: the neurons of both, the multipliers summed" grep -q "^n_neurons: *256 (per head; mlp_internal_dim_multiplier 16)$" "$TMP/out"
+check "info of a merge: F32 tensors" grep -q "^dtypes: *embed.weight=F32 encoder=F32 encoder_v=F32 decoder=F32 lm_head=F32 attn.freqs=F32$" "$TMP/out"
+expect_ok "$BDH" merge --embed-from mean "$TINY" "$TINY" -o "$TMP/self-mean.st"
+check "--embed-from mean is the default" cmp -s "$TMP/self.st" "$TMP/self-mean.st"
+expect_ok "$BDH" merge "$TMP/self.st" "$TINY" -o "$TMP/three.st"
+check "a merge merges again (256 + 128 neurons)" grep -q "heads of 384 neurons" "$TMP/out"
+expect_ok "$BDH" merge -o "$TMP/three-a.st" --embed-from a "$TMP/self.st" "$TINY"
+check "--embed-from a says so" grep -q "embed and lm_head from A" "$TMP/out"
+expect_ok "$BDH" merge --output "$TMP/three-b.st" --embed-from b "$TMP/self.st" "$TINY"
+check "--embed-from b says so" grep -q "embed and lm_head from B" "$TMP/out"
+expect_ok "$BDH" quantize "$TINY" "$TMP/tiny.q8.merge.st"
+expect_ok "$BDH" merge "$TMP/tiny.q8.merge.st" "$TINY" -o "$TMP/q8-merge.st"
+check "a Q8_0 input merges into an F32 file" grep -q "heads of 256 neurons" "$TMP/out"
+expect_ok "$BDH" merge tests/data/golden/bf16.model.safetensors tests/data/golden/compiled.model.safetensors -o "$TMP/bf16-compiled.st"
+check "BF16 and _orig_mod. inputs merge" grep -q "heads of 256 neurons" "$TMP/out"
+expect_ok "$BDH" generate -m "$TMP/three.st" -p hello -n 20 --temperature 0
+check "a merged model generates 20 bytes" test "$(size "$TMP/out")" -eq 20
 
 echo "cli: $passed passed, $failed failed"
 [ "$failed" -eq 0 ]

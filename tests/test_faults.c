@@ -1,6 +1,6 @@
 /* Allocation failures: every allocation that libbdh (or cJSON for it) makes
  * in load, state_new, copy, prefill, step, step_batch, the generator,
- * bdh_generate, quantize, observers and monitors (and the reference
+ * bdh_generate, quantize, merge, observers and monitors (and the reference
  * backend's prefill and batch) is made to fail in turn (the n-th, swept over n until the call
  * succeeds). Each failure must return BDH_ERR_OUT_OF_MEMORY with a message,
  * leave *out NULL and the state as it was (as the header promises), and
@@ -269,6 +269,12 @@ static bdh_status op_generate(void *p)
     return rc;
 }
 
+static bdh_status op_merge(void *p)
+{
+    (void)p;
+    return bdh_model_merge(TINY, TINY, "/tmp/bdh-faults-merge.safetensors", NULL);
+}
+
 static void test_every_allocation_can_fail(void **unused)
 {
     ctx c = {0};
@@ -290,6 +296,7 @@ static void test_every_allocation_can_fail(void **unused)
     sweep("generator", op_generator, &c, undo_generator, state_unchanged);
     sweep("quantize", op_quantize, &c, NULL, NULL);
     sweep("1st monitor", op_first_monitor, &c, undo_first_monitor, t_unchanged);
+    assert_true(sweep("merge", op_merge, &c, NULL, NULL) > 5);
     /* prefill allocates its chunk buffers first; steps allocate nothing (the sweep shows it) */
     assert_true(sweep("prefill", op_prefill, &c, NULL, t_unchanged) > 0);
     assert_int_equal(sweep("step", op_step, &c, NULL, NULL), 0);
@@ -325,6 +332,7 @@ static void test_every_allocation_can_fail(void **unused)
     bdh_state_free(c.r2);
     bdh_model_free(c.ref);
     unlink("/tmp/bdh-faults-q8.safetensors");
+    unlink("/tmp/bdh-faults-merge.safetensors");
     fault_raw_free(c.blob);
     fault_raw_free(c.blob_t);
     bdh_state_free(c.s);

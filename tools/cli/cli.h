@@ -11,6 +11,7 @@
  *   safetensors_write.c  the canonical safetensors writer the trace file goes through
  *   json.c               a growing string, the JSON string escaper the header needs
  *   plot.c               bdh trace --png: runs python3 -m libbdh.plot
+ *   merge.c              bdh merge
  *
  * Exit codes: 0 ok, 1 runtime error (bad model file, I/O), 2 usage error.
  * Commands return one of them (never exit), so main returns it. */
@@ -41,6 +42,7 @@ int cmd_perplexity(int argc, char **argv);
 int cmd_quantize(int argc, char **argv);
 int cmd_trace(int argc, char **argv);
 int cmd_chat(int argc, char **argv);
+int cmd_merge(int argc, char **argv);
 
 /* ---------------------------------------------------- common.c: errors */
 

@@ -6,6 +6,7 @@
  *   bdh quantize IN OUT [--type q8_0]             a Q8_0 copy of a model file
  *   bdh trace [-m MODEL] -f TEXT -o OUT [options] which neurons fired, per token
  *   bdh chat [-m MODEL] [options]                 lines in, replies out, one kept state
+ *   bdh merge A B -o OUT [--embed-from mean|a|b]  one model with the neurons of two
  *
  * Exit codes: 0 ok, 1 runtime error (bad model file, I/O), 2 usage error.
  * This file dispatches to the commands; cli.h lists the others. */
@@ -30,6 +31,7 @@ static void main_help(FILE *out)
           "  quantize     write a Q8_0 (int8) copy of a model file\n"
           "  trace        record which neurons fire for each byte of a text\n"
           "  chat         talk with a model line by line, the state kept between turns\n"
+          "  merge        merge two models into one holding both neuron populations\n"
           "\n"
           "'bdh COMMAND --help' describes each. Exit status: 0 ok, 1 runtime error,\n"
           "2 usage error.\n",
@@ -79,6 +81,7 @@ static const struct command {
     {"quantize", cmd_quantize},
     {"trace", cmd_trace},
     {"chat", cmd_chat},
+    {"merge", cmd_merge},
 };
 
 int main(int argc, char **argv)
