@@ -181,6 +181,16 @@ BDH_API const char *bdh_model_file_dtype(const bdh_model *model, const char *ten
  * as it was. */
 BDH_API bdh_status bdh_model_quantize(const char *in_path, const char *out_path, bdh_weight_type type);
 
+/* Write the checkpoint at in_path (any layout bdh_model_load accepts: a
+ * directory, prefixed names, bdh-transformers' tensors, config.json) to
+ * out_path as the canonical file (docs/format.md): the reference's names,
+ * the whole configuration in __metadata__, attn.freqs in float32, and the
+ * weights as `type`: BDH_WEIGHTS_F32, _BF16 or _F16 (a Q8_0 input is
+ * dequantized), _Q8_0 (as bdh_model_quantize; a Q8_0 input is copied), or
+ * _AS_STORED (each tensor's own type). Written beside out_path and renamed
+ * into place, like bdh_model_quantize. */
+BDH_API bdh_status bdh_model_convert(const char *in_path, const char *out_path, bdh_weight_type type);
+
 /* Where a merged model's embed.weight and lm_head come from. */
 typedef enum bdh_merge_embed {
     BDH_MERGE_EMBED_MEAN = 0, /* the mean of A's and B's (default) */

@@ -123,6 +123,17 @@ BDH_INTERNAL bdh_status bdh_q8_find_scales(const bdh_safetensors *st, bdh_weight
 /* Refuses float weights too large for Q8_0 (|value| > 127 * 65504, the
  * largest F16 scale), before quantizing them. */
 BDH_INTERNAL bdh_status bdh_q8_check_range(const bdh_weight_views *w);
+/* The scale tensor's shape for tensor `which` (encoder, encoder_v, decoder). */
+BDH_INTERNAL int bdh_q8_scale_shape(int which, const bdh_config *c, int64_t shape[3]);
+/* Tensor `which` of w quantized, laid out as the file's I8 tensor and its scales. */
+BDH_INTERNAL bdh_status bdh_q8_quantize_tensor(const bdh_config *c, const bdh_weight_views *w, int which, int8_t *q, uint16_t *s);
+
+/* ------------------------------------------------------------ convert.c */
+
+/* bdh_model_convert, with fn naming the public call in messages;
+ * refuse_q8_input: a Q8_0 input is an error (bdh_model_quantize). */
+BDH_INTERNAL bdh_status bdh_convert_file(const char *fn, const char *in_path, const char *out_path, bdh_weight_type type,
+                                         bool refuse_q8_input);
 /* model.c's fingerprint of these views (quantized_at_load: held as Q8_0
  * from a float file). */
 BDH_INTERNAL uint64_t bdh_weights_fingerprint(const bdh_config *c, const bdh_weight_views *w, bool quantized_at_load);

@@ -43,30 +43,6 @@ static bdh_status with_path(bdh_status rc, const char *path)
     return strstr(reason, path) ? rc : bdh_fail(rc, "'%s': %s", path, reason);
 }
 
-/* Every tensor of the file must be one the merge knows how to combine:
- * dropping one silently could lose what the model needs. */
-static bdh_status check_known(const merge_input *in)
-{
-    char names[400] = "";
-    int unknown = 0;
-    bool cut = false;
-    for (int k = 0; k < in->st.n_tensors; k++) {
-        const bdh_tensor_view *t = &in->st.tensors[k];
-        bool known = false;
-        for (int i = 0; i < BDH_T_COUNT && !known; i++) known = t == in->w.t[i] || t == in->w.scale[i];
-        if (known) continue;
-        const size_t len = strlen(names);
-        if (len + strlen(t->name) + 3 < sizeof names) snprintf(names + len, sizeof names - len, "%s%s", unknown ? ", " : "", t->name);
-        else cut = true;
-        unknown++;
-    }
-    if (unknown == 0) return BDH_OK;
-    return bdh_fail(BDH_ERR_UNSUPPORTED,
-                    "'%s' has %d tensor%s merge does not know (%s%s); it merges embed.weight, encoder, encoder_v, "
-                    "decoder, lm_head and attn.freqs only",
-                    in->path, unknown, unknown == 1 ? "" : "s", names, cut ? ", ..." : "");
-}
-
 static bdh_status open_input(merge_input *in, const char *path)
 {
     memset(in, 0, sizeof *in);
@@ -77,7 +53,8 @@ static bdh_status open_input(merge_input *in, const char *path)
         return with_path(rc, path);
     }
     const size_t n = (size_t)in->c.n_neurons;
-    if ((rc = check_known(in)) == BDH_OK && !(in->freqs = malloc(n * sizeof(float))))
+    /* the loader refused unknown tensors by name, and dropped lm_gate */
+    if (!(in->freqs = malloc(n * sizeof(float))))
         rc = bdh_fail(BDH_ERR_OUT_OF_MEMORY, "out of memory");
     if (rc != BDH_OK) {
         bdh_safetensors_close(&in->st);

@@ -21,7 +21,7 @@
 /* ------------------------------------------------------------------ reading */
 
 /* The scale tensor's expected shape for tensor `which` of config c. */
-static int scale_shape(int which, const bdh_config *c, int64_t shape[3])
+int bdh_q8_scale_shape(int which, const bdh_config *c, int64_t shape[3])
 {
     const int64_t nb = (int64_t)bdh_q8_blocks((size_t)c->n_embd);
     if (which == BDH_T_DECODER) {
@@ -47,7 +47,7 @@ static bdh_status find_scale(const bdh_safetensors *st, bdh_weight_views *w, int
     }
     if (!s) return bdh_fail(BDH_ERR_FORMAT, "tensor %s is I8 (Q8_0) but the file has no %s", t->name, name);
     int64_t shape[3];
-    const int nd = scale_shape(which, c, shape);
+    const int nd = bdh_q8_scale_shape(which, c, shape);
     bool ok = s->dtype == BDH_ELEM_F16 && s->n_dims == nd;
     for (int i = 0; ok && i < nd; i++) ok = s->shape[i] == shape[i];
     if (!ok)
@@ -134,7 +134,7 @@ bdh_status bdh_q8_check_range(const bdh_weight_views *w)
 /* ------------------------------------------------------------------ writing */
 
 /* Quantize tensor `which` of w in its file layout into q and s. */
-static bdh_status quantize_tensor(const bdh_config *c, const bdh_weight_views *w, int which, int8_t *q, uint16_t *s)
+bdh_status bdh_q8_quantize_tensor(const bdh_config *c, const bdh_weight_views *w, int which, int8_t *q, uint16_t *s)
 {
     bdh_file_rows f;
     bdh_file_rows_init(&f, w, which, c);
@@ -154,86 +154,11 @@ static bdh_status quantize_tensor(const bdh_config *c, const bdh_weight_views *w
     return rc;
 }
 
-/* The input's metadata (less any quantization keys) and the three Q8_0 keys,
- * then the tensors, through the atomic writer (st_write.c). */
-static bdh_status write_quantized(const char *path, const bdh_safetensors *in, const bdh_out_tensor *t, int n, uint64_t fingerprint)
-{
-    const char **meta = malloc((size_t)(in->n_meta + 3) * 2 * sizeof *meta);
-    if (!meta) return bdh_fail(BDH_ERR_OUT_OF_MEMORY, "out of memory writing the header of '%s'", path);
-    int m = 0;
-    for (int i = 0; i < in->n_meta; i++)
-        if (strncmp(in->meta_keys[i], "q8_0", 4) != 0 && strcmp(in->meta_keys[i], "quantization") != 0) {
-            meta[2 * m] = in->meta_keys[i];
-            meta[2 * m++ + 1] = in->meta_values[i];
-        }
-    char fp[24];
-    snprintf(fp, sizeof fp, "%016llx", (unsigned long long)fingerprint);
-    const char *q8[6] = {"quantization", "q8_0", "q8_0_block", "32", "q8_0_fingerprint", fp};
-    memcpy(meta + 2 * m, q8, sizeof q8);
-    const bdh_status rc = bdh_safetensors_write(path, meta, m + 3, t, n);
-    free(meta);
-    return rc;
-}
-
-static void describe(bdh_out_tensor *o, const char *name, const bdh_tensor_view *t, bdh_elem dtype, const void *data, size_t nbytes)
-{
-    *o = (bdh_out_tensor){name, dtype, t->n_dims, {0}, data, nbytes};
-    memcpy(o->shape, t->shape, sizeof o->shape);
-}
-
+/* The Q8_0 case of bdh_model_convert (convert.c), refusing an input that
+ * is already quantized. */
 bdh_status bdh_model_quantize(const char *in_path, const char *out_path, bdh_weight_type type)
 {
-    if (!in_path || !out_path) return bdh_fail(BDH_ERR_INVALID_ARGUMENT, "bdh_model_quantize: a path is NULL");
     if (type != BDH_WEIGHTS_Q8_0)
         return bdh_fail(BDH_ERR_INVALID_ARGUMENT, "bdh_model_quantize: type %d: only BDH_WEIGHTS_Q8_0 is written", (int)type);
-    if (bdh_same_file(in_path, out_path))
-        return bdh_fail(BDH_ERR_INVALID_ARGUMENT, "bdh_model_quantize: the output '%s' is the input", out_path);
-    bdh_safetensors st;
-    bdh_weight_views w;
-    bdh_config c;
-    bdh_status rc = bdh_weights_open(in_path, NULL, &st, &w, &c);
-    if (rc != BDH_OK) return rc;
-    if (!bdh_safetensors_meta(&st, "n_layer")) { /* its configuration came from a config.json */
-        bdh_safetensors_close(&st);
-        return bdh_fail(BDH_ERR_UNSUPPORTED, "bdh_model_quantize: '%s' has no n_layer in its metadata, so a copy would not load "
-                        "on its own; write the configuration into it first (tools/convert.py)", in_path);
-    }
-    if (w.scale[BDH_T_ENCODER]) {
-        bdh_safetensors_close(&st);
-        return bdh_fail(BDH_ERR_INVALID_ARGUMENT, "bdh_model_quantize: '%s' is already Q8_0", in_path);
-    }
-    if ((rc = bdh_q8_check_range(&w)) != BDH_OK) {
-        bdh_safetensors_close(&st);
-        return rc;
-    }
-    static const char *const scale_names[BDH_T_COUNT] = {NULL, "encoder.scale", "encoder_v.scale", "decoder.scale"};
-    bdh_out_tensor o[BDH_T_COUNT * 2];
-    int8_t *q[BDH_T_COUNT] = {0};
-    uint16_t *s[BDH_T_COUNT] = {0};
-    int n = 0;
-    for (int i = 0; i < BDH_T_COUNT && rc == BDH_OK; i++) {
-        const bdh_tensor_view *t = w.t[i];
-        if (!t) continue;
-        if (!bdh_quantizable(i)) {
-            describe(&o[n++], bdh_tensor_name(i), t, t->dtype, t->data, t->nbytes);
-            continue;
-        }
-        const size_t numel = t->nbytes / bdh_elem_size(t->dtype), nb = numel / (size_t)c.n_embd * bdh_q8_blocks((size_t)c.n_embd);
-        q[i] = malloc(numel);
-        s[i] = malloc(nb * sizeof(uint16_t));
-        rc = q[i] && s[i] ? quantize_tensor(&c, &w, i, q[i], s[i]) : bdh_fail(BDH_ERR_OUT_OF_MEMORY, "out of memory quantizing");
-        if (rc != BDH_OK) break;
-        describe(&o[n++], bdh_tensor_name(i), t, BDH_ELEM_I8, q[i], numel);
-        describe(&o[n], scale_names[i], t, BDH_ELEM_F16, s[i], nb * sizeof(uint16_t));
-        int64_t shape[3];
-        o[n].n_dims = scale_shape(i, &c, shape);
-        memcpy(o[n++].shape, shape, sizeof shape);
-    }
-    if (rc == BDH_OK) rc = write_quantized(out_path, &st, o, n, bdh_weights_fingerprint(&c, &w, true));
-    for (int i = 0; i < BDH_T_COUNT; i++) {
-        free(q[i]);
-        free(s[i]);
-    }
-    bdh_safetensors_close(&st);
-    return rc;
+    return bdh_convert_file("bdh_model_quantize", in_path, out_path, type, true);
 }

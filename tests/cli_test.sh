@@ -640,5 +640,39 @@ check "BF16 and _orig_mod. inputs merge" grep -q "heads of 256 neurons" "$TMP/ou
 expect_ok "$BDH" generate -m "$TMP/three.st" -p hello -n 20 --temperature 0
 check "a merged model generates 20 bytes" test "$(size "$TMP/out")" -eq 20
 
+# --- convert (docs/cli.md): any checkpoint layout to the canonical file
+CK=tests/data/checkpoints
+expect_ok "$BDH" convert --help
+check "bdh convert --help prints usage" grep -q "^Usage: bdh convert" "$TMP/out"
+expect_ok "$BDH" --help
+check "bdh --help lists convert" grep -q "^  convert " "$TMP/out"
+expect_error 2 "convert needs two arguments, IN and OUT" "$BDH" convert "$TINY"
+expect_error 2 "--type needs f32, bf16, f16, q8_0 or stored, not 'int4'" "$BDH" convert --type int4 "$TINY" "$TMP/c.st"
+expect_error 2 "unknown or ambiguous option '--bogus'" "$BDH" convert --bogus "$TINY" "$TMP/c.st"
+expect_error 1 "cannot convert '$TMP/missing.safetensors': cannot open" "$BDH" convert "$TMP/missing.safetensors" "$TMP/c.st"
+expect_error 1 "the output '$TINY' is the input (BDH_ERR_INVALID_ARGUMENT)" "$BDH" convert "$TINY" "$TINY"
+echo keep >"$TMP/convert-kept.st"
+expect_error 1 "cannot convert" "$BDH" convert "$TMP/junk.safetensors" "$TMP/convert-kept.st"
+check "a failed convert leaves an existing OUT as it was" test "$(cat "$TMP/convert-kept.st")" = keep
+for layout in hf-tied hf-untied ref-no-metadata ref-model-prefix.safetensors ref-backbone-lm-gate.safetensors; do
+    expect_ok "$BDH" convert "$CK/$layout" "$TMP/canon.st"
+    check "convert $layout reports what it wrote" grep -Eq "^wrote $TMP/canon.st: [0-9.]+ MiB$" "$TMP/out"
+    mkdir -p "$TMP/alone" && cp "$TMP/canon.st" "$TMP/alone/canon.st"
+    expect_ok "$BDH" generate -m "$CK/$layout" -p hello -n 30 --temperature 0
+    cp "$TMP/out" "$TMP/from-layout"
+    expect_ok "$BDH" generate -m "$TMP/alone/canon.st" -p hello -n 30 --temperature 0
+    check "convert $layout: the canonical copy, alone in its directory, generates the same bytes" cmp -s "$TMP/out" "$TMP/from-layout"
+done
+expect_ok "$BDH" convert --type bf16 "$CK/hf-tied" "$TMP/canon-bf16.st"
+expect_ok "$BDH" info "$TMP/canon-bf16.st"
+check "convert --type bf16: BF16 weights, float32 freqs" grep -q "^dtypes: *embed.weight=BF16 encoder=BF16 encoder_v=BF16 decoder=BF16 lm_head=BF16 attn.freqs=F32$" "$TMP/out"
+expect_ok "$BDH" convert --type q8_0 "$CK/hf-tied" "$TMP/canon-q8.st"
+expect_ok "$BDH" quantize "$CK/hf-tied" "$TMP/quant-q8.st"
+check "convert --type q8_0 writes what quantize writes" cmp -s "$TMP/canon-q8.st" "$TMP/quant-q8.st"
+expect_ok "$BDH" convert --type f32 "$TMP/canon-q8.st" "$TMP/deq.st"
+expect_ok "$BDH" info "$TMP/deq.st"
+check "convert --type f32 of a Q8_0 file: float32 again" grep -q "encoder=F32" "$TMP/out"
+check "convert leaves no temporary file" test "$(ls "$TMP" | grep -c tmp-)" -eq 0
+
 echo "cli: $passed passed, $failed failed"
 [ "$failed" -eq 0 ]

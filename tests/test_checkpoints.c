@@ -294,7 +294,7 @@ static void test_paths(void **unused)
 }
 
 /* bdh_model_quantize reads every layout; its copy carries the configuration
- * only when the file's metadata has it (a config.json is not copied). */
+ * (a config.json's included). */
 static void test_quantize_layouts(void **unused)
 {
     const char *q = tmp_path("q8.safetensors");
@@ -317,8 +317,100 @@ static void test_quantize_layouts(void **unused)
     free(la);
     free(lb);
     cJSON_Delete(f.root);
-    assert_int_equal(bdh_model_quantize(CK "/hf-untied", q, BDH_WEIGHTS_Q8_0), BDH_ERR_UNSUPPORTED);
-    assert_non_null(strstr(bdh_last_error(), "has no n_layer in its metadata"));
+    /* a checkpoint configured by config.json: the copy carries the configuration */
+    assert_int_equal(bdh_model_quantize(CK "/hf-untied", q, BDH_WEIGHTS_Q8_0), BDH_OK);
+    bdh_model *c = tu_load_with(q, 1, BDH_WEIGHTS_AS_STORED, BDH_KERNELS_FAST);
+    assert_string_equal(bdh_model_file_dtype(c, "encoder"), "Q8_0");
+    bdh_model_free(c);
+}
+
+/* ------------------------------------------------------------- convert */
+
+/* The logits of every fixture position (prefill_all) of m. */
+static float *all_logits(bdh_model *m, const fixtures *f)
+{
+    float *l = malloc(f->T * f->V * sizeof(float));
+    bdh_state *s;
+    assert_int_equal(bdh_state_new(m, &s), BDH_OK);
+    assert_int_equal(bdh_prefill_all(s, f->tokens, f->T, l), BDH_OK);
+    bdh_state_free(s);
+    return l;
+}
+
+/* in loaded with `held` and out (the conversion) loaded as stored give the
+ * same logits bit for bit: the conversion wrote exactly what a load holds. */
+static void expect_same_logits(const char *in, bdh_weight_type held, const char *out, const fixtures *f)
+{
+    bdh_model *a = tu_load_with(in, 1, held, BDH_KERNELS_FAST);
+    bdh_model *b = tu_load_with(out, 1, BDH_WEIGHTS_AS_STORED, BDH_KERNELS_FAST);
+    float *la = all_logits(a, f), *lb = all_logits(b, f);
+    assert_memory_equal(la, lb, f->T * f->V * sizeof(float));
+    free(la);
+    free(lb);
+    bdh_model_free(a);
+    bdh_model_free(b);
+}
+
+/* Every layout converts to the canonical file in each type; the copy loads
+ * on its own (no config.json beside it) with the names the reference uses. */
+static void test_convert(void **unused)
+{
+    fixtures f = read_fixtures();
+    const cJSON *list = cJSON_GetObjectItemCaseSensitive(f.root, "checkpoints"), *e;
+    static const struct { bdh_weight_type type; const char *dtype; } types[] = {
+        {BDH_WEIGHTS_F32, "F32"}, {BDH_WEIGHTS_BF16, "BF16"}, {BDH_WEIGHTS_F16, "F16"}, {BDH_WEIGHTS_Q8_0, "Q8_0"}};
+    const char *out = tmp_path("converted.safetensors");
+    cJSON_ArrayForEach(e, list) {
+        char in[256];
+        snprintf(in, sizeof in, CK "/%s", cJSON_GetObjectItemCaseSensitive(e, "path")->valuestring);
+        for (size_t k = 0; k < sizeof types / sizeof *types; k++) {
+            assert_int_equal(bdh_model_convert(in, out, types[k].type), BDH_OK);
+            expect_same_logits(in, types[k].type, out, &f);
+            bdh_model *m = tu_load_with(out, 1, BDH_WEIGHTS_AS_STORED, BDH_KERNELS_FAST);
+            assert_string_equal(bdh_model_file_dtype(m, "encoder"), types[k].dtype);
+            assert_string_equal(bdh_model_file_dtype(m, "attn.freqs"), "F32");
+            bdh_model_free(m);
+        }
+    }
+    /* the canonical names, the whole configuration in the metadata */
+    assert_int_equal(bdh_model_convert(CK "/hf-tied", out, BDH_WEIGHTS_F32), BDH_OK);
+    size_t len = 0;
+    char *bytes = tu_read_file(out, &len);
+    assert_non_null(bytes);
+    const char *header = bytes + 8;
+    for (const char *want = "\"embed.weight\"\0\"encoder\"\0\"encoder_v\"\0\"decoder\"\0\"lm_head\"\0\"attn.freqs\"\0"
+                            "\"n_layer\":\"2\"\0\"n_embd\":\"32\"\0\"n_head\":\"2\"\0\"vocab_size\":\"256\"\0"
+                            "\"mlp_internal_dim_multiplier\":\"2\"\0";
+         *want; want += strlen(want) + 1)
+        assert_non_null(strstr(header, want));
+    assert_null(strstr(header, "backbone."));
+    free(bytes);
+    /* a Q8_0 file: copied as stored, or dequantized exactly */
+    const char *q = tmp_path("q8-src.safetensors"), *again = tmp_path("q8-again.safetensors");
+    assert_int_equal(bdh_model_quantize(CK "/hf-untied", q, BDH_WEIGHTS_Q8_0), BDH_OK);
+    assert_int_equal(bdh_model_convert(q, again, BDH_WEIGHTS_AS_STORED), BDH_OK);
+    expect_same_logits(q, BDH_WEIGHTS_AS_STORED, again, &f);
+    assert_int_equal(bdh_model_convert(q, again, BDH_WEIGHTS_Q8_0), BDH_OK);
+    expect_same_logits(q, BDH_WEIGHTS_AS_STORED, again, &f);
+    bdh_model *qa = tu_load_with(q, 1, BDH_WEIGHTS_AS_STORED, BDH_KERNELS_FAST);
+    bdh_model *qb = tu_load_with(again, 1, BDH_WEIGHTS_AS_STORED, BDH_KERNELS_FAST);
+    assert_true(bdh_model_fingerprint(qa) == bdh_model_fingerprint(qb)); /* its source's, kept */
+    bdh_model_free(qa);
+    bdh_model_free(qb);
+    assert_int_equal(bdh_model_convert(q, again, BDH_WEIGHTS_F32), BDH_OK);
+    expect_same_logits(q, BDH_WEIGHTS_F32, again, &f);
+    /* refusals leave an existing output as it was */
+    write_text(out, "keep");
+    assert_int_equal(bdh_model_convert(CK "/hf-tied", out, (bdh_weight_type)9), BDH_ERR_INVALID_ARGUMENT);
+    assert_non_null(strstr(bdh_last_error(), "weight type 9"));
+    assert_int_equal(bdh_model_convert(q, q, BDH_WEIGHTS_F32), BDH_ERR_INVALID_ARGUMENT);
+    assert_non_null(strstr(bdh_last_error(), "is the input"));
+    assert_int_equal(bdh_model_convert(tmp_path("missing"), out, BDH_WEIGHTS_F32), BDH_ERR_IO);
+    assert_int_equal(bdh_model_convert(NULL, out, BDH_WEIGHTS_F32), BDH_ERR_INVALID_ARGUMENT);
+    char *kept = tu_read_file(out, &len);
+    assert_true(len == 4 && memcmp(kept, "keep", 4) == 0);
+    free(kept);
+    cJSON_Delete(f.root);
 }
 
 int main(void)
@@ -329,6 +421,7 @@ int main(void)
         cmocka_unit_test(test_config_sources),
         cmocka_unit_test(test_paths),
         cmocka_unit_test(test_quantize_layouts),
+        cmocka_unit_test(test_convert),
     };
     return cmocka_run_group_tests_name("checkpoint layouts", tests, setup, teardown);
 }

@@ -12,6 +12,7 @@
  *   json.c               a growing string, the JSON string escaper the header needs
  *   plot.c               bdh trace --png: runs python3 -m libbdh.plot
  *   merge.c              bdh merge
+ *   convert.c            bdh convert
  *
  * Exit codes: 0 ok, 1 runtime error (bad model file, I/O), 2 usage error.
  * Commands return one of them (never exit), so main returns it. */
@@ -43,6 +44,7 @@ int cmd_quantize(int argc, char **argv);
 int cmd_trace(int argc, char **argv);
 int cmd_chat(int argc, char **argv);
 int cmd_merge(int argc, char **argv);
+int cmd_convert(int argc, char **argv);
 
 /* ---------------------------------------------------- common.c: errors */
 
@@ -83,6 +85,8 @@ int parse_text_option(const char *U, int c, text_span *t);
 #define WEIGHTS_NAMES "f32, bf16, f16, q8_0 or stored"
 /* 0 and *out set, or EXIT_USAGE after naming the choices. */
 int parse_weights(const char *U, const char *arg, bdh_weight_type *out);
+/* The same for another option's name (bdh convert --type). */
+int parse_weight_type(const char *U, const char *option, const char *arg, bdh_weight_type *out);
 /* The --weights name of a weight type ("f32", ..., "stored"). */
 const char *weights_name(bdh_weight_type type);
 
@@ -135,6 +139,8 @@ int load_model_at(const char *path, int threads, bdh_weight_type weights, const 
 /* 0 for a vocab_size 256 model, else EXIT_RUNTIME after saying so. */
 int need_byte_model(const char *cmd, const bdh_model *m);
 double mib(size_t bytes);
+/* A file's size in bytes (0 if it cannot be told). */
+size_t file_size(const char *path);
 
 /* --------------------------- generate.c: the options chat shares */
 

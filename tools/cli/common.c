@@ -102,15 +102,17 @@ static const struct weights_choice {
     {"q8_0", BDH_WEIGHTS_Q8_0}, {"stored", BDH_WEIGHTS_AS_STORED},
 };
 
-int parse_weights(const char *U, const char *arg, bdh_weight_type *out)
+int parse_weight_type(const char *U, const char *option, const char *arg, bdh_weight_type *out)
 {
     for (size_t i = 0; i < sizeof weights_choices / sizeof *weights_choices; i++)
         if (strcmp(arg, weights_choices[i].name) == 0) {
             *out = weights_choices[i].type;
             return 0;
         }
-    return usage_fail(U, "--weights needs " WEIGHTS_NAMES ", not '%s'", arg);
+    return usage_fail(U, "%s needs " WEIGHTS_NAMES ", not '%s'", option, arg);
 }
+
+int parse_weights(const char *U, const char *arg, bdh_weight_type *out) { return parse_weight_type(U, "--weights", arg, out); }
 
 const char *weights_name(bdh_weight_type type)
 {
@@ -285,3 +287,9 @@ int need_byte_model(const char *cmd, const bdh_model *m)
 }
 
 double mib(size_t bytes) { return (double)bytes / (1024.0 * 1024.0); }
+
+size_t file_size(const char *path)
+{
+    struct stat st;
+    return stat(path, &st) == 0 ? (size_t)st.st_size : 0;
+}

@@ -7,6 +7,7 @@
  *   bdh trace [-m MODEL] -f TEXT -o OUT [options] which neurons fired, per token
  *   bdh chat [-m MODEL] [options]                 lines in, replies out, one kept state
  *   bdh merge A B -o OUT [--embed-from mean|a|b]  one model with the neurons of two
+ *   bdh convert [--type TYPE] IN OUT              any checkpoint as the canonical file
  *
  * Exit codes: 0 ok, 1 runtime error (bad model file, I/O), 2 usage error.
  * This file dispatches to the commands; cli.h lists the others. */
@@ -32,6 +33,7 @@ static void main_help(FILE *out)
           "  trace        record which neurons fire for each byte of a text\n"
           "  chat         talk with a model line by line, the state kept between turns\n"
           "  merge        merge two models into one holding both neuron populations\n"
+          "  convert      write any BDH checkpoint as the canonical libbdh file\n"
           "\n"
           "'bdh COMMAND --help' describes each. Exit status: 0 ok, 1 runtime error,\n"
           "2 usage error.\n",
@@ -82,6 +84,7 @@ static const struct command {
     {"trace", cmd_trace},
     {"chat", cmd_chat},
     {"merge", cmd_merge},
+    {"convert", cmd_convert},
 };
 
 int main(int argc, char **argv)

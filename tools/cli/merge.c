@@ -5,7 +5,6 @@
 #include <getopt.h>
 #include <stdio.h>
 #include <string.h>
-#include <sys/stat.h>
 
 static void merge_help(FILE *out)
 {
@@ -28,12 +27,6 @@ static void merge_help(FILE *out)
 }
 
 static const char *const U = "merge ";
-
-static size_t file_size(const char *path)
-{
-    struct stat st;
-    return stat(path, &st) == 0 ? (size_t)st.st_size : 0;
-}
 
 int cmd_merge(int argc, char **argv)
 {

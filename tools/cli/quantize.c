@@ -5,7 +5,6 @@
 #include <getopt.h>
 #include <stdio.h>
 #include <string.h>
-#include <sys/stat.h>
 
 static void quantize_help(FILE *out)
 {
@@ -25,13 +24,6 @@ static void quantize_help(FILE *out)
 }
 
 static const char *const U = "quantize ";
-
-/* The file's size (0 if it cannot be told). */
-static size_t file_size(const char *path)
-{
-    struct stat st;
-    return stat(path, &st) == 0 ? (size_t)st.st_size : 0;
-}
 
 int cmd_quantize(int argc, char **argv)
 {

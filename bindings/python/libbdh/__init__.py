@@ -17,7 +17,7 @@ from ._generation import Generation
 from ._lib import BDHError, library_path
 from ._lib import system_info as _system_info
 from ._lib import version as _library_version
-from ._model import Model, quantize
+from ._model import Model, convert, merge, quantize
 from ._observe import Activation
 from ._sampler import Sampler
 from ._state import State
@@ -37,7 +37,9 @@ __all__ = [
     "Trace",
     "library_path",
     "library_version",
+    "convert",
     "load_trace",
+    "merge",
     "quantize",
     "system_info",
     "trace",

@@ -410,3 +410,45 @@ def quantize(in_path: PathLike, out_path: PathLike, type: str = "q8_0") -> None:
     if not isinstance(type, str) or type.lower() != "q8_0":
         raise ValueError(f"type must be 'q8_0' (the one quantization written), not {type!r}")
     lib.bdh_model_quantize(_c_path(in_path, "in_path"), _c_path(out_path, "out_path"), _lib.WEIGHTS["q8_0"])
+
+
+def convert(in_path: PathLike, out_path: PathLike, type: str = "stored") -> None:
+    """Write the checkpoint `in_path` (any layout ``Model`` loads: a file, a
+    ``save_pretrained`` directory, prefixed names, bdh-transformers'
+    tensors) as the canonical libbdh file `out_path` (``bdh_model_convert``):
+    the reference's names, the configuration in the metadata, attn.freqs in
+    float32, the weights as `type`.
+
+    Args:
+        type: ``"f32"``, ``"bf16"``, ``"f16"`` (a Q8_0 input is dequantized
+            exactly), ``"q8_0"`` (as :func:`quantize`), or ``"stored"`` (the
+            default: each tensor's own type).
+
+    Raises:
+        ValueError: an unknown `type`, or a path with a NUL byte.
+        BDHError: the library's refusal (as :func:`quantize`'s).
+    """
+    if not isinstance(type, str) or type.lower() not in _lib.WEIGHTS:
+        raise ValueError(f"type must be one of f32, bf16, f16, q8_0, stored, not {type!r}")
+    lib.bdh_model_convert(_c_path(in_path, "in_path"), _c_path(out_path, "out_path"), _lib.WEIGHTS[type.lower()])
+
+
+def merge(a: PathLike, b: PathLike, out_path: PathLike, embed: str = "mean") -> None:
+    """Write the BDH paper's merge of models `a` and `b` (same n_layer,
+    n_embd, n_head, vocab_size) to `out_path` (``bdh_model_merge``,
+    docs/merging.md): every head holds a's neurons, then b's.
+
+    Args:
+        embed: where embed.weight and lm_head come from: ``"mean"`` (the
+            default), ``"a"`` or ``"b"``.
+
+    Raises:
+        ValueError: an unknown `embed`, or a path with a NUL byte.
+        BDHError: the library's refusal (different configurations:
+            BDH_ERR_CONFIG; an output that is an input: BDH_ERR_INVALID_ARGUMENT).
+    """
+    if embed not in _lib.MERGE_EMBED:
+        raise ValueError(f"embed must be 'mean', 'a' or 'b', not {embed!r}")
+    params = lib.bdh_merge_default_params()
+    params.embed = _lib.MERGE_EMBED[embed]
+    lib.bdh_model_merge(_c_path(a, "a"), _c_path(b, "b"), _c_path(out_path, "out_path"), byref(params))
