@@ -226,6 +226,8 @@ fuzz: $(FUZZ_TARGETS:%=$(FUZZ_BUILD)/%) $(FUZZ_BUILD)/make_seeds
 	@set -e; for c in tests/data/checkpoints/*/config.json; do d=$$(dirname $$c); \
 	  { cat $$c; printf '\n--bdh-fuzz--\n'; cat $$d/model.safetensors; } > $(FUZZ_BUILD)/corpus/fuzz_checkpoint/$$(basename $$d); done
 	cp tests/data/checkpoints/*.safetensors $(FUZZ_BUILD)/corpus/fuzz_checkpoint/
+	@# inputs that once found a bug (each has a test of its own too)
+	@for t in $(FUZZ_TARGETS); do [ ! -d tests/fuzz/regressions/$$t ] || cp tests/fuzz/regressions/$$t/* $(FUZZ_BUILD)/corpus/$$t/; done
 	@set -e; for t in $(FUZZ_TARGETS); do echo "== $$t, $(FUZZ_SECONDS) s"; \
 	  (cd $(FUZZ_BUILD) && BDH_FUZZ_MODEL=$(CURDIR)/tests/data/golden/tiny.model.safetensors ASAN_OPTIONS=detect_leaks=1 \
 	    ./$$t corpus/$$t -max_total_time=$(FUZZ_SECONDS) -timeout=20 -rss_limit_mb=2048 -max_len=400000 \

@@ -390,16 +390,17 @@ static bdh_status config_from_shapes(const bdh_tensor_view *const *t, bdh_config
 /* Every tensor a forward pass needs is there (lm_head maybe tied). */
 static bdh_status require_tensors(bdh_safetensors *st, bdh_weight_views *w, bool linear_head, const config_source *json)
 {
-    if (!w->t[BDH_T_LM_HEAD] && w->t[BDH_T_EMBED] && json && json->tie_word_embeddings)
-        return transposed_head(st, w->t[BDH_T_EMBED], &w->t[BDH_T_LM_HEAD]);
+    /* (every other tensor is checked first: a tied head is no reason to skip them) */
+    const bool tied = !w->t[BDH_T_LM_HEAD] && w->t[BDH_T_EMBED] && json && json->tie_word_embeddings;
     for (int i = 0; i < BDH_T_FREQS; i++)
-        if (!w->t[i]) {
+        if (!w->t[i] && !(i == BDH_T_LM_HEAD && tied)) {
             char names[240];
             list_names(st, names, sizeof names);
             return bdh_fail(BDH_ERR_CONFIG, "the file has no tensor named %s%s (prefixes " PREFIX_LIST " are removed); it has: %s",
                             bdh_tensor_name(i), i == BDH_T_LM_HEAD ? " or lm_head.weight (nor tie_word_embeddings in a config.json)" : "",
                             names);
         }
+    if (tied) return transposed_head(st, w->t[BDH_T_EMBED], &w->t[BDH_T_LM_HEAD]);
     if (linear_head) return transposed_head(st, w->t[BDH_T_LM_HEAD], &w->t[BDH_T_LM_HEAD]);
     return BDH_OK;
 }

@@ -226,6 +226,16 @@ static void test_extra_and_missing_tensors(void **unused)
     write_text(tmp_path("untied-no-head/config.json"),
                "{\"num_hidden_layers\": 2, \"hidden_size\": 32, \"tie_word_embeddings\": false}");
     expect_load(d, NULL, BDH_ERR_CONFIG, "no tensor named lm_head or lm_head.weight", "backbone.embed.weight");
+    /* tied, and encoder missing: found by fuzz_checkpoint, which read a NULL
+     * encoder when the tie came first (reproducer in tests/fuzz/regressions) */
+    d = make_dir("tied-no-encoder");
+    copy_renamed(CK "/hf-tied/model.safetensors", tmp_path("tied-no-encoder/model.safetensors"), "backbone.encoder", "lm_gate");
+    size_t clen = 0;
+    char *cfg = tu_read_file(CK "/hf-tied/config.json", &clen);
+    assert_non_null(cfg);
+    assert_int_equal(tu_write_file(tmp_path("tied-no-encoder/config.json"), cfg, clen), 0);
+    free(cfg);
+    expect_load(d, NULL, BDH_ERR_CONFIG, "no tensor named encoder", NULL);
 }
 
 static void test_config_sources(void **unused)
