@@ -17,7 +17,7 @@ from ._generation import Generation
 from ._lib import BDHError, library_path
 from ._lib import system_info as _system_info
 from ._lib import version as _library_version
-from ._model import Model, quantize
+from ._model import Model, merge, quantize
 from ._observe import Activation
 from ._sampler import Sampler
 from ._state import State
@@ -38,6 +38,7 @@ __all__ = [
     "library_path",
     "library_version",
     "load_trace",
+    "merge",
     "quantize",
     "system_info",
     "trace",

@@ -159,6 +159,15 @@ class LayerActivation(Structure):
     ]
 
 
+class MergeParams(Structure):
+    """struct bdh_merge_params"""
+
+    _fields_ = [("embed", c_enum)]
+
+
+MERGE_EMBED = {"mean": 0, "a": 1, "b": 2}  # bdh_merge_embed
+
+
 #: C struct name -> its mirror (the tests compare them with include/bdh.h)
 STRUCTS = {
     "bdh_model_params": ModelParams,
@@ -167,6 +176,7 @@ STRUCTS = {
     "bdh_generate_params": GenerateParams,
     "bdh_generate_stats": GenerateStats,
     "bdh_layer_activation": LayerActivation,
+    "bdh_merge_params": MergeParams,
 }
 
 # int (*bdh_token_callback)(int32_t token, void *user)
@@ -201,6 +211,8 @@ PROTOTYPES: Dict[str, Tuple[object, List[object]]] = {
     "bdh_model_fingerprint": (c_uint64, [c_void_p]),
     "bdh_model_file_dtype": (c_char_p, [c_void_p, c_char_p]),
     "bdh_model_quantize": (c_enum, [c_char_p, c_char_p, c_enum]),
+    "bdh_merge_default_params": (MergeParams, []),
+    "bdh_model_merge": (c_enum, [c_char_p, c_char_p, c_char_p, POINTER(MergeParams)]),
     "bdh_state_new": (c_enum, [c_void_p, POINTER(c_void_p)]),
     "bdh_state_free": (None, [c_void_p]),
     "bdh_state_reset": (c_enum, [c_void_p]),

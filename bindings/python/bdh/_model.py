@@ -16,7 +16,7 @@ from ._handle import Handle, finalizer
 from ._lib import lib
 from ._state import State
 
-__all__ = ["Model", "quantize"]
+__all__ = ["Model", "merge", "quantize"]
 
 
 def _choices(names: Sequence[str]) -> str:
@@ -410,3 +410,33 @@ def quantize(in_path: PathLike, out_path: PathLike, type: str = "q8_0") -> None:
     if not isinstance(type, str) or type.lower() != "q8_0":
         raise ValueError(f"type must be 'q8_0' (the one quantization written), not {type!r}")
     lib.bdh_model_quantize(_c_path(in_path, "in_path"), _c_path(out_path, "out_path"), _lib.WEIGHTS["q8_0"])
+
+
+def merge(path_a: PathLike, path_b: PathLike, out_path: PathLike, embed_from: str = "mean") -> None:
+    """Merge two model files into one whose every head holds A's neurons
+    and then B's (``bdh_model_merge``, the same as ``bdh merge A B -o OUT``;
+    docs/merging.md): encoder, encoder_v, decoder and attn.freqs joined per
+    head, mlp_internal_dim_multiplier summed, the output F32.
+
+    Args:
+        path_a, path_b: models with the same n_layer, n_embd, n_head and
+            vocab_size (F32, F16, BF16 or Q8_0).
+        out_path: where to write; not an input. Written beside itself and
+            renamed into place, so on failure a file there is left as it was.
+        embed_from: embed.weight and lm_head: ``"mean"`` (of A's and B's), or
+            ``"a"`` or ``"b"`` (that model's as they are).
+
+    Raises:
+        ValueError: an unknown `embed_from`, or a path with a NUL byte.
+        BDHError: the library's refusal: different configurations
+            (BDH_ERR_CONFIG), a tensor merge does not know
+            (BDH_ERR_UNSUPPORTED), `out_path` an input
+            (BDH_ERR_INVALID_ARGUMENT), a missing or malformed input.
+    """
+    if not isinstance(embed_from, str) or embed_from.lower() not in _lib.MERGE_EMBED:
+        raise ValueError(f"embed_from must be {_choices(list(_lib.MERGE_EMBED))}, not {embed_from!r}")
+    p = lib.bdh_merge_default_params()
+    p.embed = _lib.MERGE_EMBED[embed_from.lower()]
+    lib.bdh_model_merge(
+        _c_path(path_a, "path_a"), _c_path(path_b, "path_b"), _c_path(out_path, "out_path"), byref(p)
+    )
