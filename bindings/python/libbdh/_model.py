@@ -433,22 +433,22 @@ def convert(in_path: PathLike, out_path: PathLike, type: str = "stored") -> None
     lib.bdh_model_convert(_c_path(in_path, "in_path"), _c_path(out_path, "out_path"), _lib.WEIGHTS[type.lower()])
 
 
-def merge(a: PathLike, b: PathLike, out_path: PathLike, embed: str = "mean") -> None:
+def merge(a: PathLike, b: PathLike, out_path: PathLike, embed_from: str = "mean") -> None:
     """Write the BDH paper's merge of models `a` and `b` (same n_layer,
     n_embd, n_head, vocab_size) to `out_path` (``bdh_model_merge``,
     docs/merging.md): every head holds a's neurons, then b's.
 
     Args:
-        embed: where embed.weight and lm_head come from: ``"mean"`` (the
-            default), ``"a"`` or ``"b"``.
+        embed_from: where embed.weight and lm_head come from: ``"mean"``
+            (the default), ``"a"`` or ``"b"`` (``bdh merge --embed-from``).
 
     Raises:
-        ValueError: an unknown `embed`, or a path with a NUL byte.
+        ValueError: an unknown `embed_from`, or a path with a NUL byte.
         BDHError: the library's refusal (different configurations:
             BDH_ERR_CONFIG; an output that is an input: BDH_ERR_INVALID_ARGUMENT).
     """
-    if embed not in _lib.MERGE_EMBED:
-        raise ValueError(f"embed must be 'mean', 'a' or 'b', not {embed!r}")
+    if embed_from not in _lib.MERGE_EMBED:
+        raise ValueError(f"embed_from must be 'mean', 'a' or 'b', not {embed_from!r}")
     params = lib.bdh_merge_default_params()
-    params.embed = _lib.MERGE_EMBED[embed]
+    params.embed = _lib.MERGE_EMBED[embed_from]
     lib.bdh_model_merge(_c_path(a, "a"), _c_path(b, "b"), _c_path(out_path, "out_path"), byref(params))

@@ -50,9 +50,9 @@ def test_merge_with_itself_keeps_the_logits(tmp_path):
         assert m.config["n_neurons"] == 64
     a, b = greedy(CK / "hf-tied"), greedy(out)
     assert np.max(np.abs(a - b)) / np.max(np.abs(a)) <= 1e-4
-    bdh.merge(CK / "hf-tied", CK / "hf-untied", tmp_path / "a.safetensors", embed="a")
-    with pytest.raises(ValueError, match="embed must be"):
-        bdh.merge(CK / "hf-tied", CK / "hf-tied", out, embed="c")
+    bdh.merge(CK / "hf-tied", CK / "hf-untied", tmp_path / "a.safetensors", embed_from="a")
+    with pytest.raises(ValueError, match="embed_from must be"):
+        bdh.merge(CK / "hf-tied", CK / "hf-tied", out, embed_from="c")
     with pytest.raises(bdh.BDHError) as e:
         bdh.merge(CK / "hf-tied", DATA / "golden" / "long.model.safetensors", out)
     assert e.value.status == "BDH_ERR_CONFIG"
