@@ -56,6 +56,9 @@ endif
 LIB_OBJ  := $(LIB_SRC:libbdh/%.c=$(BUILD)/obj/%.o) $(CU_OBJ)
 
 CLI_SRC  := $(wildcard tools/cli/*.c)
+# bdh serve (tools/serve/) is a command of the bdh tool
+SERVE_SRC := $(wildcard tools/serve/*.c)
+SERVE_LIBS := -lmicrohttpd -lhiredis -lcjson
 TEST_SRC := $(wildcard tests/test_*.c)
 TEST_SRC := $(filter-out tests/test_store.c,$(TEST_SRC)) # built with the stores, not libbdh (test-store)
 # test_faults replaces malloc, which the sanitizers own
@@ -90,8 +93,8 @@ $(BUILD)/libbdh.a: $(LIB_OBJ)
 	ar rcs $@ $^
 
 # (and once installed, PREFIX/bin/bdh finds PREFIX/lib/libbdh.so)
-$(BUILD)/bdh: $(CLI_SRC) $(wildcard tools/cli/*.h) include/bdh.h $(BUILD)/libbdh.so
-	$(CC) $(ALLCFLAGS) -o $@ $(CLI_SRC) $(RUN_LDFLAGS) -Wl,-rpath,'$$ORIGIN/../lib' -lm
+$(BUILD)/bdh: $(CLI_SRC) $(SERVE_SRC) $(wildcard tools/cli/*.h tools/serve/*.h) include/bdh.h $(BUILD)/libbdh.so
+	$(CC) $(ALLCFLAGS) -Itools/cli -Itools/serve -o $@ $(CLI_SRC) $(SERVE_SRC) $(RUN_LDFLAGS) -Wl,-rpath,'$$ORIGIN/../lib' $(SERVE_LIBS) -lm
 
 $(BUILD)/tests/%: tests/%.c tests/test_util.h include/bdh.h $(BUILD)/libbdh.so
 	@mkdir -p $(dir $@)

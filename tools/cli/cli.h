@@ -39,6 +39,7 @@ int cmd_info(int argc, char **argv);
 int cmd_perplexity(int argc, char **argv);
 int cmd_quantize(int argc, char **argv);
 int cmd_trace(int argc, char **argv);
+int cmd_serve(int argc, char **argv); /* tools/serve/cmd.c */
 
 /* ---------------------------------------------------- common.c: errors */
 

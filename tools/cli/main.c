@@ -5,6 +5,7 @@
  *   bdh perplexity [-m MODEL] -f TEXT [options]   bits per byte of a file
  *   bdh quantize IN OUT [--type q8_0]             a Q8_0 copy of a model file
  *   bdh trace [-m MODEL] -f TEXT -o OUT [options] which neurons fired, per token
+ *   bdh serve [-m MODEL] [options]                HTTP completion server (tools/serve/)
  *
  * Exit codes: 0 ok, 1 runtime error (bad model file, I/O), 2 usage error.
  * This file dispatches to the commands; cli.h lists the others. */
@@ -28,6 +29,7 @@ static void main_help(FILE *out)
           "  perplexity   bits per byte of a model over a text file\n"
           "  quantize     write a Q8_0 (int8) copy of a model file\n"
           "  trace        record which neurons fire for each byte of a text\n"
+          "  serve        an OpenAI-compatible completion server with sessions\n"
           "\n"
           "'bdh COMMAND --help' describes each. Exit status: 0 ok, 1 runtime error,\n"
           "2 usage error.\n",
@@ -76,6 +78,7 @@ static const struct command {
     {"perplexity", cmd_perplexity},
     {"quantize", cmd_quantize},
     {"trace", cmd_trace},
+    {"serve", cmd_serve},
 };
 
 int main(int argc, char **argv)

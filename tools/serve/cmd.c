@@ -1,0 +1,258 @@
+/* bdh serve: the command (docs/server.md). Flags, the model, the store,
+ * then serve until SIGTERM or SIGINT: stop taking requests, let running
+ * ones finish (cut after SHUTDOWN_GRACE seconds), store every session,
+ * exit 0. */
+#include "cli.h"
+#include "serve.h"
+
+#include <getopt.h>
+#include <limits.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define SHUTDOWN_GRACE 5.0
+
+static void serve_help(FILE *out)
+{
+    fputs("Usage: bdh serve [-m MODEL] [options]\n"
+          "\n"
+          "An OpenAI-compatible completion server (POST /v1/completions, GET /v1/models,\n"
+          "/health, /metrics) with sessions that survive restarts (docs/server.md).\n"
+          "SIGTERM or SIGINT: stop taking requests, finish running ones (cut after 5 s),\n"
+          "store every session, exit 0.\n"
+          "\n"
+          "  -m, --model FILE        model (default: $BDH_MODEL, else the shipped\n"
+          "                          models/" DEFAULT_MODEL_NAME ")\n"
+          "      --host HOST         address to listen on (default 127.0.0.1)\n"
+          "      --port PORT         port (default 8080; 0 = any free one, printed)\n"
+          "      --sessions STORE    a directory (default bdh-sessions) or\n"
+          "                          redis://HOST:PORT[/DB] to share sessions between servers\n"
+          "      --device DEV        cpu (default), cuda or cuda:N\n"
+          "      --weights TYPE      hold the weights as f32 (default), bf16, f16, q8_0,\n"
+          "                          or as stored in the file (stored)\n"
+          "      --threads N         CPU threads (default 0 = all cores)\n"
+          "      --memory BYTES      idle session states kept in memory (default 1G;\n"
+          "                          suffixes K, M, G)\n"
+          "      --max-streams N     requests generating at once (default 16)\n"
+          "      --max-queue N       requests waiting beyond those (default 64; then 503)\n"
+          "      --max-body BYTES    largest request body (default 8M; then 413)\n"
+          "      --max-tokens N      largest max_tokens a request may ask for (default 8192)\n"
+          "      --timeout SECONDS   time a completion may take, queue included (default 300)\n"
+          "  -h, --help              this help\n",
+          out);
+}
+
+static const char *const U = "serve ";
+
+enum { OPT_HOST = OPT_COMMAND, OPT_PORT, OPT_SESSIONS, OPT_DEVICE, OPT_MEMORY, OPT_STREAMS, OPT_QUEUE, OPT_BODY,
+       OPT_MAXTOK, OPT_TIMEOUT };
+
+typedef struct serve_opts {
+    serve_config cfg;
+    long threads;
+    bdh_weight_type weights;
+    bdh_device device;
+    long cuda_device;
+} serve_opts;
+
+/* 0 and *out, or -1: a count with an optional K, M or G (powers of 1024). */
+static int parse_bytes(const char *s, size_t *out)
+{
+    char *end;
+    unsigned long long v = strtoull(s, &end, 10);
+    if (end == s || *s == '-') return -1;
+    unsigned shift = 0;
+    if (*end == 'K' || *end == 'k') shift = 10;
+    else if (*end == 'M' || *end == 'm') shift = 20;
+    else if (*end == 'G' || *end == 'g') shift = 30;
+    if (shift) end++;
+    if (*end || v > (SIZE_MAX >> shift)) return -1;
+    *out = (size_t)v << shift;
+    return 0;
+}
+
+static int parse_device(const char *arg, serve_opts *o)
+{
+    long n = 0;
+    if (strcmp(arg, "cpu") == 0) o->device = BDH_DEVICE_CPU;
+    else if (strcmp(arg, "cuda") == 0) o->device = BDH_DEVICE_CUDA;
+    else if (strncmp(arg, "cuda:", 5) == 0 && !parse_long(arg + 5, 0, 1024, &n)) o->device = BDH_DEVICE_CUDA;
+    else return usage_fail(U, "--device needs cpu, cuda or cuda:N, not '%s'", arg);
+    o->cuda_device = n;
+    return 0;
+}
+
+static int serve_opt(serve_opts *o, int c, const char *arg)
+{
+    long v;
+    double t;
+    char *end;
+    switch (c) {
+    case 'm': o->cfg.model_path = arg; return 0;
+    case OPT_HOST: o->cfg.host = arg; return 0;
+    case OPT_SESSIONS: o->cfg.sessions = arg; return 0;
+    case OPT_DEVICE: return parse_device(arg, o);
+    case OPT_WEIGHTS: return parse_weights(U, arg, &o->weights);
+    case OPT_PORT:
+        if (parse_long(arg, 0, 65535, &v)) return usage_fail(U, "--port needs a port from 0 to 65535, not '%s'", arg);
+        o->cfg.port = (int)v;
+        return 0;
+    case OPT_THREADS:
+        if (parse_long(arg, 0, 4096, &o->threads)) return usage_fail(U, "--threads needs a count from 0 (all cores) to 4096, not '%s'", arg);
+        return 0;
+    case OPT_MEMORY:
+        if (parse_bytes(arg, &o->cfg.memory)) return usage_fail(U, "--memory needs bytes (suffix K, M or G allowed), not '%s'", arg);
+        return 0;
+    case OPT_BODY:
+        if (parse_bytes(arg, &o->cfg.max_body) || o->cfg.max_body == 0)
+            return usage_fail(U, "--max-body needs bytes >= 1 (suffix K, M or G allowed), not '%s'", arg);
+        return 0;
+    case OPT_STREAMS:
+        if (parse_long(arg, 1, 4096, &v)) return usage_fail(U, "--max-streams needs a count from 1 to 4096, not '%s'", arg);
+        o->cfg.max_streams = (int)v;
+        return 0;
+    case OPT_QUEUE:
+        if (parse_long(arg, 0, 100000, &v)) return usage_fail(U, "--max-queue needs a count from 0 to 100000, not '%s'", arg);
+        o->cfg.max_queue = (int)v;
+        return 0;
+    case OPT_MAXTOK:
+        if (parse_long(arg, 0, INT32_MAX, &v)) return usage_fail(U, "--max-tokens needs a count >= 0, not '%s'", arg);
+        o->cfg.max_tokens = (int)v;
+        return 0;
+    case OPT_TIMEOUT:
+        t = strtod(arg, &end);
+        if (end == arg || *end || !(t > 0) || t > 1e9) return usage_fail(U, "--timeout needs seconds > 0, not '%s'", arg);
+        o->cfg.timeout = t;
+        return 0;
+    }
+    return usage_fail(U, "unhandled option");
+}
+
+static int serve_parse(int argc, char **argv, serve_opts *o)
+{
+    static const struct option longopts[] = {
+        {"model", required_argument, NULL, 'm'},           {"host", required_argument, NULL, OPT_HOST},
+        {"port", required_argument, NULL, OPT_PORT},       {"sessions", required_argument, NULL, OPT_SESSIONS},
+        {"device", required_argument, NULL, OPT_DEVICE},   {"weights", required_argument, NULL, OPT_WEIGHTS},
+        {"threads", required_argument, NULL, OPT_THREADS}, {"memory", required_argument, NULL, OPT_MEMORY},
+        {"max-streams", required_argument, NULL, OPT_STREAMS}, {"max-queue", required_argument, NULL, OPT_QUEUE},
+        {"max-body", required_argument, NULL, OPT_BODY},   {"max-tokens", required_argument, NULL, OPT_MAXTOK},
+        {"timeout", required_argument, NULL, OPT_TIMEOUT}, {"help", no_argument, NULL, 'h'},
+        {NULL, 0, NULL, 0}};
+    int c;
+    while ((c = getopt_long(argc, argv, ":m:h", longopts, NULL)) != -1) {
+        if (c == 'h') {
+            serve_help(stdout);
+            return -1;
+        }
+        if (c == '?' || c == ':') return bad_option(U, c, argv);
+        int rc = serve_opt(o, c, optarg);
+        if (rc) return rc;
+    }
+    if (optind < argc) return usage_fail(U, "unexpected argument '%s'", argv[optind]);
+    return 0;
+}
+
+/* "shakespeare" for .../shakespeare.safetensors */
+static char *model_name(const char *path)
+{
+    const char *base = strrchr(path, '/');
+    char *name = strdup(base ? base + 1 : path);
+    if (!name) return NULL;
+    char *dot = strstr(name, ".safetensors");
+    if (dot && dot != name && dot[12] == '\0') *dot = '\0';
+    return name;
+}
+
+static int load(const serve_opts *o, const char *path, bdh_model **m)
+{
+    bdh_model_params mp = bdh_model_default_params();
+    mp.n_threads = (int32_t)o->threads;
+    mp.weight_type = o->weights;
+    mp.device = o->device;
+    mp.cuda_device = (int32_t)o->cuda_device;
+    if (bdh_model_load(path, &mp, m) != BDH_OK) {
+        err("cannot load model: %s", bdh_last_error());
+        return EXIT_RUNTIME;
+    }
+    return need_byte_model("serve", *m);
+}
+
+/* Until SIGTERM or SIGINT (blocked in every thread, taken here). */
+static void wait_for_signal(void)
+{
+    sigset_t set;
+    sigemptyset(&set);
+    sigaddset(&set, SIGTERM);
+    sigaddset(&set, SIGINT);
+    int sig;
+    sigwait(&set, &sig);
+    fprintf(stderr, "bdh serve: %s: finishing running requests, storing sessions\n", sig == SIGTERM ? "SIGTERM" : "SIGINT");
+}
+
+static int run(serve_opts *o)
+{
+    char buf[PATH_MAX + 64], why[512];
+    const char *path = o->cfg.model_path ? o->cfg.model_path : default_model(buf, sizeof buf);
+    if (!path) return EXIT_RUNTIME;
+    o->cfg.model_path = path;
+    char *name = model_name(path);
+    o->cfg.model_name = name ? name : "model";
+
+    /* the threads started below inherit this: only wait_for_signal takes them */
+    sigset_t set;
+    sigemptyset(&set);
+    sigaddset(&set, SIGTERM);
+    sigaddset(&set, SIGINT);
+    pthread_sigmask(SIG_BLOCK, &set, NULL);
+    signal(SIGPIPE, SIG_IGN);
+
+    bdh_model *m = NULL;
+    store *st = NULL;
+    sessions *ss = NULL;
+    batch *b = NULL;
+    server *srv = NULL;
+    int rc = load(o, path, &m);
+    if (!rc && store_open(o->cfg.sessions, &st, why, sizeof why) != STORE_OK) {
+        err("cannot open the session store: %s", why);
+        rc = EXIT_RUNTIME;
+    }
+    if (!rc && sessions_open(m, st, o->cfg.memory, &ss, why, sizeof why) != SESS_OK) {
+        err("%s", why);
+        rc = EXIT_RUNTIME;
+    }
+    if (!rc && batch_start(m, o->cfg.max_streams, o->cfg.max_queue, &b, why, sizeof why)) {
+        err("%s", why);
+        rc = EXIT_RUNTIME;
+    }
+    if (!rc && server_start(&o->cfg, m, b, ss, &srv)) rc = EXIT_RUNTIME;
+    if (!rc) {
+        fprintf(stderr, "bdh serve: listening on http://%s:%d (model %s, sessions in %s '%s', state %.2f MiB per stream)\n",
+                o->cfg.host, server_port(srv), o->cfg.model_name, store_kind(st), o->cfg.sessions,
+                mib(bdh_model_state_bytes(m)));
+        wait_for_signal();
+        server_quiesce(srv);
+        batch_drain(b, SHUTDOWN_GRACE);
+        server_stop(srv, 10.0); /* connections store their sessions and send their last bytes */
+    }
+    batch_stop(b);
+    if (ss && sessions_close(ss, why, sizeof why) != SESS_OK) rc = EXIT_RUNTIME;
+    store_close(st);
+    bdh_model_free(m);
+    free(name);
+    if (!rc) fprintf(stderr, "bdh serve: stopped\n");
+    return rc;
+}
+
+int cmd_serve(int argc, char **argv)
+{
+    serve_opts o = {.weights = BDH_WEIGHTS_F32, .device = BDH_DEVICE_CPU};
+    o.cfg = (serve_config){.host = "127.0.0.1", .port = 8080, .sessions = "bdh-sessions", .memory = (size_t)1 << 30,
+                           .max_streams = 16, .max_queue = 64, .max_body = (size_t)8 << 20, .max_tokens = 8192,
+                           .timeout = 300};
+    int rc = serve_parse(argc, argv, &o);
+    if (rc) return rc < 0 ? 0 : rc;
+    return run(&o);
+}
