@@ -69,7 +69,7 @@ TESTS    := $(TEST_SRC:tests/%.c=$(BUILD)/tests/%)
 # the programs link to the shared library; rpath makes them run from the tree
 RUN_LDFLAGS := -L$(BUILD) -Wl,-rpath,'$$ORIGIN/..' -Wl,-rpath,'$$ORIGIN' -lbdh
 
-.PHONY: test-store fuzz test-tsan version bench all lib test test-valgrind test-c test-cxx test-cli test-install test-python install clean deps check check-cuda run
+.PHONY: test-server test-store fuzz test-tsan version bench all lib test test-valgrind test-c test-cxx test-cli test-install test-python install clean deps check check-cuda run
 all: lib $(if $(CLI_SRC),$(BUILD)/bdh)
 lib: $(BUILD)/libbdh.so $(BUILD)/libbdh.a
 
@@ -134,6 +134,17 @@ $(BUILD)/tests/test_store: tests/test_store.c $(STORE_SRC) $(wildcard tools/serv
 test-store: $(BUILD)/tests/test_store
 	$(BUILD)/tests/test_store
 
+# bdh serve end to end (tests/server/, pytest) with the official openai
+# client and a redis-server the tests start; the venv is made once.
+SERVER_VENV := $(BUILD)/server-venv
+$(SERVER_VENV)/.ok:
+	$(PYTHON) -m venv $(SERVER_VENV)
+	$(SERVER_VENV)/bin/pip install -q openai pytest requests prometheus_client numpy
+	touch $@
+
+test-server: all $(SERVER_VENV)/.ok
+	BDH_BIN=$(CURDIR)/$(BUILD)/bdh BDH_LIBRARY=$(CURDIR)/$(BUILD)/libbdh.so $(SERVER_VENV)/bin/python -m pytest -q tests/server
+
 test-install: lib
 	bash tests/install_test.sh $(BUILD)
 
@@ -160,7 +171,7 @@ deps:
 
 # Everything CI runs (.ci/run): the tests, the tests again under ASan+UBSan,
 # and the CUDA build with its tests (which skip where there is no GPU).
-check: test test-valgrind test-tsan
+check: test test-valgrind test-tsan test-server
 	$(MAKE) SANITIZE=1 test
 	$(MAKE) fuzz FUZZ_SECONDS=60
 	$(MAKE) check-cuda

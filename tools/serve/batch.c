@@ -283,6 +283,7 @@ static void decode_round(batch *b)
     if (n == 0) return;
     const size_t V = (size_t)b->vocab;
     bdh_status rc = bdh_step_batch(b->states, b->tokens, (size_t)n, b->logits);
+    metrics_batch(n);
     for (int i = 0; i < n; i++) {
         job *j = in_batch[i];
         if (rc != BDH_OK) { /* the states are as they were: none holds this token */

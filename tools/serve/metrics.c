@@ -9,7 +9,7 @@
 static const int CODES[] = {200, 400, 404, 405, 409, 413, 500, 503};
 enum { N_CODES = sizeof CODES / sizeof *CODES };
 static atomic_llong responses[N_CODES + 1]; /* the last: any other code */
-static atomic_llong prompt_tokens, generated_tokens, disconnects;
+static atomic_llong prompt_tokens, generated_tokens, disconnects, batch_steps, batch_max;
 
 /* tokens/s over the last RATE_WINDOW whole seconds: per-second buckets */
 enum { RATE_WINDOW = 10, BUCKETS = 16 };
@@ -40,6 +40,12 @@ void metrics_generated_token(void)
     atomic_fetch_add(&bucket_count[b], 1);
 }
 
+void metrics_batch(int n)
+{
+    atomic_fetch_add(&batch_steps, 1);
+    if (n > atomic_load(&batch_max)) atomic_store(&batch_max, n); /* only the scheduler writes */
+}
+
 void metrics_disconnect(void) { atomic_fetch_add(&disconnects, 1); }
 
 static double tokens_per_second(void)
@@ -64,10 +70,8 @@ char *metrics_text(batch *b, sessions *ss)
     char line[256];
 #define OUT(...) (snprintf(line, sizeof line, __VA_ARGS__), strbuf_put(&t, line, strlen(line)))
     OUT("# HELP bdh_requests_total HTTP responses sent, by status code.\n# TYPE bdh_requests_total counter\n");
-    long long total = 0;
     for (int i = 0; i <= N_CODES; i++) {
         const long long n = atomic_load(&responses[i]);
-        total += n;
         if (i < N_CODES) OUT("bdh_requests_total{code=\"%d\"} %lld\n", CODES[i], n);
         else OUT("bdh_requests_total{code=\"other\"} %lld\n", n);
     }
@@ -78,6 +82,12 @@ char *metrics_text(batch *b, sessions *ss)
     OUT("# HELP bdh_tokens_per_second Tokens generated per second, over the last %d seconds.\n"
         "# TYPE bdh_tokens_per_second gauge\n", RATE_WINDOW);
     OUT("bdh_tokens_per_second %.1f\n", tokens_per_second());
+    OUT("# HELP bdh_batch_steps_total bdh_step_batch calls (one per decode round).\n"
+        "# TYPE bdh_batch_steps_total counter\n");
+    OUT("bdh_batch_steps_total %lld\n", (long long)atomic_load(&batch_steps));
+    OUT("# HELP bdh_batch_size_max Most streams one bdh_step_batch call has advanced.\n"
+        "# TYPE bdh_batch_size_max gauge\n");
+    OUT("bdh_batch_size_max %lld\n", (long long)atomic_load(&batch_max));
     OUT("# HELP bdh_active_streams Completions generating now.\n# TYPE bdh_active_streams gauge\n");
     OUT("bdh_active_streams %d\n", active);
     OUT("# HELP bdh_queue_length Completions waiting for a stream.\n# TYPE bdh_queue_length gauge\n");
@@ -95,7 +105,6 @@ char *metrics_text(batch *b, sessions *ss)
         OUT("bdh_sessions_stored %lld\n", (long long)stored);
     }
 #undef OUT
-    (void)total;
     if (t.failed) {
         strbuf_free(&t);
         return NULL;

@@ -220,6 +220,7 @@ void sessions_counts(sessions *ss, int64_t *in_memory, size_t *memory_bytes, int
 void metrics_response(int status);
 void metrics_tokens(int64_t prompt, int64_t generated);
 void metrics_generated_token(void); /* one decoded token, for tokens/s */
+void metrics_batch(int n);        /* one bdh_step_batch over n streams */
 void metrics_disconnect(void);
 /* Prometheus text exposition; malloc'd. */
 char *metrics_text(batch *b, sessions *ss);
