@@ -139,6 +139,7 @@ static void call_free(call *k)
 {
     if (!k) return;
     release(k);
+    if (k->job.finish == FINISH_CANCELLED) metrics_disconnect();
     bdh_state_free(k->own);
     job_destroy(&k->job);
     api_request_free(&k->req);
@@ -193,7 +194,6 @@ static enum MHD_Result answer_plain(struct MHD_Connection *c, call *k)
     enum MHD_Result ok;
     api_error e;
     if (k->job.finish == FINISH_CANCELLED) {
-        metrics_disconnect();
         ok = MHD_NO; /* nobody to answer */
     } else if (finished_status(k, &e)) {
         ok = send_error(c, &e);
@@ -311,7 +311,6 @@ static ssize_t stream_read(void *cls, uint64_t pos, char *buf, size_t max)
         const bool cancelled = k->job.finish == FINISH_CANCELLED;
         pthread_mutex_unlock(&k->job.mu);
         if (cancelled) {
-            metrics_disconnect();
             release(k);
             return MHD_CONTENT_READER_END_WITH_ERROR;
         }
