@@ -143,7 +143,7 @@ $(SERVER_VENV)/.ok:
 	touch $@
 
 test-server: all $(SERVER_VENV)/.ok
-	BDH_BIN=$(CURDIR)/$(BUILD)/bdh BDH_LIBRARY=$(CURDIR)/$(BUILD)/libbdh.so $(SERVER_VENV)/bin/python -m pytest -q tests/server
+	BDH_BIN=$(CURDIR)/$(BUILD)/bdh BDH_LIBRARY=$(CURDIR)/$(BUILD)/libbdh.so $(SERVER_VENV)/bin/python -m pytest -q -p no:cacheprovider tests/server
 
 test-install: lib
 	bash tests/install_test.sh $(BUILD)
