@@ -210,3 +210,36 @@ def test_stream_and_plain_store_before_answering(serve):
     r = s.post("/v1/completions", stream=True, json=dict(prompt="abc", max_tokens=7, session="st", stream=True))
     assert sse_events(r)[-1] == "[DONE]"
     assert s.get("/v1/sessions/st").json()["position"] == 10
+
+
+def test_memory_budget_drops_the_least_recently_used(serve):
+    # tiny's state is 64 KiB: a 128 KiB budget holds two idle sessions
+    want = reference(TINY, [(b"one", 8), (b" again", 8)], temperature=0)
+    s = serve(TINY, "--memory", "128K")
+    assert turn(s, "m1", b"one", 8) == want[0]
+    turn(s, "m2", b"two", 8)
+    turn(s, "m3", b"three", 8)
+    in_memory = {i: s.get(f"/v1/sessions/m{i}").json()["in_memory"] for i in (1, 2, 3)}
+    assert in_memory == {1: False, 2: True, 3: True}
+    assert "bdh_sessions_in_memory 2" in s.get("/metrics").text
+    assert turn(s, "m1", b" again", 8) == want[1]  # read back from the store
+    assert s.get("/v1/sessions/m2").json()["in_memory"] is False  # now the least recent
+
+
+def test_session_of_another_model_is_409(serve, tmp_path):
+    a = serve(TINY)
+    turn(a, "other", b"abc", 3)
+    assert a.stop() == 0
+    b = serve(TINY.parent / "f16.model.safetensors")  # same shapes, other weights
+    r = b.post("/v1/completions", json=dict(prompt="x", max_tokens=1, session="other"))
+    assert r.status_code == 409 and r.json()["error"]["code"] == "session_model_mismatch"
+
+
+def test_session_through_the_openai_client(serve):
+    import openai
+    want = reference(SHAKESPEARE, [(P1, 20), (P2, 20)], temperature=0)
+    s = serve(SHAKESPEARE)
+    client = openai.OpenAI(base_url=s.url + "/v1", api_key="unused", timeout=60, max_retries=0)
+    texts = [client.completions.create(model="shakespeare", prompt=p.decode(), max_tokens=20, temperature=0,
+                                       extra_body={"session": "client"}).choices[0].text for p in (P1, P2)]
+    assert texts == [w.decode() for w in want]

@@ -229,8 +229,9 @@ static int run(serve_opts *o)
     }
     if (!rc && server_start(&o->cfg, m, b, ss, &srv)) rc = EXIT_RUNTIME;
     if (!rc) {
-        fprintf(stderr, "bdh serve: listening on http://%s:%d (model %s, sessions in %s '%s', state %.2f MiB per stream)\n",
-                o->cfg.host, server_port(srv), o->cfg.model_name, store_kind(st), o->cfg.sessions,
+        const bool v6 = strchr(o->cfg.host, ':') != NULL; /* an IPv6 address goes in brackets */
+        fprintf(stderr, "bdh serve: listening on http://%s%s%s:%d (model %s, sessions in %s '%s', state %.2f MiB per stream)\n",
+                v6 ? "[" : "", o->cfg.host, v6 ? "]" : "", server_port(srv), o->cfg.model_name, store_kind(st), o->cfg.sessions,
                 mib(bdh_model_state_bytes(m)));
         wait_for_signal();
         server_quiesce(srv);

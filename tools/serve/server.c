@@ -564,7 +564,9 @@ int server_start(const serve_config *cfg, bdh_model *model, batch *b, sessions *
     const unsigned limit = (unsigned)(cfg->max_streams + cfg->max_queue + 64); /* + room for GETs and 503s */
     srv->daemon = MHD_start_daemon(flags, 0, NULL, NULL, on_request, srv, MHD_OPTION_SOCK_ADDR, ai->ai_addr,
                                    MHD_OPTION_NOTIFY_COMPLETED, on_completed, srv, MHD_OPTION_CONNECTION_LIMIT, limit,
-                                   MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)120, MHD_OPTION_END);
+                                   /* idle connections go; a request in progress never
+                                      outlives --timeout (plus the drain) */
+                                   MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)(cfg->timeout + 60), MHD_OPTION_END);
     freeaddrinfo(ai);
     if (!srv->daemon) {
         fprintf(stderr, "bdh: cannot listen on %s:%d (in use, or not an address of this machine?)\n", cfg->host, cfg->port);
