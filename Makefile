@@ -69,7 +69,7 @@ TESTS    := $(TEST_SRC:tests/%.c=$(BUILD)/tests/%)
 # the programs link to the shared library; rpath makes them run from the tree
 RUN_LDFLAGS := -L$(BUILD) -Wl,-rpath,'$$ORIGIN/..' -Wl,-rpath,'$$ORIGIN' -lbdh
 
-.PHONY: test-server test-store fuzz test-tsan version bench all lib test test-valgrind test-c test-cxx test-cli test-install test-python install clean deps check check-cuda run
+.PHONY: bench-serve test-server test-store fuzz test-tsan version bench all lib test test-valgrind test-c test-cxx test-cli test-install test-python install clean deps check check-cuda run
 all: lib $(if $(CLI_SRC),$(BUILD)/bdh)
 lib: $(BUILD)/libbdh.so $(BUILD)/libbdh.a
 
@@ -144,6 +144,10 @@ $(SERVER_VENV)/.ok:
 
 test-server: all $(SERVER_VENV)/.ok
 	BDH_BIN=$(CURDIR)/$(BUILD)/bdh BDH_LIBRARY=$(CURDIR)/$(BUILD)/libbdh.so $(SERVER_VENV)/bin/python -m pytest -q -p no:cacheprovider tests/server
+
+# bdh serve under load (bench/serve_bench.py): rewrites the server section of docs/performance.md
+bench-serve: all $(SERVER_VENV)/.ok
+	$(SERVER_VENV)/bin/python bench/serve_bench.py --threads $(BENCH_THREADS)
 
 test-install: lib
 	bash tests/install_test.sh $(BUILD)

@@ -5,12 +5,14 @@
 #include "cli.h"
 #include "serve.h"
 
+#include <errno.h>
 #include <getopt.h>
 #include <limits.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #define SHUTDOWN_GRACE 5.0
 
@@ -180,16 +182,36 @@ static int load(const serve_opts *o, const char *path, bdh_model **m)
     return need_byte_model("serve", *m);
 }
 
-/* Until SIGTERM or SIGINT (blocked in every thread, taken here). */
+/* SIGTERM and SIGINT write a byte to this pipe; the main thread waits on
+ * it. (Not sigwait with the signals blocked: OpenBLAS starts its threads
+ * before main, unblocked, and the default action there would kill the
+ * process.) A second signal during the shutdown changes nothing. */
+static int signal_pipe[2] = {-1, -1};
+
+static void on_signal(int sig)
+{
+    const char c = (char)sig;
+    ssize_t n = write(signal_pipe[1], &c, 1);
+    (void)n; /* full pipe: a shutdown is under way already */
+}
+
+static int catch_signals(void)
+{
+    if (pipe(signal_pipe)) return -1;
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_signal;
+    sa.sa_flags = SA_RESTART;
+    sigemptyset(&sa.sa_mask);
+    signal(SIGPIPE, SIG_IGN); /* a client gone mid-write is an error return, not death */
+    return sigaction(SIGTERM, &sa, NULL) || sigaction(SIGINT, &sa, NULL) ? -1 : 0;
+}
+
 static void wait_for_signal(void)
 {
-    sigset_t set;
-    sigemptyset(&set);
-    sigaddset(&set, SIGTERM);
-    sigaddset(&set, SIGINT);
-    int sig;
-    sigwait(&set, &sig);
-    fprintf(stderr, "bdh serve: %s: finishing running requests, storing sessions\n", sig == SIGTERM ? "SIGTERM" : "SIGINT");
+    char c = 0;
+    while (read(signal_pipe[0], &c, 1) < 0 && errno == EINTR) {}
+    fprintf(stderr, "bdh serve: %s: finishing running requests, storing sessions\n", c == SIGTERM ? "SIGTERM" : "SIGINT");
 }
 
 static int run(serve_opts *o)
@@ -201,14 +223,11 @@ static int run(serve_opts *o)
     char *name = model_name(path);
     o->cfg.model_name = name ? name : "model";
 
-    /* the threads started below inherit this: only wait_for_signal takes them */
-    sigset_t set;
-    sigemptyset(&set);
-    sigaddset(&set, SIGTERM);
-    sigaddset(&set, SIGINT);
-    pthread_sigmask(SIG_BLOCK, &set, NULL);
-    signal(SIGPIPE, SIG_IGN);
-
+    if (catch_signals()) {
+        err("cannot set up the signal handlers: %s", strerror(errno));
+        free(name);
+        return EXIT_RUNTIME;
+    }
     bdh_model *m = NULL;
     store *st = NULL;
     sessions *ss = NULL;

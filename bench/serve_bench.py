@@ -1,0 +1,153 @@
+"""bdh serve under load, on this machine (docs/performance.md, "Server").
+
+1. The same 64 completions (greedy, 64 tokens each, different prompts) run
+   one at a time, then with 4, 16 and 64 clients at once: aggregate
+   tokens/s and per-request latency (p50, p99).
+2. A second turn in a session against re-sending the whole conversation,
+   at 1k, 8k and 64k bytes of history (text of models/tinyshakespeare.txt):
+   the time of a 32-byte prompt + 32 generated tokens, median of 3.
+
+    make bench-serve                     # both models, rewrites the section
+    build/server-venv/bin/python bench/serve_bench.py --models shakespeare --no-write
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import requests
+
+ROOT = Path(__file__).resolve().parents[1]
+MODELS = {"shakespeare": ROOT / "models" / "shakespeare.safetensors",
+          "tiny": ROOT / "tests" / "data" / "golden" / "tiny.model.safetensors"}
+TEXT = (ROOT / "models" / "tinyshakespeare.txt").read_bytes()
+BEGIN, END = "<!-- serve-bench:begin -->", "<!-- serve-bench:end -->"
+N_REQUESTS, N_TOKENS = 64, 64
+
+
+def start(model: Path, sessions: str, threads: int):
+    log = tempfile.NamedTemporaryFile(prefix="serve-bench-", suffix=".log", delete=False)
+    proc = subprocess.Popen([str(ROOT / "build" / "bdh"), "serve", "-m", str(model), "--port", "0", "--sessions",
+                             sessions, "--threads", str(threads), "--max-streams", "64", "--max-queue", "64",
+                             "--max-tokens", "100000"], stdout=subprocess.DEVNULL, stderr=log)
+    deadline = time.monotonic() + 60
+    while True:
+        m = re.search(rb"listening on http://127\.0\.0\.1:(\d+)", Path(log.name).read_bytes())
+        if m:
+            return proc, f"http://127.0.0.1:{int(m.group(1))}"
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            sys.exit("bdh serve did not start: " + Path(log.name).read_text())
+        time.sleep(0.05)
+
+
+def complete(url: str, **body) -> dict:
+    r = requests.post(url + "/v1/completions", json=body, timeout=600)
+    r.raise_for_status()
+    return r.json()
+
+
+def one(url: str, i: int) -> float:
+    off = (i * 977) % (len(TEXT) - 64)
+    t0 = time.perf_counter()
+    got = complete(url, prompt=list(TEXT[off:off + 32]), max_tokens=N_TOKENS, temperature=0)
+    assert got["usage"]["completion_tokens"] == N_TOKENS
+    return time.perf_counter() - t0
+
+
+def load_run(url: str, clients: int) -> dict:
+    t0 = time.perf_counter()
+    if clients == 1:
+        lat = [one(url, i) for i in range(N_REQUESTS)]
+    else:
+        with ThreadPoolExecutor(clients) as pool:
+            lat = list(pool.map(lambda i: one(url, i), range(N_REQUESTS)))
+    wall = time.perf_counter() - t0
+    lat.sort()
+    return {"clients": clients, "tok_s": N_REQUESTS * N_TOKENS / wall, "p50": statistics.median(lat),
+            "p99": lat[min(len(lat) - 1, int(0.99 * len(lat)))], "wall": wall}
+
+
+def second_turn(url: str, history: int) -> dict:
+    hist = list(TEXT[:history])
+    turn = list(TEXT[history:history + 32])
+    sess, resend = [], []
+    for rep in range(3):
+        sid = f"bench-{history}-{rep}-{os.getpid()}"
+        complete(url, prompt=hist, max_tokens=0, session=sid)  # the conversation so far
+        t0 = time.perf_counter()
+        complete(url, prompt=turn, max_tokens=32, temperature=0, session=sid)
+        sess.append(time.perf_counter() - t0)
+        requests.delete(f"{url}/v1/sessions/{sid}", timeout=60)
+        t0 = time.perf_counter()
+        complete(url, prompt=hist + turn, max_tokens=32, temperature=0)
+        resend.append(time.perf_counter() - t0)
+    return {"history": history, "session": statistics.median(sess), "resend": statistics.median(resend)}
+
+
+def bench_model(name: str, threads: int) -> dict:
+    with tempfile.TemporaryDirectory() as d:
+        proc, url = start(MODELS[name], d, threads)
+        try:
+            complete(url, prompt="warm up", max_tokens=8)
+            runs = [load_run(url, c) for c in (1, 4, 16, 64)]
+            turns = [second_turn(url, h) for h in (1024, 8192, 65536)]
+        finally:
+            proc.terminate()
+            proc.wait(timeout=60)
+    return {"model": name, "runs": runs, "turns": turns}
+
+
+def table(results: list, threads: int) -> str:
+    cpu = subprocess.run(["sh", "-c", "lscpu | sed -n 's/^Model name: *//p'"], capture_output=True, text=True).stdout.strip()
+    out = [BEGIN, "",
+           f"`make bench-serve` (bench/serve_bench.py), {time.strftime('%Y-%m-%d')}, {os.cpu_count()} cores ({cpu}), "
+           f"`--threads {threads}`, client and server on the same machine. {N_REQUESTS} greedy completions of "
+           f"{N_TOKENS} tokens (32-byte prompts); 1 client = the same requests one at a time.", ""]
+    for r in results:
+        base = r["runs"][0]["tok_s"]
+        out += [f"**{r['model']}**", "", "| clients | tokens/s | vs serial | p50 latency | p99 latency |",
+                "| --- | --- | --- | --- | --- |"]
+        for x in r["runs"]:
+            out.append(f"| {x['clients']} | {x['tok_s']:.0f} | {x['tok_s'] / base:.2f}x | {x['p50'] * 1e3:.0f} ms | "
+                       f"{x['p99'] * 1e3:.0f} ms |")
+        out += ["", "| history | second turn in a session | re-sending the conversation | ratio |",
+                "| --- | --- | --- | --- |"]
+        for t in r["turns"]:
+            out.append(f"| {t['history'] // 1024} KiB | {t['session'] * 1e3:.0f} ms | {t['resend'] * 1e3:.0f} ms | "
+                       f"{t['resend'] / t['session']:.1f}x |")
+        out.append("")
+    out.append(END)
+    return "\n".join(out)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--models", default="shakespeare,tiny")
+    ap.add_argument("--threads", type=int, default=os.cpu_count())
+    ap.add_argument("--no-write", action="store_true", help="print only; leave docs/performance.md")
+    args = ap.parse_args()
+    results = [bench_model(m, args.threads) for m in args.models.split(",")]
+    text = table(results, args.threads)
+    print(text)
+    if args.no_write:
+        return
+    path = ROOT / "docs" / "performance.md"
+    doc = path.read_text()
+    if BEGIN in doc and END in doc:
+        doc = doc[:doc.index(BEGIN)] + text + doc[doc.index(END) + len(END):]
+    else:
+        doc = doc.rstrip("\n") + "\n\n## Server (`bdh serve`)\n\n" + text + "\n"
+    path.write_text(doc)
+
+
+if __name__ == "__main__":
+    main()
