@@ -92,7 +92,8 @@ def test_streams_and_queue_full_503_retry_after(serve):
     s = serve(SHAKESPEARE, "--max-streams", "1", "--max-queue", "0")
     r = requests.post(s.url + "/v1/completions", stream=True, timeout=HTTP_TIMEOUT,
                       json=dict(prompt="ROMEO:", max_tokens=8000, stream=True))
-    next(r.iter_lines())
+    lines = r.iter_lines()  # kept: a dropped generator closes the connection
+    next(lines)
     busy = s.post("/v1/completions", json=dict(prompt="a", max_tokens=1))
     e = error_of(busy, 503)
     assert busy.headers["Retry-After"] == "1" and e["code"] == "overloaded"

@@ -243,3 +243,38 @@ def test_session_through_the_openai_client(serve):
     texts = [client.completions.create(model="shakespeare", prompt=p.decode(), max_tokens=20, temperature=0,
                                        extra_body={"session": "client"}).choices[0].text for p in (P1, P2)]
     assert texts == [w.decode() for w in want]
+
+
+def test_disconnect_during_a_plain_request_stops_it(serve):
+    import socket
+    s = serve(SHAKESPEARE)
+    body = json.dumps(dict(prompt="ROMEO:", max_tokens=8000, temperature=0, session="plain-gone")).encode()
+    c = socket.create_connection(("127.0.0.1", s.port), timeout=10)
+    c.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+              b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+    time.sleep(0.5)
+    c.close()
+    n = wait_idle(s, "plain-gone")["position"] - len(b"ROMEO:")
+    assert 0 < n < 8000
+    want = reference(SHAKESPEARE, [(b"ROMEO:", n), (b"\nJULIET:", 20)], temperature=0)
+    assert turn(s, "plain-gone", b"\nJULIET:", 20) == want[1]
+    assert "bdh_client_disconnects_total 1" in s.get("/metrics").text
+
+
+def test_sigterm_refuses_the_queue_with_503(serve):
+    from concurrent.futures import ThreadPoolExecutor
+    s = serve(SHAKESPEARE, "--max-streams", "1", "--max-queue", "4")
+    r = long_stream(s, "first")
+    lines = r.iter_lines()  # kept: a dropped generator closes the connection
+    next(lines)
+    with ThreadPoolExecutor(1) as pool:
+        queued = pool.submit(s.post, "/v1/completions", json=dict(prompt="a", max_tokens=5))
+        deadline = time.monotonic() + 20
+        while "bdh_queue_length 1" not in s.get("/metrics").text:
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        s.proc.send_signal(signal.SIGTERM)
+        refused = queued.result(timeout=60)
+    assert refused.status_code == 503 and "shutting down" in refused.json()["error"]["message"]
+    assert [line for line in lines if line][-1] == b"data: [DONE]"
+    assert s.stop() == 0
