@@ -2,6 +2,8 @@
 prompt and sampler settings give the same bytes (docs/server.md)."""
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+
 import openai
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
@@ -84,6 +86,15 @@ def test_stop_sequences_end_and_are_left_out(serve):
     events = sse_events(r)
     assert "".join(e["choices"][0]["text"] for e in events[:-1]) == want[:-len(stop)].decode()
     assert events[-2]["choices"][0]["finish_reason"] == "stop"
+
+    # several at once: the byte completing the stop is published a scheduler
+    # round before the job ends, the widest window for it to leak into a stream
+    def streamed(_):
+        r = s.post("/v1/completions", json=dict(prompt=PROMPT.decode(), max_tokens=200, temperature=0, stop=stop,
+                                                 stream=True), stream=True)
+        return "".join(e["choices"][0]["text"] for e in sse_events(r)[:-1])
+    with ThreadPoolExecutor(8) as pool:
+        assert set(pool.map(streamed, range(8))) == {want[:-len(stop)].decode()}
 
 
 def test_max_tokens_zero_feeds_the_prompt_only(serve):

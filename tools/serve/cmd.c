@@ -8,6 +8,7 @@
 #include <errno.h>
 #include <getopt.h>
 #include <limits.h>
+#include <poll.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -183,9 +184,11 @@ static int load(const serve_opts *o, const char *path, bdh_model **m)
 }
 
 /* SIGTERM and SIGINT write a byte to this pipe; the main thread waits on
- * it. (Not sigwait with the signals blocked: OpenBLAS starts its threads
- * before main, unblocked, and the default action there would kill the
- * process.) A second signal during the shutdown changes nothing. */
+ * it. The threads started here (model, scheduler, HTTP) block them, so the
+ * kernel hands them to the main thread. (Not sigwait: OpenBLAS starts its
+ * threads before main with the signals unblocked, and the default action
+ * there would kill the process.) A second signal during the shutdown
+ * changes nothing. */
 static int signal_pipe[2] = {-1, -1};
 
 static void on_signal(int sig)
@@ -207,10 +210,23 @@ static int catch_signals(void)
     return sigaction(SIGTERM, &sa, NULL) || sigaction(SIGINT, &sa, NULL) ? -1 : 0;
 }
 
+/* how = SIG_BLOCK around starting threads, SIG_UNBLOCK after */
+static void mask_signals(int how)
+{
+    sigset_t set;
+    sigemptyset(&set);
+    sigaddset(&set, SIGTERM);
+    sigaddset(&set, SIGINT);
+    pthread_sigmask(how, &set, NULL);
+}
+
 static void wait_for_signal(void)
 {
     char c = 0;
-    while (read(signal_pipe[0], &c, 1) < 0 && errno == EINTR) {}
+    /* a bounded poll rather than one blocking read: ThreadSanitizer runs a
+     * handler only when its thread next enters the runtime */
+    struct pollfd p = {.fd = signal_pipe[0], .events = POLLIN};
+    while (poll(&p, 1, 200) <= 0 || read(signal_pipe[0], &c, 1) != 1) {}
     fprintf(stderr, "bdh serve: %s: finishing running requests, storing sessions\n", c == SIGTERM ? "SIGTERM" : "SIGINT");
 }
 
@@ -228,6 +244,7 @@ static int run(serve_opts *o)
         free(name);
         return EXIT_RUNTIME;
     }
+    mask_signals(SIG_BLOCK);
     bdh_model *m = NULL;
     store *st = NULL;
     sessions *ss = NULL;
@@ -247,6 +264,7 @@ static int run(serve_opts *o)
         rc = EXIT_RUNTIME;
     }
     if (!rc && server_start(&o->cfg, m, b, ss, &srv)) rc = EXIT_RUNTIME;
+    mask_signals(SIG_UNBLOCK); /* a signal that came meanwhile is handled now */
     if (!rc) {
         const bool v6 = strchr(o->cfg.host, ':') != NULL; /* an IPv6 address goes in brackets */
         fprintf(stderr, "bdh serve: listening on http://%s%s%s:%d (model %s, sessions in %s '%s', state %.2f MiB per stream)\n",

@@ -217,12 +217,14 @@ static enum MHD_Result answer_plain(struct MHD_Connection *c, call *k)
 }
 
 /* Bytes at the end of out[0..n) that may begin a stop sequence: held back
- * until the next byte shows whether it does. */
+ * until the next byte shows whether it does. A whole stop sequence is held
+ * too: the byte completing it is published before the job is marked
+ * finished, and it must never reach the client. */
 static size_t stop_holdback(const call *k, const uint8_t *out, size_t n)
 {
     size_t hold = 0;
     for (int i = 0; i < k->req.n_stop; i++)
-        for (size_t l = k->req.stop_len[i] - 1; l > hold; l--)
+        for (size_t l = k->req.stop_len[i]; l > hold; l--)
             if (l <= n && memcmp(out + n - l, k->req.stop[i], l) == 0) {
                 hold = l;
                 break;
