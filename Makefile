@@ -57,6 +57,9 @@ endif
 LIB_OBJ  := $(LIB_SRC:libbdh/%.c=$(BUILD)/obj/%.o) $(CU_OBJ)
 
 CLI_SRC  := $(wildcard tools/cli/*.c)
+# bdh serve (tools/serve/) is a command of the bdh tool
+SERVE_SRC := $(wildcard tools/serve/*.c)
+SERVE_LIBS := -lmicrohttpd -lhiredis -lcjson
 TEST_SRC := $(wildcard tests/test_*.c)
 TEST_SRC := $(filter-out tests/test_store.c,$(TEST_SRC)) # built with the stores, not libbdh (test-store)
 # test_faults replaces malloc, which the sanitizers own
@@ -67,7 +70,7 @@ TESTS    := $(TEST_SRC:tests/%.c=$(BUILD)/tests/%)
 # the programs link to the shared library; rpath makes them run from the tree
 RUN_LDFLAGS := -L$(BUILD) -Wl,-rpath,'$$ORIGIN/..' -Wl,-rpath,'$$ORIGIN' -lbdh
 
-.PHONY: test-store fuzz test-tsan version bench all lib test test-valgrind test-c test-cxx test-cli test-install test-python install uninstall wheel test-wheel clean deps check check-cuda run
+.PHONY: bench-serve test-server test-store fuzz test-tsan version bench all lib test test-valgrind test-c test-cxx test-cli test-install test-python install uninstall wheel test-wheel clean deps check check-cuda run
 all: lib $(if $(CLI_SRC),$(BUILD)/bdh)
 lib: $(BUILD)/libbdh.so $(BUILD)/libbdh.a
 
@@ -91,8 +94,8 @@ $(BUILD)/libbdh.a: $(LIB_OBJ)
 	ar rcs $@ $^
 
 # (and once installed, PREFIX/bin/bdh finds PREFIX/lib/libbdh.so)
-$(BUILD)/bdh: $(CLI_SRC) $(wildcard tools/cli/*.h) include/bdh.h $(BUILD)/libbdh.so
-	$(CC) $(ALLCFLAGS) -o $@ $(CLI_SRC) $(RUN_LDFLAGS) -Wl,-rpath,'$$ORIGIN/../lib' -lm
+$(BUILD)/bdh: $(CLI_SRC) $(SERVE_SRC) $(wildcard tools/cli/*.h tools/serve/*.h) include/bdh.h $(BUILD)/libbdh.so
+	$(CC) $(ALLCFLAGS) -Itools/cli -Itools/serve -o $@ $(CLI_SRC) $(SERVE_SRC) $(RUN_LDFLAGS) -Wl,-rpath,'$$ORIGIN/../lib' $(SERVE_LIBS) -lm
 
 $(BUILD)/tests/%: tests/%.c tests/test_util.h include/bdh.h $(BUILD)/libbdh.so
 	@mkdir -p $(dir $@)
@@ -141,6 +144,21 @@ $(BUILD)/tests/test_store: tests/test_store.c $(STORE_SRC) $(wildcard tools/serv
 test-store: $(BUILD)/tests/test_store
 	$(BUILD)/tests/test_store
 
+# bdh serve end to end (tests/server/, pytest) with the official openai
+# client and a redis-server the tests start; the venv is made once.
+SERVER_VENV := $(BUILD)/server-venv
+$(SERVER_VENV)/.ok:
+	$(PYTHON) -m venv $(SERVER_VENV)
+	$(SERVER_VENV)/bin/pip install -q openai pytest requests prometheus_client numpy
+	touch $@
+
+test-server: all $(SERVER_VENV)/.ok
+	BDH_BIN=$(CURDIR)/$(BUILD)/bdh BDH_LIBRARY=$(CURDIR)/$(BUILD)/libbdh.so $(SERVER_VENV)/bin/python -m pytest -q -p no:cacheprovider tests/server
+
+# bdh serve under load (bench/serve_bench.py): rewrites the server section of docs/performance.md
+bench-serve: all $(SERVER_VENV)/.ok
+	$(SERVER_VENV)/bin/python bench/serve_bench.py --threads $(BENCH_THREADS)
+
 test-install: lib
 	bash tests/install_test.sh $(BUILD)
 
@@ -168,7 +186,7 @@ deps:
 
 # Everything CI runs (.ci/run): the tests, the tests again under ASan+UBSan,
 # and the CUDA build with its tests (which skip where there is no GPU).
-check: test test-valgrind test-tsan test-wheel
+check: test test-valgrind test-tsan test-wheel test-server
 	$(MAKE) SANITIZE=1 test
 	$(MAKE) fuzz FUZZ_SECONDS=60
 	$(MAKE) check-cuda

@@ -417,7 +417,7 @@ expect_error 2 "--offset needs bytes >= 0" "$BDH" perplexity -m "$TINY" -f "$TMP
 
 # --- --device and --cuda-device on every command that loads a model
 loaders=("generate -m $TINY -p hi -n 5" "info $TINY" "perplexity -m $TINY -f $TMP/w1.txt" "trace -m $TINY -p hi -o $TMP/dev.st"
-    "chat -m $TINY -n 5")
+    "chat -m $TINY -n 5" "serve -m $TINY --port 0")
 for cmd in "${loaders[@]}"; do
     expect_error 2 "--device needs cpu or cuda, not 'gpu'" "$BDH" $cmd --device gpu
     expect_error 2 "--cuda-device 1 needs --device cuda" "$BDH" $cmd --cuda-device 1

@@ -45,6 +45,7 @@ int cmd_trace(int argc, char **argv);
 int cmd_chat(int argc, char **argv);
 int cmd_merge(int argc, char **argv);
 int cmd_convert(int argc, char **argv);
+int cmd_serve(int argc, char **argv); /* tools/serve/cmd.c */
 
 /* ---------------------------------------------------- common.c: errors */
 

@@ -8,6 +8,7 @@
  *   bdh chat [-m MODEL] [options]                 lines in, replies out, one kept state
  *   bdh merge A B -o OUT [--embed-from mean|a|b]  one model with the neurons of two
  *   bdh convert [--type TYPE] IN OUT              any checkpoint as the canonical file
+ *   bdh serve [-m MODEL] [options]                HTTP completion server (tools/serve/)
  *
  * Exit codes: 0 ok, 1 runtime error (bad model file, I/O), 2 usage error.
  * This file dispatches to the commands; cli.h lists the others. */
@@ -34,6 +35,7 @@ static void main_help(FILE *out)
           "  chat         talk with a model line by line, the state kept between turns\n"
           "  merge        merge two models into one holding both neuron populations\n"
           "  convert      write any BDH checkpoint as the canonical libbdh file\n"
+          "  serve        an OpenAI-compatible completion server with sessions\n"
           "\n"
           "'bdh COMMAND --help' describes each. Exit status: 0 ok, 1 runtime error,\n"
           "2 usage error.\n",
@@ -85,6 +87,7 @@ static const struct command {
     {"chat", cmd_chat},
     {"merge", cmd_merge},
     {"convert", cmd_convert},
+    {"serve", cmd_serve},
 };
 
 int main(int argc, char **argv)

@@ -1,0 +1,123 @@
+"""Limits and bad input: OpenAI-style errors with the right status, and a
+server that goes on working."""
+from __future__ import annotations
+
+import time
+
+import pytest
+import requests
+
+from conftest import HTTP_TIMEOUT, SHAKESPEARE, TINY
+
+
+def error_of(r, status):
+    assert r.status_code == status, r.text
+    e = r.json()["error"]
+    assert set(e) == {"message", "type", "param", "code"} and e["message"]
+    return e
+
+
+BAD = [
+    (b"{", None),
+    (b"[1, 2]", None),
+    (b"", None),
+    (b'{"max_tokens": 5}', "prompt"),
+    (b'{"prompt": ""}', "prompt"),
+    (b'{"prompt": []}', "prompt"),
+    (b'{"prompt": 7}', "prompt"),
+    (b'{"prompt": [1, 256]}', "prompt"),
+    (b'{"prompt": [1, -1]}', "prompt"),
+    (b'{"prompt": [1.5]}', "prompt"),
+    (b'{"prompt": [[1, 2]]}', "prompt"),
+    (b'{"prompt": ["a", "b"]}', "prompt"),
+    (b'{"prompt": "a", "max_tokens": "5"}', "max_tokens"),
+    (b'{"prompt": "a", "max_tokens": -1}', "max_tokens"),
+    (b'{"prompt": "a", "max_tokens": 2.5}', "max_tokens"),
+    (b'{"prompt": "a", "max_tokens": 100001}', "max_tokens"),
+    (b'{"prompt": "a", "temperature": "hot"}', "temperature"),
+    (b'{"prompt": "a", "temperature": -1}', ""),
+    (b'{"prompt": "a", "top_p": 0}', ""),
+    (b'{"prompt": "a", "top_p": 1.5}', ""),
+    (b'{"prompt": "a", "min_p": 2}', ""),
+    (b'{"prompt": "a", "top_k": -3}', "top_k"),
+    (b'{"prompt": "a", "repeat_penalty": 0}', ""),
+    (b'{"prompt": "a", "seed": -1}', "seed"),
+    (b'{"prompt": "a", "seed": "x"}', "seed"),
+    (b'{"prompt": "a", "stop": 3}', "stop"),
+    (b'{"prompt": "a", "stop": [""]}', "stop"),
+    (b'{"prompt": "a", "stop": ["a", "b", "c", "d", "e"]}', "stop"),
+    (b'{"prompt": "a", "stream": "yes"}', "stream"),
+    (b'{"prompt": "a", "session": "no spaces"}', "session"),
+    (b'{"prompt": "a", "session": 5}', "session"),
+    (b'{"prompt": "a", "n": 2}', "n"),
+    (b'{"prompt": "a", "echo": true}', "echo"),
+    (b'{"prompt": "a", "logprobs": 3}', "logprobs"),
+    (b'{"prompt": "a", "suffix": "b"}', "suffix"),
+    (b'{"prompt": "a", "presence_penalty": 0.5}', "presence_penalty"),
+    (b'{"prompt": "a", "model": 3}', "model"),
+    (b'{"prompt": "\\ud800"}', None),
+]
+
+
+def test_bad_requests_are_400_with_the_field(serve):
+    s = serve(TINY, "--max-tokens", "100000")
+    for body, param in BAD:
+        e = error_of(s.post("/v1/completions", data=body), 400)
+        assert e["type"] == "invalid_request_error"
+        if param is not None:
+            assert (e["param"] or "") == param, (body, e)
+    # neutral values of unsupported fields pass, unknown fields are ignored
+    ok = s.complete(prompt="a", max_tokens=2, n=1, echo=False, logprobs=None, presence_penalty=0, user="me", extra=1)
+    assert ok["usage"]["completion_tokens"] == 2
+    assert s.get("/health").status_code == 200
+
+
+def test_max_tokens_bound(serve):
+    s = serve(TINY, "--max-tokens", "50")
+    e = error_of(s.post("/v1/completions", json=dict(prompt="a", max_tokens=51)), 400)
+    assert e["param"] == "max_tokens" and "50" in e["message"]
+    assert s.complete(prompt="a", max_tokens=50)["usage"]["completion_tokens"] == 50
+
+
+def test_body_size_413(serve):
+    s = serve(TINY, "--max-body", "1K")
+    error_of(s.post("/v1/completions", json=dict(prompt="a" * 2000)), 413)
+    # no Content-Length (chunked): counted as it arrives
+    chunks = (b'{"prompt": "' + b"a" * 500, b"a" * 600 + b'"}')
+    error_of(s.post("/v1/completions", data=iter(chunks)), 413)
+    assert s.complete(prompt="a" * 900, max_tokens=1)["usage"]["prompt_tokens"] == 900
+
+
+def test_streams_and_queue_full_503_retry_after(serve):
+    s = serve(SHAKESPEARE, "--max-streams", "1", "--max-queue", "0")
+    r = requests.post(s.url + "/v1/completions", stream=True, timeout=HTTP_TIMEOUT,
+                      json=dict(prompt="ROMEO:", max_tokens=8000, stream=True))
+    lines = r.iter_lines()  # kept: a dropped generator closes the connection
+    next(lines)
+    busy = s.post("/v1/completions", json=dict(prompt="a", max_tokens=1))
+    e = error_of(busy, 503)
+    assert busy.headers["Retry-After"] == "1" and e["code"] == "overloaded"
+    r.close()
+    deadline = time.monotonic() + 30
+    while s.post("/v1/completions", json=dict(prompt="a", max_tokens=1)).status_code == 503:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+
+
+def test_timeout_ends_generation_as_length(serve):
+    s = serve(SHAKESPEARE, "--timeout", "1")
+    t0 = time.monotonic()
+    got = s.complete(prompt="ROMEO:", max_tokens=8000, session="late")
+    assert time.monotonic() - t0 < 10
+    n = got["usage"]["completion_tokens"]
+    assert got["choices"][0]["finish_reason"] == "length" and 0 < n < 8000
+    assert s.get("/v1/sessions/late").json()["position"] == 6 + n
+
+
+@pytest.mark.parametrize("method,path,status", [
+    ("GET", "/nope", 404), ("GET", "/v1/completions", 405), ("POST", "/v1/models", 405), ("POST", "/health", 405),
+    ("PUT", "/v1/sessions/a", 405), ("GET", "/v1/sessions/a/other", 404), ("GET", "/v1/sessions/a/fork", 405),
+])
+def test_routes(serve, method, path, status):
+    s = serve(TINY)
+    error_of(requests.request(method, s.url + path, timeout=HTTP_TIMEOUT), status)
