@@ -221,7 +221,7 @@ FUZZ_SECONDS ?= 60
 FUZZ_BUILD   := build-fuzz
 FUZZ_CFLAGS  := -std=c11 -D_DEFAULT_SOURCE -g -O1 -fno-omit-frame-pointer -fsanitize=address,undefined \
                 -fno-sanitize-recover=undefined -pthread -Iinclude -Ilibbdh $(shell pkg-config --cflags openblas 2>/dev/null)
-FUZZ_TARGETS := fuzz_load fuzz_state fuzz_sampler fuzz_checkpoint
+FUZZ_TARGETS := fuzz_load fuzz_state fuzz_sampler fuzz_checkpoint fuzz_request
 FUZZ_OBJ     := $(LIB_SRC:libbdh/%.c=$(FUZZ_BUILD)/obj/%.o)
 FUZZ_LIBS    := -lopenblas -lcjson -lxxhash -lm -pthread
 
@@ -231,6 +231,11 @@ $(FUZZ_BUILD)/obj/%.o: libbdh/%.c $(LIB_HDR)
 
 $(FUZZ_BUILD)/%: tests/fuzz/%.c $(FUZZ_OBJ)
 	$(FUZZ_CC) $(FUZZ_CFLAGS) -fsanitize=fuzzer -o $@ $< $(FUZZ_OBJ) $(FUZZ_LIBS)
+
+# bdh serve's request and text parsers, with the store's id check
+FUZZ_SERVE_SRC := tools/serve/api.c tools/serve/utf8.c tools/serve/store.c tools/serve/store_dir.c tools/serve/store_redis.c
+$(FUZZ_BUILD)/fuzz_request: tests/fuzz/fuzz_request.c $(FUZZ_SERVE_SRC) $(wildcard tools/serve/*.h) $(FUZZ_OBJ)
+	$(FUZZ_CC) $(FUZZ_CFLAGS) -Itools/serve -fsanitize=fuzzer -o $@ $< $(FUZZ_SERVE_SRC) $(FUZZ_OBJ) $(FUZZ_LIBS) -lhiredis
 
 $(FUZZ_BUILD)/make_seeds: tests/fuzz/make_seeds.c $(FUZZ_OBJ)
 	$(FUZZ_CC) $(FUZZ_CFLAGS) -fsanitize=fuzzer-no-link -o $@ $< $(FUZZ_OBJ) $(FUZZ_LIBS)
@@ -245,7 +250,8 @@ fuzz: $(FUZZ_TARGETS:%=$(FUZZ_BUILD)/%) $(FUZZ_BUILD)/make_seeds
 	  { cat $$c; printf '\n--bdh-fuzz--\n'; cat $$d/model.safetensors; } > $(FUZZ_BUILD)/corpus/fuzz_checkpoint/$$(basename $$d); done
 	cp tests/data/checkpoints/*.safetensors $(FUZZ_BUILD)/corpus/fuzz_checkpoint/
 	@# inputs that once found a bug (each has a test of its own too)
-	@for t in $(FUZZ_TARGETS); do [ ! -d tests/fuzz/regressions/$$t ] || cp tests/fuzz/regressions/$$t/* $(FUZZ_BUILD)/corpus/$$t/; done
+	@for t in $(FUZZ_TARGETS); do for d in seeds regressions; do \
+	  [ ! -d tests/fuzz/$$d/$$t ] || cp tests/fuzz/$$d/$$t/* $(FUZZ_BUILD)/corpus/$$t/; done; done
 	@set -e; for t in $(FUZZ_TARGETS); do echo "== $$t, $(FUZZ_SECONDS) s"; \
 	  (cd $(FUZZ_BUILD) && BDH_FUZZ_MODEL=$(CURDIR)/tests/data/golden/tiny.model.safetensors ASAN_OPTIONS=detect_leaks=1 \
 	    ./$$t corpus/$$t -max_total_time=$(FUZZ_SECONDS) -timeout=20 -rss_limit_mb=2048 -max_len=400000 \

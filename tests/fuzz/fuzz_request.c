@@ -1,0 +1,107 @@
+/* libFuzzer target: the parsers of bdh serve (tools/serve/api.c, utf8.c).
+ * The input is a request body, parsed as POST /v1/completions and as a
+ * fork body; an accepted completion request must hold what the scheduler
+ * relies on (tokens in range, max_tokens within the bound, stops within
+ * their sizes, sampler parameters the library accepts), a refused one must
+ * give an error object that is valid JSON. The same bytes, as generated
+ * output, must become valid UTF-8 and a JSON string literal that cJSON
+ * reads back to that text. */
+#include "serve.h"
+
+#include <cjson/cJSON.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* api.c's clocks live in batch.c, which brings the whole scheduler: a fixed
+ * clock here (it seeds requests without a seed; any value will do). */
+double now_monotonic(void) { return 1.0; }
+int64_t now_unix(void) { return 1; }
+
+/* Unicode's well-formed UTF-8 (Table 3-7): what the server may put in JSON. */
+static int valid_utf8(const uint8_t *s, size_t n)
+{
+    size_t i = 0;
+    while (i < n) {
+        const uint8_t c = s[i];
+        size_t len;
+        uint8_t lo = 0x80, hi = 0xBF;
+        if (c < 0x80) len = 1;
+        else if (c >= 0xC2 && c <= 0xDF) len = 2;
+        else if (c >= 0xE0 && c <= 0xEF) {
+            len = 3;
+            if (c == 0xE0) lo = 0xA0;
+            if (c == 0xED) hi = 0x9F;
+        } else if (c >= 0xF0 && c <= 0xF4) {
+            len = 4;
+            if (c == 0xF0) lo = 0x90;
+            if (c == 0xF4) hi = 0x8F;
+        } else return 0;
+        if (i + len > n) return 0;
+        for (size_t k = 1; k < len; k++) {
+            const uint8_t b = s[i + k];
+            if (k == 1 ? (b < lo || b > hi) : (b < 0x80 || b > 0xBF)) return 0;
+        }
+        i += len;
+    }
+    return 1;
+}
+
+static void check_completion(const uint8_t *data, size_t size)
+{
+    const serve_config cfg = {.max_tokens = 8192};
+    completion_request r;
+    api_error e;
+    if (api_parse_completion((const char *)data, size, &cfg, 256, &r, &e) == 0) {
+        if (r.max_tokens < 0 || r.max_tokens > cfg.max_tokens || r.n_stop < 0 || r.n_stop > MAX_STOPS) abort();
+        for (size_t i = 0; i < r.n_prompt; i++)
+            if (r.prompt[i] < 0 || r.prompt[i] > 255) abort();
+        for (int i = 0; i < r.n_stop; i++)
+            if (r.stop_len[i] == 0 || r.stop_len[i] > MAX_STOP_BYTES) abort();
+        bdh_sampler *s;
+        if (bdh_sampler_new(&r.sampler, 256, &s) != BDH_OK) abort(); /* accepted, so the scheduler can sample */
+        bdh_sampler_free(s);
+        api_request_free(&r);
+    } else {
+        char *json = api_error_json(&e);
+        if (!json) return; /* out of memory */
+        cJSON *back = cJSON_Parse(json);
+        if (!back || !cJSON_IsObject(cJSON_GetObjectItemCaseSensitive(back, "error"))) abort();
+        cJSON_Delete(back);
+        free(json);
+    }
+}
+
+static void check_fork(const uint8_t *data, size_t size)
+{
+    char id[80];
+    api_error e;
+    if (api_parse_fork((const char *)data, size, id, sizeof id, &e) == 0 && !store_id_valid(id)) abort();
+}
+
+static void check_text(const uint8_t *data, size_t size)
+{
+    strbuf text = {0};
+    if (utf8_text(data, size, true, &text) != size) abort(); /* final: everything is consumed */
+    if (text.failed) goto done;
+    if (!valid_utf8((const uint8_t *)text.p, text.n)) abort();
+    char *lit = json_literal(text.p ? text.p : "", text.n);
+    if (!lit) goto done;
+    cJSON *back = cJSON_Parse(lit);
+    /* cJSON's strings end at a NUL, which the literal writes as \u0000 */
+    const size_t upto = text.p ? strnlen(text.p, text.n) : 0;
+    if (!back || !cJSON_IsString(back) || strlen(back->valuestring) != upto ||
+        (upto && memcmp(back->valuestring, text.p, upto) != 0))
+        abort();
+    cJSON_Delete(back);
+    free(lit);
+done:
+    strbuf_free(&text);
+}
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
+{
+    check_completion(data, size);
+    check_fork(data, size);
+    check_text(data, size);
+    return 0;
+}
