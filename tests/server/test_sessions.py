@@ -9,7 +9,7 @@ import signal
 import threading
 import time
 
-import bdh
+import libbdh as bdh
 import requests
 
 from conftest import HTTP_TIMEOUT, SHAKESPEARE, TINY, sse_events
