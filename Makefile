@@ -156,7 +156,7 @@ test-server: all $(SERVER_VENV)/.ok
 	BDH_BIN=$(CURDIR)/$(BUILD)/bdh BDH_LIBRARY=$(CURDIR)/$(BUILD)/libbdh.so $(SERVER_VENV)/bin/python -m pytest -q -p no:cacheprovider tests/server
 
 # bdh serve under load (bench/serve_bench.py): rewrites the server section of docs/performance.md
-bench-serve: all $(SERVER_VENV)/.ok
+bench-serve: all $(BUILD)/bench $(SERVER_VENV)/.ok
 	$(SERVER_VENV)/bin/python bench/serve_bench.py --threads $(BENCH_THREADS)
 
 test-install: lib

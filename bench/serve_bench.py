@@ -27,7 +27,14 @@ import requests
 
 ROOT = Path(__file__).resolve().parents[1]
 MODELS = {"shakespeare": ROOT / "models" / "shakespeare.safetensors",
-          "tiny": ROOT / "tests" / "data" / "golden" / "tiny.model.safetensors"}
+          "tiny": ROOT / "tests" / "data" / "golden" / "tiny.model.safetensors",
+          # the default-size model (L=6, D=256, H=4, N=8192) with random weights,
+          # written by `build/bench --make-random` as make bench does
+          "default": Path("/tmp/bdh-bench-random.safetensors")}
+# tokens per completion and histories: the default size steps ~50x slower
+# than shakespeare and holds 201 MB of state per stream, so it gets fewer
+TOKENS = {"default": 8}
+HISTORIES = {"default": (1024, 8192)}
 TEXT = (ROOT / "models" / "tinyshakespeare.txt").read_bytes()
 BEGIN, END = "<!-- serve-bench:begin -->", "<!-- serve-bench:end -->"
 N_REQUESTS, N_TOKENS = 64, 64
@@ -55,24 +62,24 @@ def complete(url: str, **body) -> dict:
     return r.json()
 
 
-def one(url: str, i: int) -> float:
+def one(url: str, i: int, tokens: int) -> float:
     off = (i * 977) % (len(TEXT) - 64)
     t0 = time.perf_counter()
-    got = complete(url, prompt=list(TEXT[off:off + 32]), max_tokens=N_TOKENS, temperature=0)
-    assert got["usage"]["completion_tokens"] == N_TOKENS
+    got = complete(url, prompt=list(TEXT[off:off + 32]), max_tokens=tokens, temperature=0)
+    assert got["usage"]["completion_tokens"] == tokens
     return time.perf_counter() - t0
 
 
-def load_run(url: str, clients: int) -> dict:
+def load_run(url: str, clients: int, tokens: int) -> dict:
     t0 = time.perf_counter()
     if clients == 1:
-        lat = [one(url, i) for i in range(N_REQUESTS)]
+        lat = [one(url, i, tokens) for i in range(N_REQUESTS)]
     else:
         with ThreadPoolExecutor(clients) as pool:
-            lat = list(pool.map(lambda i: one(url, i), range(N_REQUESTS)))
+            lat = list(pool.map(lambda i: one(url, i, tokens), range(N_REQUESTS)))
     wall = time.perf_counter() - t0
     lat.sort()
-    return {"clients": clients, "tok_s": N_REQUESTS * N_TOKENS / wall, "p50": statistics.median(lat),
+    return {"clients": clients, "tok_s": N_REQUESTS * tokens / wall, "p50": statistics.median(lat),
             "p99": lat[min(len(lat) - 1, int(0.99 * len(lat)))], "wall": wall}
 
 
@@ -94,59 +101,81 @@ def second_turn(url: str, history: int) -> dict:
 
 
 def bench_model(name: str, threads: int) -> dict:
+    if not MODELS[name].exists():
+        subprocess.run([str(ROOT / "build" / "bench"), "--make-random", str(MODELS[name])], check=True)
+    tokens = TOKENS.get(name, N_TOKENS)
     with tempfile.TemporaryDirectory() as d:
         proc, url = start(MODELS[name], d, threads)
         try:
             complete(url, prompt="warm up", max_tokens=8)
-            runs = [load_run(url, c) for c in (1, 4, 16, 64)]
-            turns = [second_turn(url, h) for h in (1024, 8192, 65536)]
+            runs = [load_run(url, c, tokens) for c in (1, 4, 16, 64)]
+            turns = [second_turn(url, h) for h in HISTORIES.get(name, (1024, 8192, 65536))]
         finally:
             proc.terminate()
             proc.wait(timeout=60)
-    return {"model": name, "runs": runs, "turns": turns}
+    return {"model": name, "tokens": tokens, "runs": runs, "turns": turns}
 
 
-def table(results: list, threads: int) -> str:
+def model_begin(name: str) -> str:
+    return f"<!-- serve-bench:{name} -->"
+
+
+def table(r: dict, threads: int) -> str:
+    """One model's block: a run of some models rewrites theirs only."""
     cpu = subprocess.run(["sh", "-c", "lscpu | sed -n 's/^Model name: *//p'"], capture_output=True, text=True).stdout.strip()
-    out = [BEGIN, "",
-           f"`make bench-serve` (bench/serve_bench.py), {time.strftime('%Y-%m-%d')}, {os.cpu_count()} cores ({cpu}), "
-           f"`--threads {threads}`, client and server on the same machine. {N_REQUESTS} greedy completions of "
-           f"{N_TOKENS} tokens (32-byte prompts); 1 client = the same requests one at a time.", ""]
-    for r in results:
-        base = r["runs"][0]["tok_s"]
-        out += [f"**{r['model']}**", "", "| clients | tokens/s | vs serial | p50 latency | p99 latency |",
-                "| --- | --- | --- | --- | --- |"]
-        for x in r["runs"]:
-            out.append(f"| {x['clients']} | {x['tok_s']:.0f} | {x['tok_s'] / base:.2f}x | {x['p50'] * 1e3:.0f} ms | "
-                       f"{x['p99'] * 1e3:.0f} ms |")
-        out += ["", "| history | second turn in a session | re-sending the conversation | ratio |",
-                "| --- | --- | --- | --- |"]
-        for t in r["turns"]:
-            out.append(f"| {t['history'] // 1024} KiB | {t['session'] * 1e3:.0f} ms | {t['resend'] * 1e3:.0f} ms | "
-                       f"{t['resend'] / t['session']:.1f}x |")
-        out.append("")
-    out.append(END)
+    out = [model_begin(r["model"]), f"**{r['model']}**: `make bench-serve` (bench/serve_bench.py), "
+           f"{time.strftime('%Y-%m-%d %H:%M')}, {os.cpu_count()} cores ({cpu}), `--threads {threads}`, client and "
+           f"server on the same machine. {N_REQUESTS} greedy completions of {r['tokens']} tokens (32-byte prompts); "
+           f"1 client = the same requests one at a time.", ""]
+    base = r["runs"][0]["tok_s"]
+    out += ["| clients | tokens/s | vs serial | p50 latency | p99 latency |",
+            "| --- | --- | --- | --- | --- |"]
+    for x in r["runs"]:
+        out.append(f"| {x['clients']} | {x['tok_s']:.0f} | {x['tok_s'] / base:.2f}x | {x['p50'] * 1e3:.0f} ms | "
+                   f"{x['p99'] * 1e3:.0f} ms |")
+    out += ["", "| history | second turn in a session | re-sending the conversation | ratio |",
+            "| --- | --- | --- | --- |"]
+    for t in r["turns"]:
+        out.append(f"| {t['history'] // 1024} KiB | {t['session'] * 1e3:.0f} ms | {t['resend'] * 1e3:.0f} ms | "
+                   f"{t['resend'] / t['session']:.1f}x |")
+    out.append("")
     return "\n".join(out)
+
+
+def rewrite(doc: str, blocks: dict) -> str:
+    """docs/performance.md with each model's block replaced (or added) inside
+    the serve-bench section, the others kept."""
+    if BEGIN not in doc or END not in doc:
+        doc = doc.rstrip("\n") + "\n\n## Server (`bdh serve`)\n\n" + BEGIN + "\n" + END + "\n"
+    head, rest = doc.split(BEGIN, 1)
+    section, tail = rest.split(END, 1)
+    kept = {}
+    for part in section.split("<!-- serve-bench:")[1:]:
+        name, body = part.split(" -->", 1)
+        kept[name] = "<!-- serve-bench:" + name + " -->" + body.rstrip("\n") + "\n"
+    kept.update({k: v.rstrip("\n") + "\n" for k, v in blocks.items()})
+    order = [m for m in MODELS if m in kept]
+    return head + BEGIN + "\n\n" + "\n".join(kept[m] for m in order) + "\n" + END + tail
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--models", default="shakespeare,tiny")
+    ap.add_argument("--models", default="shakespeare,tiny,default")
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     ap.add_argument("--no-write", action="store_true", help="print only; leave docs/performance.md")
     args = ap.parse_args()
-    results = [bench_model(m, args.threads) for m in args.models.split(",")]
-    text = table(results, args.threads)
-    print(text)
+    blocks = {}
+    for m in args.models.split(","):
+        if m not in MODELS:
+            ap.error(f"--models: {m!r} is not one of {', '.join(MODELS)}")
+        blocks[m] = table(bench_model(m, args.threads), args.threads)
+        print(blocks[m], flush=True)
     if args.no_write:
         return
     path = ROOT / "docs" / "performance.md"
-    doc = path.read_text()
-    if BEGIN in doc and END in doc:
-        doc = doc[:doc.index(BEGIN)] + text + doc[doc.index(END) + len(END):]
-    else:
-        doc = doc.rstrip("\n") + "\n\n## Server (`bdh serve`)\n\n" + text + "\n"
-    path.write_text(doc)
+    tmp = path.with_suffix(".md.tmp")
+    tmp.write_text(rewrite(path.read_text(), blocks))
+    tmp.replace(path)
 
 
 if __name__ == "__main__":
