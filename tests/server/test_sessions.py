@@ -161,7 +161,7 @@ def test_sigterm_finishes_or_cuts_persists_and_exits_0(serve):
     assert last["choices"][0]["finish_reason"] == "length"
     n = last["usage"]["completion_tokens"]
     tokens = [t for e in events[:-1] for t in json.loads(e[6:])["choices"][0]["tokens"]]
-    assert len(tokens) == n and 5 <= n < 8000
+    assert len(tokens) == n and 5 <= n <= 8000  # cut by the grace, or finished within it on a fast machine
     assert s.stop(timeout=30) == 0
     b = serve(SHAKESPEARE)
     assert b.get("/v1/sessions/cut").json()["position"] == len(b"ROMEO:") + n
