@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import os
 from contextlib import ExitStack
-from ctypes import byref, c_void_p
-from typing import Any, Dict, Literal, Optional, Sequence, overload
+from ctypes import byref, c_void_p, pointer
+from typing import Any, Dict, Literal, Mapping, Optional, Sequence, overload
 
 import numpy as np
 
@@ -42,7 +42,32 @@ def _c_path(path: PathLike, what: str) -> bytes:
     return cpath
 
 
-def _model_params(device: str, threads: Optional[int], weights: str, kernels: str) -> _lib.ModelParams:
+_CONFIG_KEYS = [f[0] for f in _lib.Config._fields_]
+
+
+def _config(config: Any) -> _lib.Config:
+    """bdh_config from a mapping with every one of its fields (0: not given,
+    from the file, as in C). Keys and types are checked here; the values are
+    bdh_model_load's to refuse."""
+    if not isinstance(config, Mapping):
+        raise TypeError(f"config must be a mapping (a dict of {', '.join(_CONFIG_KEYS)}), not {type(config).__name__}")
+    for key in config:
+        if key not in _CONFIG_KEYS:
+            raise ValueError(f"config has an unknown key {key!r}; the keys are {', '.join(_CONFIG_KEYS)}")
+    cfg = _lib.Config()
+    for key in _CONFIG_KEYS:
+        if key not in config:
+            raise ValueError(f"config lacks {key!r}: give every key of {', '.join(_CONFIG_KEYS)} (0: from the file)")
+        value = config[key]
+        if isinstance(value, (bool, np.bool_)):
+            raise TypeError(f"config[{key!r}] must be an int, not {type(value).__name__}")
+        setattr(cfg, key, int32(value, f"config[{key!r}]"))
+    return cfg
+
+
+def _model_params(
+    device: str, threads: Optional[int], weights: str, kernels: str, config: Optional[Mapping[str, int]]
+) -> _lib.ModelParams:
     """bdh_model_params from the constructor's arguments (names checked
     here, values by bdh_model_load)."""
     if not isinstance(device, str):
@@ -59,13 +84,15 @@ def _model_params(device: str, threads: Optional[int], weights: str, kernels: st
     params.n_threads = 0 if threads is None else int32(threads, "threads")
     params.weight_type = weight_type
     params.kernels = _lib.KERNELS[kernels.lower()]
+    if config is not None:
+        params.config = pointer(_config(config))  # the struct keeps it alive
     return params
 
 
 class Model:
     """A BDH-GPU model loaded from a safetensors file (read-only, shareable).
 
-    ``Model(path, device="cpu", threads=None, weights="f32")``
+    ``Model(path, device="cpu", threads=None, *, weights="f32", kernels="fast", config=None)``
 
     Args:
         path: the ``.safetensors`` file (tools/convert.py writes them).
@@ -82,10 +109,20 @@ class Model:
             float32 either way.
         kernels: CPU step code: ``"fast"`` (sparse-aware, threaded; default)
             or ``"reference"`` (plain dense loops, for checking).
+        config: the configuration, for a checkpoint that does not carry it
+            (no metadata, no config.json): a mapping with every key of
+            :attr:`config` (``n_layer``, ``n_embd``, ``n_head``,
+            ``n_neurons``, ``vocab_size``, ``mlp_internal_dim_multiplier``),
+            ints, 0 = not given (from the file or the shapes). What is given
+            must agree with the file (``bdh_model_params.config``). ``None``
+            (the default): all from the file.
 
     Raises:
+        TypeError/ValueError: arguments of the wrong type or name (a
+            `config` key unknown or missing, a value not an int).
         BDHError: the file is missing or malformed, or the parameters are
-            refused (the C library's message and status name).
+            refused (the C library's message and status name), e.g. a
+            `config` that contradicts the file (BDH_ERR_CONFIG).
 
     A model is read-only after loading; many :class:`State` objects (one per
     token stream) may share it, each used by one thread at a time. Use it as
@@ -102,12 +139,13 @@ class Model:
         *,
         weights: str = "f32",
         kernels: str = "fast",
+        config: Optional[Mapping[str, int]] = None,
     ) -> None:
         self._h: Optional[Handle] = None
         fspath = os.fspath(path)
         cpath = _c_path(fspath, "path")
         self.path: str = os.fsdecode(fspath)
-        params = _model_params(device, threads, weights, kernels)
+        params = _model_params(device, threads, weights, kernels, config)
         out = c_void_p()
         lib.bdh_model_load(cpath, byref(params), byref(out))
         h = Handle(out.value, lib.bdh_model_free, "model")  # type: ignore[arg-type]
