@@ -16,27 +16,32 @@ Tokens = Union[bytes, bytearray, memoryview, str, Sequence[int], np.ndarray]
 _I32_MIN, _I32_MAX = -(2**31), 2**31 - 1
 _C_FLOAT_P = ctypes.POINTER(ctypes.c_float)
 _C_INT32_P = ctypes.POINTER(ctypes.c_int32)
+_NOT_INTS = (str, bytes, bytearray, float)
+_BOOLS = (bool, np.bool_)
 
 
-def int32(value: Any, name: str) -> int:
-    if isinstance(value, (str, bytes, bytearray, float)):
-        raise TypeError(f"{name} must be an int, not {type(value).__name__}")
+def _index(value: Any, what: str, refuse: Tuple[type, ...]) -> int:
+    """operator.index(value) (an int, a numpy integer), or TypeError 'WHAT
+    must be an int' for the types in `refuse` and anything else."""
     try:
-        v = operator.index(value)
+        if not isinstance(value, refuse):
+            return operator.index(value)
     except TypeError:
-        raise TypeError(f"{name} must be an int, not {type(value).__name__}") from None
+        pass
+    raise TypeError(f"{what} must be an int, not {type(value).__name__}")
+
+
+def int32(value: Any, name: str, *, bools: bool = True) -> int:
+    """An int argument for an int32_t parameter; bools=False refuses
+    True/False (where a bool can only be a mistake)."""
+    v = _index(value, name, _NOT_INTS if bools else _NOT_INTS + _BOOLS)
     if not _I32_MIN <= v <= _I32_MAX:
         raise ValueError(f"{name} = {v} does not fit in int32")
     return v
 
 
 def token(value: Any, vocab_size: int) -> int:
-    if isinstance(value, (str, bytes, bytearray, float, bool, np.bool_)):
-        raise TypeError(f"a token must be an int, not {type(value).__name__}")
-    try:
-        v = operator.index(value)
-    except TypeError:
-        raise TypeError(f"a token must be an int, not {type(value).__name__}") from None
+    v = _index(value, "a token", _NOT_INTS + _BOOLS)
     if not _I32_MIN <= v <= _I32_MAX:
         raise BDHError("BDH_ERR_TOKEN", f"token {v} is outside [0, {vocab_size})")
     return v

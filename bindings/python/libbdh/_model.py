@@ -58,10 +58,7 @@ def _config(config: Any) -> _lib.Config:
     for key in _CONFIG_KEYS:
         if key not in config:
             raise ValueError(f"config lacks {key!r}: give every key of {', '.join(_CONFIG_KEYS)} (0: from the file)")
-        value = config[key]
-        if isinstance(value, (bool, np.bool_)):
-            raise TypeError(f"config[{key!r}] must be an int, not {type(value).__name__}")
-        setattr(cfg, key, int32(value, f"config[{key!r}]"))
+        setattr(cfg, key, int32(config[key], f"config[{key!r}]", bools=False))
     return cfg
 
 
