@@ -17,6 +17,9 @@ from ._lib import lib
 __all__ = ["Sampler", "sampler_params"]
 
 
+_FIELD_TYPES = dict(_lib.SamplerParams._fields_)
+
+
 def _number(v: Any, name: str) -> float:
     if isinstance(v, (str, bytes)) or not isinstance(v, (int, float, np.integer, np.floating)):
         raise TypeError(f"{name} must be a number, not {type(v).__name__}")
@@ -44,20 +47,15 @@ def sampler_params(
     seed: Optional[int],
 ) -> _lib.SamplerParams:
     """The C defaults with the given values on top (None = the default).
-    Types are checked here; values are C's to refuse."""
+    Types are checked here, as the field's C type (int32 or float); values
+    are C's to refuse."""
     p = lib.bdh_sampler_default_params()
-    if temperature is not None:
-        p.temperature = _number(temperature, "temperature")
-    if top_k is not None:
-        p.top_k = int32(top_k, "top_k")
-    if top_p is not None:
-        p.top_p = _number(top_p, "top_p")
-    if min_p is not None:
-        p.min_p = _number(min_p, "min_p")
-    if repeat_penalty is not None:
-        p.repeat_penalty = _number(repeat_penalty, "repeat_penalty")
-    if repeat_window is not None:
-        p.repeat_window = int32(repeat_window, "repeat_window")
+    given = dict(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
+                 repeat_penalty=repeat_penalty, repeat_window=repeat_window)
+    for name, value in given.items():
+        if value is not None:
+            check = int32 if _FIELD_TYPES[name] is c_int32 else _number
+            setattr(p, name, check(value, name))
     p.seed = _seed(seed)
     return p
 

@@ -64,6 +64,31 @@ def test_greedy_is_argmax(tiny):
     assert out == bytes(want)
 
 
+@pytest.mark.parametrize(
+    "name, bad, words",
+    [
+        ("temperature", "hot", "temperature must be a number, not str"),
+        ("top_k", 1.5, "top_k must be an int, not float"),
+        ("top_p", b"x", "top_p must be a number, not bytes"),
+        ("min_p", np.array([0.1]), "min_p must be a number, not ndarray"),
+        ("repeat_penalty", [1.2], "repeat_penalty must be a number, not list"),
+        ("repeat_window", 8.0, "repeat_window must be an int, not float"),
+        ("repeat_window", 2**31, "repeat_window = 2147483648 does not fit in int32"),
+    ],
+)
+def test_sampler_parameter_types(name, bad, words):
+    """Each sampler field is checked as its C type (int32 or float)."""
+    with pytest.raises((TypeError, ValueError)) as e:
+        bdh.Sampler(256, **{name: bad})
+    assert str(e.value) == words
+
+
+def test_sampler_parameters_reach_c():
+    p = bdh.Sampler(256, temperature=0.5, top_k=np.int64(7), top_p=0.75, min_p=0.125, repeat_penalty=1.5,
+                    repeat_window=9, seed=3).params
+    assert p == dict(temperature=0.5, top_k=7, top_p=0.75, min_p=0.125, repeat_penalty=1.5, repeat_window=9, seed=3)
+
+
 def test_matches_python_loop_with_sampler(tiny):
     """bdh_generate == prefill + (sample, accept, step) with the C sampler."""
     kw = dict(temperature=0.9, top_k=40, top_p=0.9, repeat_penalty=1.3, repeat_window=16, seed=99)
