@@ -46,18 +46,16 @@ _CONFIG_KEYS = [f[0] for f in _lib.Config._fields_]
 
 
 def _config(config: Any) -> _lib.Config:
-    """bdh_config from a mapping with every one of its fields (0: not given,
-    from the file, as in C). Keys and types are checked here; the values are
-    bdh_model_load's to refuse."""
+    """bdh_config from a mapping of some of its fields; a missing key or 0 is
+    "not given: from the file", as in C. Keys and types are checked here; the
+    values are bdh_model_load's to refuse."""
     if not isinstance(config, Mapping):
         raise TypeError(f"config must be a mapping (a dict of {', '.join(_CONFIG_KEYS)}), not {type(config).__name__}")
     for key in config:
         if key not in _CONFIG_KEYS:
             raise ValueError(f"config has an unknown key {key!r}; the keys are {', '.join(_CONFIG_KEYS)}")
     cfg = _lib.Config()
-    for key in _CONFIG_KEYS:
-        if key not in config:
-            raise ValueError(f"config lacks {key!r}: give every key of {', '.join(_CONFIG_KEYS)} (0: from the file)")
+    for key in config:
         setattr(cfg, key, int32(config[key], f"config[{key!r}]", bools=False))
     return cfg
 
@@ -107,16 +105,17 @@ class Model:
         kernels: CPU step code: ``"fast"`` (sparse-aware, threaded; default)
             or ``"reference"`` (plain dense loops, for checking).
         config: the configuration, for a checkpoint that does not carry it
-            (no metadata, no config.json): a mapping with every key of
-            :attr:`config` (``n_layer``, ``n_embd``, ``n_head``,
+            (no metadata, no config.json): a mapping with some or all keys
+            of :attr:`config` (``n_layer``, ``n_embd``, ``n_head``,
             ``n_neurons``, ``vocab_size``, ``mlp_internal_dim_multiplier``),
-            ints, 0 = not given (from the file or the shapes). What is given
+            ints; a key left out or 0 = not given (from the file or the
+            shapes). What is given
             must agree with the file (``bdh_model_params.config``). ``None``
             (the default): all from the file.
 
     Raises:
         TypeError/ValueError: arguments of the wrong type or name (a
-            `config` key unknown or missing, a value not an int).
+            `config` key unknown, a value not an int).
         BDHError: the file is missing or malformed, or the parameters are
             refused (the C library's message and status name), e.g. a
             `config` that contradicts the file (BDH_ERR_CONFIG).
