@@ -31,9 +31,12 @@ MODELS = {"shakespeare": ROOT / "models" / "shakespeare.safetensors",
           # the default-size model (L=6, D=256, H=4, N=8192) with random weights,
           # written by `build/bench --make-random` as make bench does
           "default": Path("/tmp/bdh-bench-random.safetensors")}
-# tokens per completion and histories: the default size steps ~50x slower
-# than shakespeare and holds 201 MB of state per stream, so it gets fewer
+# tokens per completion, requests, clients and histories: the default size
+# steps ~50x slower than shakespeare and holds 201 MB of state per stream
+# (64 streams would take 12.9 GB), so it gets fewer of each
 TOKENS = {"default": 8}
+REQUESTS = {"default": 16}
+CLIENTS = {"default": (1, 4, 16)}
 HISTORIES = {"default": (1024, 8192)}
 TEXT = (ROOT / "models" / "tinyshakespeare.txt").read_bytes()
 BEGIN, END = "<!-- serve-bench:begin -->", "<!-- serve-bench:end -->"
@@ -70,16 +73,16 @@ def one(url: str, i: int, tokens: int) -> float:
     return time.perf_counter() - t0
 
 
-def load_run(url: str, clients: int, tokens: int) -> dict:
+def load_run(url: str, clients: int, tokens: int, requests_n: int) -> dict:
     t0 = time.perf_counter()
     if clients == 1:
-        lat = [one(url, i, tokens) for i in range(N_REQUESTS)]
+        lat = [one(url, i, tokens) for i in range(requests_n)]
     else:
         with ThreadPoolExecutor(clients) as pool:
-            lat = list(pool.map(lambda i: one(url, i, tokens), range(N_REQUESTS)))
+            lat = list(pool.map(lambda i: one(url, i, tokens), range(requests_n)))
     wall = time.perf_counter() - t0
     lat.sort()
-    return {"clients": clients, "tok_s": N_REQUESTS * tokens / wall, "p50": statistics.median(lat),
+    return {"clients": clients, "tok_s": requests_n * tokens / wall, "p50": statistics.median(lat),
             "p99": lat[min(len(lat) - 1, int(0.99 * len(lat)))], "wall": wall}
 
 
@@ -103,17 +106,17 @@ def second_turn(url: str, history: int) -> dict:
 def bench_model(name: str, threads: int) -> dict:
     if not MODELS[name].exists():
         subprocess.run([str(ROOT / "build" / "bench"), "--make-random", str(MODELS[name])], check=True)
-    tokens = TOKENS.get(name, N_TOKENS)
+    tokens, requests_n = TOKENS.get(name, N_TOKENS), REQUESTS.get(name, N_REQUESTS)
     with tempfile.TemporaryDirectory() as d:
         proc, url = start(MODELS[name], d, threads)
         try:
             complete(url, prompt="warm up", max_tokens=8)
-            runs = [load_run(url, c, tokens) for c in (1, 4, 16, 64)]
+            runs = [load_run(url, c, tokens, requests_n) for c in CLIENTS.get(name, (1, 4, 16, 64))]
             turns = [second_turn(url, h) for h in HISTORIES.get(name, (1024, 8192, 65536))]
         finally:
             proc.terminate()
             proc.wait(timeout=60)
-    return {"model": name, "tokens": tokens, "runs": runs, "turns": turns}
+    return {"model": name, "tokens": tokens, "requests": requests_n, "runs": runs, "turns": turns}
 
 
 def model_begin(name: str) -> str:
@@ -125,7 +128,7 @@ def table(r: dict, threads: int) -> str:
     cpu = subprocess.run(["sh", "-c", "lscpu | sed -n 's/^Model name: *//p'"], capture_output=True, text=True).stdout.strip()
     out = [model_begin(r["model"]), f"**{r['model']}**: `make bench-serve` (bench/serve_bench.py), "
            f"{time.strftime('%Y-%m-%d %H:%M')}, {os.cpu_count()} cores ({cpu}), `--threads {threads}`, client and "
-           f"server on the same machine. {N_REQUESTS} greedy completions of {r['tokens']} tokens (32-byte prompts); "
+           f"server on the same machine. {r['requests']} greedy completions of {r['tokens']} tokens (32-byte prompts); "
            f"1 client = the same requests one at a time.", ""]
     base = r["runs"][0]["tok_s"]
     out += ["| clients | tokens/s | vs serial | p50 latency | p99 latency |",
