@@ -90,21 +90,6 @@ static void job_fail(job *j, const char *what, bdh_status rc)
     job_mark(j, FINISH_ERROR);
 }
 
-bool job_wait(job *j, double timeout_s)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    const double t = (double)ts.tv_nsec * 1e-9 + timeout_s;
-    ts.tv_sec += (time_t)t;
-    ts.tv_nsec = (long)((t - (double)(time_t)t) * 1e9);
-    pthread_mutex_lock(&j->mu);
-    while (!j->finish)
-        if (pthread_cond_timedwait(&j->cv, &j->mu, &ts)) break;
-    const bool done = j->finish != FINISH_NONE;
-    pthread_mutex_unlock(&j->mu);
-    return done;
-}
-
 bool job_wait_more(job *j, size_t seen, double timeout_s)
 {
     struct timespec ts;
@@ -119,6 +104,9 @@ bool job_wait_more(job *j, size_t seen, double timeout_s)
     pthread_mutex_unlock(&j->mu);
     return more;
 }
+
+/* No count of bytes out is more than SIZE_MAX: only the end wakes it. */
+bool job_wait(job *j, double timeout_s) { return job_wait_more(j, SIZE_MAX, timeout_s); }
 
 void job_destroy(job *j)
 {
