@@ -26,6 +26,10 @@
  * many tokens leaves the same bits as one bdh_prefill call. */
 #define PREFILL_CHUNK 128
 
+/* why a job that never started is refused (503) */
+static const char QUEUE_TIMED_OUT[] = "timed out waiting in the queue";
+static const char SHUTTING_DOWN[] = "the server is shutting down";
+
 struct batch {
     bdh_model *model;
     int32_t vocab;
@@ -74,6 +78,17 @@ static void job_end(job *j, finish_kind why)
     j->finish = why;
     pthread_cond_broadcast(&j->cv);
     pthread_mutex_unlock(&j->mu);
+}
+
+/* End jobs that never started (a list through next), telling why. */
+static void refuse_all(job *list, const char *why)
+{
+    while (list) {
+        job *next = list->next; /* read first: an ended job may be freed */
+        snprintf(list->error, sizeof list->error, "%s", why);
+        job_end(list, FINISH_REFUSED);
+        list = next;
+    }
 }
 
 /* Mark a running job to end at the next sweep (first reason wins). */
@@ -188,7 +203,7 @@ static void admit(batch *b, double now)
         if (!j) return;
         j->next = NULL;
         if (now >= j->deadline) {
-            snprintf(j->error, sizeof j->error, "timed out waiting in the queue");
+            snprintf(j->error, sizeof j->error, "%s", QUEUE_TIMED_OUT);
             job_mark(j, FINISH_REFUSED);
         } else {
             job_start(j, b->vocab);
@@ -220,12 +235,7 @@ static void expire(batch *b, double now)
         }
     }
     pthread_mutex_unlock(&b->mu);
-    while (late) {
-        job *next = late->next;
-        snprintf(late->error, sizeof late->error, "timed out waiting in the queue");
-        job_end(late, FINISH_REFUSED);
-        late = next;
-    }
+    refuse_all(late, QUEUE_TIMED_OUT);
     for (job *j = b->running; j; j = j->next) {
         if (atomic_load(&j->cancel)) job_mark(j, FINISH_CANCELLED);
         else if (now >= j->deadline) job_mark(j, FINISH_TIMEOUT);
@@ -381,9 +391,8 @@ void batch_submit(batch *b, job *j)
     pthread_mutex_lock(&b->mu);
     if (b->draining) {
         pthread_mutex_unlock(&b->mu);
-        snprintf(j->error, sizeof j->error, "the server is shutting down");
         batch_unreserve(b);
-        job_end(j, FINISH_REFUSED);
+        refuse_all(j, SHUTTING_DOWN); /* j->next is NULL: a list of one */
         return;
     }
     if (b->queue_tail) b->queue_tail->next = j;
@@ -404,12 +413,7 @@ void batch_drain(batch *b, double grace_s)
     b->reserved -= b->queued;
     b->queued = 0;
     pthread_mutex_unlock(&b->mu);
-    while (q) {
-        job *next = q->next;
-        snprintf(q->error, sizeof q->error, "the server is shutting down");
-        job_end(q, FINISH_REFUSED);
-        q = next;
-    }
+    refuse_all(q, SHUTTING_DOWN);
     pthread_mutex_lock(&b->mu);
     pthread_cond_broadcast(&b->cv);
     while (b->active > 0) pthread_cond_wait(&b->cv, &b->mu);
