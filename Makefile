@@ -233,7 +233,7 @@ $(FUZZ_BUILD)/%: tests/fuzz/%.c $(FUZZ_OBJ)
 	$(FUZZ_CC) $(FUZZ_CFLAGS) -fsanitize=fuzzer -o $@ $< $(FUZZ_OBJ) $(FUZZ_LIBS)
 
 # bdh serve's request and text parsers, with the store's id check
-FUZZ_SERVE_SRC := tools/serve/api.c tools/serve/utf8.c tools/serve/store.c tools/serve/store_dir.c tools/serve/store_redis.c
+FUZZ_SERVE_SRC := tools/serve/api.c tools/serve/utf8.c tools/serve/clock.c tools/serve/store.c tools/serve/store_dir.c tools/serve/store_redis.c
 $(FUZZ_BUILD)/fuzz_request: tests/fuzz/fuzz_request.c $(FUZZ_SERVE_SRC) $(wildcard tools/serve/*.h) $(FUZZ_OBJ)
 	$(FUZZ_CC) $(FUZZ_CFLAGS) -Itools/serve -fsanitize=fuzzer -o $@ $< $(FUZZ_SERVE_SRC) $(FUZZ_OBJ) $(FUZZ_LIBS) -lhiredis
 

@@ -12,11 +12,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-/* api.c's clocks live in batch.c, which brings the whole scheduler: a fixed
- * clock here (it seeds requests without a seed; any value will do). */
-double now_monotonic(void) { return 1.0; }
-int64_t now_unix(void) { return 1; }
-
 /* Unicode's well-formed UTF-8 (Table 3-7): what the server may put in JSON. */
 static int valid_utf8(const uint8_t *s, size_t n)
 {

@@ -2,12 +2,15 @@
 server that goes on working."""
 from __future__ import annotations
 
+import json
+import signal
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import requests
 
-from conftest import HTTP_TIMEOUT, SHAKESPEARE, TINY
+from conftest import HTTP_TIMEOUT, SHAKESPEARE, TINY, sse_events
 
 
 def error_of(r, status):
@@ -102,6 +105,65 @@ def test_streams_and_queue_full_503_retry_after(serve):
     while s.post("/v1/completions", json=dict(prompt="a", max_tokens=1)).status_code == 503:
         assert time.monotonic() < deadline
         time.sleep(0.05)
+
+
+def test_queue_timeout_is_503_and_the_server_goes_on(serve):
+    """--timeout passed in the queue: a plain request gets 503, a stream an
+    error event then [DONE]; the stream they waited for ends as a length
+    limit, and the server serves on."""
+    # The queue is first in, first out and every request has the same
+    # --timeout, so the streams a queued request waits for reach their own
+    # deadline (and free their place) before its deadline comes: it times out
+    # in the queue only when one scheduler round outlasts the gap, as a long
+    # prefill chunk of a large model can. SIGSTOP makes such a round on any
+    # machine: the whole server held still past every deadline.
+    T = 5  # seconds: room for the setup below, which must end before the first deadline
+    s = serve(SHAKESPEARE, "--max-streams", "1", "--max-queue", "2", "--timeout", str(T), "--max-tokens", "100000")
+    started = time.monotonic()
+    r = requests.post(s.url + "/v1/completions", stream=True, timeout=HTTP_TIMEOUT,
+                      json=dict(prompt="ROMEO:", max_tokens=100000, stream=True))
+    lines = r.iter_lines()  # kept: a dropped generator closes the connection
+    next(lines)  # generating: it holds the one stream
+
+    def timed(stream):
+        t0 = time.monotonic()
+        got = s.post("/v1/completions", stream=stream, json=dict(prompt="a", max_tokens=5, stream=stream))
+        got = (got.status_code, sse_events(got)) if stream else got
+        return got, time.monotonic() - t0
+
+    with ThreadPoolExecutor(2) as pool:
+        plain = pool.submit(timed, False)
+        streamed = pool.submit(timed, True)
+        deadline = time.monotonic() + 20
+        while "bdh_queue_length 2" not in s.get("/metrics").text:
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        s.proc.send_signal(signal.SIGSTOP)
+        try:
+            # else the first stream's own --timeout freed its place first: the
+            # queued requests would have run, and this test tested nothing
+            assert time.monotonic() - started < T, "the setup took longer than --timeout"
+            time.sleep(T + 0.5)  # every deadline passes while the server is stopped
+        finally:
+            s.proc.send_signal(signal.SIGCONT)
+        (refused, waited), ((status, events), waited_stream) = plain.result(timeout=60), streamed.result(timeout=60)
+
+    e = error_of(refused, 503)
+    assert e["code"] == "unavailable" and "timed out waiting in the queue" in e["message"]
+    assert status == 200 and events[-1] == "[DONE]" and len(events) == 2
+    assert events[0]["error"]["code"] == "unavailable" and "timed out" in events[0]["error"]["message"]
+    # A request's deadline is its arrival plus --timeout, so a refusal for
+    # time cannot come sooner on any machine (an overloaded 503 comes at once).
+    assert waited >= T and waited_stream >= T
+    rest = [line for line in lines if line]
+    assert rest[-1] == b"data: [DONE]"
+    assert json.loads(rest[-2][len(b"data: "):])["choices"][0]["finish_reason"] == "length"
+    # the server goes on: nothing left running or queued, and it serves
+    metrics = s.get("/metrics").text
+    assert "bdh_queue_length 0" in metrics and "bdh_active_streams 0" in metrics
+    assert s.complete(prompt="a", max_tokens=5)["usage"]["completion_tokens"] == 5
+    events = sse_events(s.post("/v1/completions", stream=True, json=dict(prompt="a", max_tokens=5, stream=True)))
+    assert events[-1] == "[DONE]" and events[-2]["choices"][0]["finish_reason"] == "length"
 
 
 def test_timeout_ends_generation_as_length(serve):

@@ -26,6 +26,10 @@
  * many tokens leaves the same bits as one bdh_prefill call. */
 #define PREFILL_CHUNK 128
 
+/* why a job that never started is refused (503) */
+static const char QUEUE_TIMED_OUT[] = "timed out waiting in the queue";
+static const char SHUTTING_DOWN[] = "the server is shutting down";
+
 struct batch {
     bdh_model *model;
     int32_t vocab;
@@ -42,15 +46,6 @@ struct batch {
     int32_t *tokens;
     float *logits;
 };
-
-double now_monotonic(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
-
-int64_t now_unix(void) { return (int64_t)time(NULL); }
 
 /* ------------------------------------------------------------ jobs */
 
@@ -85,6 +80,17 @@ static void job_end(job *j, finish_kind why)
     pthread_mutex_unlock(&j->mu);
 }
 
+/* End jobs that never started (a list through next), telling why. */
+static void refuse_all(job *list, const char *why)
+{
+    while (list) {
+        job *next = list->next; /* read first: an ended job may be freed */
+        snprintf(list->error, sizeof list->error, "%s", why);
+        job_end(list, FINISH_REFUSED);
+        list = next;
+    }
+}
+
 /* Mark a running job to end at the next sweep (first reason wins). */
 static void job_mark(job *j, finish_kind why)
 {
@@ -97,21 +103,6 @@ static void job_fail(job *j, const char *what, bdh_status rc)
     snprintf(j->error, sizeof j->error, "%s: %s (%s)", what, bdh_last_error(), bdh_status_name(rc));
     pthread_mutex_unlock(&j->mu);
     job_mark(j, FINISH_ERROR);
-}
-
-bool job_wait(job *j, double timeout_s)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    const double t = (double)ts.tv_nsec * 1e-9 + timeout_s;
-    ts.tv_sec += (time_t)t;
-    ts.tv_nsec = (long)((t - (double)(time_t)t) * 1e9);
-    pthread_mutex_lock(&j->mu);
-    while (!j->finish)
-        if (pthread_cond_timedwait(&j->cv, &j->mu, &ts)) break;
-    const bool done = j->finish != FINISH_NONE;
-    pthread_mutex_unlock(&j->mu);
-    return done;
 }
 
 bool job_wait_more(job *j, size_t seen, double timeout_s)
@@ -128,6 +119,9 @@ bool job_wait_more(job *j, size_t seen, double timeout_s)
     pthread_mutex_unlock(&j->mu);
     return more;
 }
+
+/* No count of bytes out is more than SIZE_MAX: only the end wakes it. */
+bool job_wait(job *j, double timeout_s) { return job_wait_more(j, SIZE_MAX, timeout_s); }
 
 void job_destroy(job *j)
 {
@@ -209,7 +203,7 @@ static void admit(batch *b, double now)
         if (!j) return;
         j->next = NULL;
         if (now >= j->deadline) {
-            snprintf(j->error, sizeof j->error, "timed out waiting in the queue");
+            snprintf(j->error, sizeof j->error, "%s", QUEUE_TIMED_OUT);
             job_mark(j, FINISH_REFUSED);
         } else {
             job_start(j, b->vocab);
@@ -241,12 +235,7 @@ static void expire(batch *b, double now)
         }
     }
     pthread_mutex_unlock(&b->mu);
-    while (late) {
-        job *next = late->next;
-        snprintf(late->error, sizeof late->error, "timed out waiting in the queue");
-        job_end(late, FINISH_REFUSED);
-        late = next;
-    }
+    refuse_all(late, QUEUE_TIMED_OUT);
     for (job *j = b->running; j; j = j->next) {
         if (atomic_load(&j->cancel)) job_mark(j, FINISH_CANCELLED);
         else if (now >= j->deadline) job_mark(j, FINISH_TIMEOUT);
@@ -402,9 +391,8 @@ void batch_submit(batch *b, job *j)
     pthread_mutex_lock(&b->mu);
     if (b->draining) {
         pthread_mutex_unlock(&b->mu);
-        snprintf(j->error, sizeof j->error, "the server is shutting down");
         batch_unreserve(b);
-        job_end(j, FINISH_REFUSED);
+        refuse_all(j, SHUTTING_DOWN); /* j->next is NULL: a list of one */
         return;
     }
     if (b->queue_tail) b->queue_tail->next = j;
@@ -425,12 +413,7 @@ void batch_drain(batch *b, double grace_s)
     b->reserved -= b->queued;
     b->queued = 0;
     pthread_mutex_unlock(&b->mu);
-    while (q) {
-        job *next = q->next;
-        snprintf(q->error, sizeof q->error, "the server is shutting down");
-        job_end(q, FINISH_REFUSED);
-        q = next;
-    }
+    refuse_all(q, SHUTTING_DOWN);
     pthread_mutex_lock(&b->mu);
     pthread_cond_broadcast(&b->cv);
     while (b->active > 0) pthread_cond_wait(&b->cv, &b->mu);

@@ -10,6 +10,7 @@
  *               through to the store (store.h) after every request
  *   metrics.c   counters and the Prometheus text of GET /metrics
  *   store*.c    the session stores (store.h)
+ *   clock.c     the clocks
  */
 #ifndef BDH_SERVE_H
 #define BDH_SERVE_H
@@ -39,8 +40,10 @@ typedef struct serve_config {
     double timeout;         /* seconds a completion may take, queue included */
 } serve_config;
 
-double now_monotonic(void);
-int64_t now_unix(void);
+/* ------------------------------------------------------------ clock.c */
+
+double now_monotonic(void); /* seconds, CLOCK_MONOTONIC */
+int64_t now_unix(void);     /* seconds since 1970 */
 
 /* ------------------------------------------------------------ utf8.c */
 

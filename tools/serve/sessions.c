@@ -57,14 +57,26 @@ static uint64_t get_u64(const uint8_t *p)
     return v;
 }
 
-/* The header of a stored blob; -1 when it is not one of ours. */
-static int parse_header(const void *blob, size_t len, int64_t *last_used, int64_t *position)
+/* The header of a stored blob; SESS_ERROR, said in err, when it is not one
+ * of ours. */
+static int parse_header(const void *blob, size_t len, int64_t *last_used, int64_t *position, char *err,
+                        size_t errlen)
 {
     const uint8_t *p = blob;
-    if (len < HEADER_BYTES || memcmp(p, BLOB_MAGIC, 8) != 0 || get_u64(p + 24) != len - HEADER_BYTES) return -1;
+    if (len < HEADER_BYTES || memcmp(p, BLOB_MAGIC, 8) != 0 || get_u64(p + 24) != len - HEADER_BYTES) {
+        snprintf(err, errlen, "the stored session is not a bdh serve session");
+        return SESS_ERROR;
+    }
     *last_used = (int64_t)get_u64(p + 8);
     *position = (int64_t)get_u64(p + 16);
-    return 0;
+    return SESS_OK;
+}
+
+/* SESS_BUSY, said in err: another request holds session id. */
+static int busy(const char *id, char *err, size_t errlen)
+{
+    snprintf(err, errlen, "session '%s' is in use by another request", id);
+    return SESS_BUSY;
 }
 
 /* header + saved state, malloc'd */
@@ -115,6 +127,14 @@ static session *find(sessions *ss, const char *id)
     return NULL;
 }
 
+/* The session under id in memory (NULL when none) in *out; SESS_BUSY,
+ * said in err, while a request holds it. */
+static int find_idle(sessions *ss, const char *id, session **out, char *err, size_t errlen)
+{
+    *out = find(ss, id);
+    return *out && (*out)->busy ? busy(id, err, errlen) : SESS_OK;
+}
+
 static void drop(sessions *ss, session *s)
 {
     for (session **p = &ss->list; *p; p = &(*p)->next)
@@ -156,10 +176,7 @@ static int load_blob(sessions *ss, const void *blob, size_t len, bdh_state **out
                      size_t errlen)
 {
     int64_t position;
-    if (parse_header(blob, len, last_used, &position)) {
-        snprintf(err, errlen, "the stored session is not a bdh serve session");
-        return SESS_ERROR;
-    }
+    if (parse_header(blob, len, last_used, &position, err, errlen) != SESS_OK) return SESS_ERROR;
     bdh_status rc = bdh_state_new(ss->model, out);
     if (rc == BDH_OK && (rc = bdh_state_load(*out, (const uint8_t *)blob + HEADER_BYTES, len - HEADER_BYTES)) != BDH_OK) {
         bdh_state_free(*out);
@@ -173,12 +190,9 @@ static int load_blob(sessions *ss, const void *blob, size_t len, bdh_state **out
 int sessions_acquire(sessions *ss, const char *id, session **out, char *err, size_t errlen)
 {
     pthread_mutex_lock(&ss->mu);
-    int rc = SESS_OK;
-    session *s = find(ss, id);
-    if (s && s->busy) {
-        snprintf(err, errlen, "session '%s' is in use by another request", id);
-        rc = SESS_BUSY;
-    } else if (!s) {
+    session *s;
+    int rc = find_idle(ss, id, &s, err, errlen);
+    if (rc == SESS_OK && !s) {
         s = calloc(1, sizeof *s);
         void *blob = NULL;
         size_t len = 0;
@@ -258,10 +272,7 @@ int sessions_info(sessions *ss, const char *id, session_info *info, char *err, s
         void *blob = NULL;
         size_t len = 0;
         rc = stored(ss, id, &blob, &len, err, errlen);
-        if (rc == SESS_OK && parse_header(blob, len, &info->last_used, &info->position)) {
-            snprintf(err, errlen, "the stored session is not a bdh serve session");
-            rc = SESS_ERROR;
-        }
+        if (rc == SESS_OK) rc = parse_header(blob, len, &info->last_used, &info->position, err, errlen);
         info->bytes = len;
         free(blob);
     }
@@ -272,12 +283,9 @@ int sessions_info(sessions *ss, const char *id, session_info *info, char *err, s
 int sessions_delete(sessions *ss, const char *id, char *err, size_t errlen)
 {
     pthread_mutex_lock(&ss->mu);
-    int rc = SESS_OK;
-    session *s = find(ss, id);
-    if (s && s->busy) {
-        snprintf(err, errlen, "session '%s' is in use by another request", id);
-        rc = SESS_BUSY;
-    } else {
+    session *s;
+    int rc = find_idle(ss, id, &s, err, errlen);
+    if (rc == SESS_OK) {
         int got = store_delete(ss->st, id, err, errlen);
         if (got == STORE_ERROR) rc = SESS_ERROR;
         else if (got == STORE_NOT_FOUND && !s) {
@@ -302,18 +310,14 @@ int sessions_fork(sessions *ss, const char *src, const char *dst, char *err, siz
         snprintf(err, errlen, "session '%s' exists already", dst);
         rc = SESS_EXISTS;
     } else if (s && s->busy) {
-        snprintf(err, errlen, "session '%s' is in use by another request", src);
-        rc = SESS_BUSY;
+        rc = busy(src, err, errlen);
     } else if (s && !ss->shared) {
         blob = make_blob(s->state, now_unix(), &len, err, errlen);
         if (!blob) rc = SESS_ERROR;
     } else {
         rc = stored(ss, src, &blob, &len, err, errlen);
         int64_t last_used, position;
-        if (rc == SESS_OK && parse_header(blob, len, &last_used, &position)) {
-            snprintf(err, errlen, "the stored session is not a bdh serve session");
-            rc = SESS_ERROR;
-        }
+        if (rc == SESS_OK) rc = parse_header(blob, len, &last_used, &position, err, errlen);
         if (rc == SESS_OK) put_u64((uint8_t *)blob + 8, (uint64_t)now_unix());
     }
     if (rc == SESS_OK && store_put(ss->st, dst, blob, len, err, errlen) != STORE_OK) rc = SESS_ERROR;
