@@ -10,29 +10,7 @@
 #include <stdbool.h>
 #include <unistd.h>
 
-static char dir[64];
-
-static int setup(void **unused)
-{
-    snprintf(dir, sizeof dir, "/tmp/bdh-q8-XXXXXX");
-    return mkdtemp(dir) ? 0 : -1;
-}
-
-static int teardown(void **unused)
-{
-    char cmd[128];
-    snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
-    return system(cmd);
-}
-
-static const char *tmp_path(const char *name)
-{
-    static char path[4][160];
-    static int k;
-    k = (k + 1) % 4;
-    snprintf(path[k], sizeof path[k], "%s/%s", dir, name);
-    return path[k];
-}
+static int setup(void **unused) { return tu_make_tmp_dir("q8"); }
 
 /* ---- a random model of any shape, written with cJSON */
 
@@ -77,7 +55,7 @@ static const char *random_model(const char *name, int L, int D, int H, int N, in
             const float v = uniform(t[i].scale);
             memcpy(p, &v, 4);
         }
-    const char *path = tmp_path(name);
+    const char *path = tu_tmp_path(name);
     assert_int_equal(tu_write_file(path, buf, 8 + hlen + off), 0);
     free(buf);
     free(json);
@@ -160,7 +138,7 @@ static void test_tail_blocks(void **unused)
 
 static void test_prequantized_is_bit_identical(void **unused)
 {
-    const char *src = TU_DATA "/golden/oddheads.model.safetensors", *dst = tmp_path("odd.q8.safetensors");
+    const char *src = TU_DATA "/golden/oddheads.model.safetensors", *dst = tu_tmp_path("odd.q8.safetensors");
     assert_int_equal(bdh_model_quantize(src, dst, BDH_WEIGHTS_Q8_0), BDH_OK);
     bdh_model *at_load = tu_load_with(src, 2, BDH_WEIGHTS_Q8_0, BDH_KERNELS_FAST);
     bdh_model *stored = tu_load_with(dst, 2, BDH_WEIGHTS_AS_STORED, BDH_KERNELS_FAST);
@@ -207,7 +185,7 @@ static void test_prequantized_is_bit_identical(void **unused)
     bdh_model *ref = tu_load_with(src, 1, BDH_WEIGHTS_Q8_0, BDH_KERNELS_REFERENCE);
     float *e = run(deq, 32, false), *f = run(ref, 32, false);
     assert_memory_equal(e, f, 32 * (size_t)c.vocab_size * sizeof(float));
-    assert_int_equal(bdh_model_quantize(dst, tmp_path("again.safetensors"), BDH_WEIGHTS_Q8_0), BDH_ERR_INVALID_ARGUMENT);
+    assert_int_equal(bdh_model_quantize(dst, tu_tmp_path("again.safetensors"), BDH_WEIGHTS_Q8_0), BDH_ERR_INVALID_ARGUMENT);
     assert_int_equal(bdh_model_quantize(src, src, BDH_WEIGHTS_Q8_0), BDH_ERR_INVALID_ARGUMENT);
     assert_int_equal(bdh_model_quantize(src, dst, BDH_WEIGHTS_BF16), BDH_ERR_INVALID_ARGUMENT);
     free(a);
@@ -233,7 +211,7 @@ static void expect_refused(const char *name, cJSON *root, const uint8_t *data, s
     memcpy(buf, &hlen, 8);
     memcpy(buf + 8, json, hlen);
     memcpy(buf + 8 + hlen, data, data_len);
-    const char *path = tmp_path(name);
+    const char *path = tu_tmp_path(name);
     assert_int_equal(tu_write_file(path, buf, 8 + hlen + data_len), 0);
     bdh_model *m = (bdh_model *)0x1;
     const bdh_status rc = bdh_model_load(path, NULL, &m);
@@ -249,7 +227,7 @@ static cJSON *qheader(void) { return cJSON_ParseWithLength((const char *)qfile +
 
 static void test_damaged_quantized_files(void **unused)
 {
-    const char *q = tmp_path("tiny.q8.safetensors");
+    const char *q = tu_tmp_path("tiny.q8.safetensors");
     assert_int_equal(bdh_model_quantize(TU_DATA "/golden/tiny.model.safetensors", q, BDH_WEIGHTS_Q8_0), BDH_OK);
     qfile = tu_read_file(q, &qlen);
     memcpy(&qhlen, qfile, 8);
@@ -311,7 +289,7 @@ static void test_out_of_range_weights(void **unused)
     assert_int_equal(bdh_model_load(path, &p, &m), BDH_ERR_UNSUPPORTED);
     assert_null(m);
     assert_non_null(strstr(bdh_last_error(), "tensor decoder has |value| 1e+07 at index 3, beyond what Q8_0 holds"));
-    assert_int_equal(bdh_model_quantize(path, tmp_path("huge.q8"), BDH_WEIGHTS_Q8_0), BDH_ERR_UNSUPPORTED);
+    assert_int_equal(bdh_model_quantize(path, tu_tmp_path("huge.q8"), BDH_WEIGHTS_Q8_0), BDH_ERR_UNSUPPORTED);
     p.weight_type = BDH_WEIGHTS_F32; /* fine as float32 */
     assert_int_equal(bdh_model_load(path, &p, &m), BDH_OK);
     bdh_model_free(m);
@@ -326,5 +304,5 @@ int main(void)
         cmocka_unit_test(test_damaged_quantized_files),
         cmocka_unit_test(test_out_of_range_weights),
     };
-    return cmocka_run_group_tests(tests, setup, teardown);
+    return cmocka_run_group_tests(tests, setup, tu_remove_tmp_dir);
 }

@@ -1,6 +1,7 @@
 /* Helpers shared by the C tests: reading expected values from safetensors
- * files (with cJSON, independently of the library's own loader), listing the
- * reference cases, and comparing logits. Header-only; tests are one file each. */
+ * files (with cJSON, independently of the library's own loader), a temporary
+ * directory for the files a test writes, listing the reference cases, and
+ * comparing logits. Header-only; tests are one file each. */
 #ifndef BDH_TEST_UTIL_H
 #define BDH_TEST_UTIL_H
 
@@ -48,6 +49,37 @@ static inline int tu_write_file(const char *path, const void *data, size_t len)
     size_t w = fwrite(data, 1, len, f);
     fclose(f);
     return w == len ? 0 : -1;
+}
+
+/* ---- a temporary directory for the files a test writes: made by the
+ * group setup, removed with what is in it by the group teardown */
+
+static char tu_dir[64];
+
+/* Makes /tmp/bdh-NAME-XXXXXX; 0, or -1 as a cmocka setup fails. */
+static inline int tu_make_tmp_dir(const char *name)
+{
+    snprintf(tu_dir, sizeof tu_dir, "/tmp/bdh-%s-XXXXXX", name);
+    return mkdtemp(tu_dir) ? 0 : -1;
+}
+
+/* A cmocka group teardown: removes the directory. */
+static inline int tu_remove_tmp_dir(void **unused)
+{
+    (void)unused;
+    char cmd[128];
+    snprintf(cmd, sizeof cmd, "rm -rf %s", tu_dir);
+    return system(cmd);
+}
+
+/* A path in the directory; a ring: each call's stays valid for the next 63. */
+static inline const char *tu_tmp_path(const char *name)
+{
+    static char path[64][192];
+    static int k;
+    k = (k + 1) % 64;
+    snprintf(path[k], sizeof path[k], "%s/%s", tu_dir, name);
+    return path[k];
 }
 
 /* Copy of tensor `name` (F32, F64 or I32 converted to the asked type).
