@@ -103,14 +103,8 @@ static void test_every_layout(void **unused)
         float *want = read_logits(lg, &f);
         for (int k = BDH_KERNELS_FAST; k <= BDH_KERNELS_REFERENCE; k++) {
             bdh_model *m = tu_load_with(path, 1, BDH_WEIGHTS_F32, (bdh_kernels)k);
-            bdh_config c;
-            assert_int_equal(bdh_model_config(m, &c), BDH_OK);
-            assert_int_equal(c.n_layer, 2);
-            assert_int_equal(c.n_embd, 32);
-            assert_int_equal(c.n_head, 2);
-            assert_int_equal(c.n_neurons, 32);
-            assert_int_equal(c.vocab_size, 256);
-            assert_int_equal(c.mlp_internal_dim_multiplier, 2);
+            tu_expect_config(m, (bdh_config){.n_layer = 2, .n_embd = 32, .n_head = 2, .n_neurons = 32, .vocab_size = 256,
+                                             .mlp_internal_dim_multiplier = 2});
             const double w = worst_diff(m, &f, want);
             printf("  %-36s %-9s max |diff| %.2e\n", rel, k ? "reference" : "fast", w);
             if (w > ABS_TOL) fprintf(stderr, "%s: max |diff| %.3g > %g\n", rel, w, ABS_TOL);

@@ -178,6 +178,19 @@ static inline bdh_model *tu_load_params(const char *path, const bdh_model_params
 
 static inline bdh_model *tu_load(const char *path) { return tu_load_params(path, NULL); }
 
+/* m's configuration is want, field by field. */
+static inline void tu_expect_config(const bdh_model *m, bdh_config want)
+{
+    bdh_config c;
+    assert_int_equal(bdh_model_config(m, &c), BDH_OK);
+    assert_int_equal(c.n_layer, want.n_layer);
+    assert_int_equal(c.n_embd, want.n_embd);
+    assert_int_equal(c.n_head, want.n_head);
+    assert_int_equal(c.n_neurons, want.n_neurons);
+    assert_int_equal(c.vocab_size, want.vocab_size);
+    assert_int_equal(c.mlp_internal_dim_multiplier, want.mlp_internal_dim_multiplier);
+}
+
 static inline bdh_model *tu_load_with(const char *path, int threads, bdh_weight_type wt, bdh_kernels k)
 {
     bdh_model_params p = bdh_model_default_params();
