@@ -32,19 +32,10 @@ typedef struct model {
     bool extra;              /* write an unknown tensor "lm_gate" too */
 } model;
 
-static uint64_t rng = 0x9e3779b97f4a7c15ull;
-static float uniform(float a)
-{
-    rng ^= rng << 13;
-    rng ^= rng >> 7;
-    rng ^= rng << 17;
-    return a * (2.0f * (float)((rng >> 40) * (1.0 / 16777216.0)) - 1.0f);
-}
-
 static float *random_array(size_t n, float scale)
 {
     float *v = malloc(n * sizeof(float));
-    for (size_t i = 0; i < n; i++) v[i] = uniform(scale);
+    for (size_t i = 0; i < n; i++) v[i] = tu_uniform(scale);
     return v;
 }
 
@@ -233,17 +224,6 @@ static float *logits_of(const char *path, bdh_weight_type wt, bdh_kernels k, con
     return out;
 }
 
-/* the largest over positions of max |a - b| / max |b| */
-static double worst(const float *a, const float *b, int T, int V)
-{
-    double w = 0.0;
-    for (int t = 0; t < T; t++) {
-        const double e = tu_rel_err(a + (size_t)t * V, b + (size_t)t * V, (size_t)V);
-        if (e > w || e != e) w = e;
-    }
-    return w;
-}
-
 static void merge_ok(const char *a, const char *b, const char *out, bdh_merge_embed embed)
 {
     bdh_merge_params p = bdh_merge_default_params();
@@ -262,7 +242,7 @@ static double self_merge_error(const char *label, const char *path, bdh_weight_t
     double w = 0.0;
     for (int k = BDH_KERNELS_FAST; k <= BDH_KERNELS_REFERENCE; k++) {
         float *a = logits_of(path, wt, (bdh_kernels)k, tok, T), *b = logits_of(merged, BDH_WEIGHTS_F32, (bdh_kernels)k, tok, T);
-        const double e = worst(b, a, T, 256);
+        const double e = tu_worst_rel_err(b, a, T, 256);
         printf("  %-34s %s kernels, %d positions: self-merge vs model %.2e\n", label, k ? "reference" : "fast", T, e);
         if (e > w || e != e) w = e;
         free(a);
@@ -357,7 +337,7 @@ static void merge_matches_hand_built(void **unused)
     /* decoder concatenated flat (A's H*N_A rows, then B's) mixes heads: */
     model flat = build_merge(&a, &b, BDH_MERGE_EMBED_MEAN, DECODER_FLAT);
     float *lf = logits_of(write_model("flat.safetensors", &flat), BDH_WEIGHTS_F32, BDH_KERNELS_FAST, tok, T);
-    const double e = worst(lf, lm, T, 256);
+    const double e = tu_worst_rel_err(lf, lm, T, 256);
     printf("  flat decoder concatenation vs per head: %.2e\n", e);
     assert_true(e > 1e-2);
 
@@ -507,7 +487,7 @@ static void embed_choices(void **unused)
         free(l);
     }
     /* the choice reaches the model */
-    assert_true(worst(a_logits, mean_logits, 64, 256) > 1e-3);
+    assert_true(tu_worst_rel_err(a_logits, mean_logits, 64, 256) > 1e-3);
     free(mean_logits);
     free(a_logits);
     free(tok);

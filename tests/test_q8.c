@@ -14,15 +14,6 @@ static int setup(void **unused) { return tu_make_tmp_dir("q8"); }
 
 /* ---- a random model of any shape, written with cJSON */
 
-static uint64_t rng = 0x9e3779b97f4a7c15ull;
-static float uniform(float a)
-{
-    rng ^= rng << 13;
-    rng ^= rng >> 7;
-    rng ^= rng << 17;
-    return a * (2.0f * (float)((rng >> 40) * (1.0 / 16777216.0)) - 1.0f);
-}
-
 static const char *random_model(const char *name, int L, int D, int H, int N, int V)
 {
     const struct { const char *name; int n_dims; int64_t shape[3]; float scale; } t[] = {
@@ -52,7 +43,7 @@ static const char *random_model(const char *name, int L, int D, int H, int N, in
     memcpy(buf + 8, json, hlen);
     for (int i = 0; i < 5; i++)
         for (size_t k = 0; k < sizes[i] / 4; k++, p += 4) {
-            const float v = uniform(t[i].scale);
+            const float v = tu_uniform(t[i].scale);
             memcpy(p, &v, 4);
         }
     const char *path = tu_tmp_path(name);
@@ -81,16 +72,6 @@ static float *run(bdh_model *m, int T, bool prefill)
     return out;
 }
 
-static double worst(const float *a, const float *b, int T, int V)
-{
-    double w = 0.0;
-    for (int t = 0; t < T; t++) {
-        const double e = tu_rel_err(a + (size_t)t * V, b + (size_t)t * V, (size_t)V);
-        if (e > w || e != e) w = e;
-    }
-    return w;
-}
-
 /* fast Q8_0 vs the reference on the same blocks; and vs float32 weights */
 static void check_model(const char *label, const char *path, int T, int V)
 {
@@ -98,7 +79,8 @@ static void check_model(const char *label, const char *path, int T, int V)
     bdh_model *ref = tu_load_with(path, 1, BDH_WEIGHTS_Q8_0, BDH_KERNELS_REFERENCE);
     bdh_model *f32 = tu_load_with(path, 1, BDH_WEIGHTS_F32, BDH_KERNELS_REFERENCE);
     float *a = run(fast, T, false), *b = run(ref, T, false), *c = run(f32, T, false), *p = run(fast, T, true);
-    const double e_ref = worst(a, b, T, V), e_f32 = worst(a, c, T, V), e_pre = worst(p, a, T, V);
+    const double e_ref = tu_worst_rel_err(a, b, T, V), e_f32 = tu_worst_rel_err(a, c, T, V);
+    const double e_pre = tu_worst_rel_err(p, a, T, V);
     printf("  %-10s Q8_0 fast vs reference on the same blocks %.2e, vs float32 weights %.2e, prefill vs steps %.2e\n", label,
            e_ref, e_f32, e_pre);
     assert_true(e_ref <= 1e-5); /* the same float32 sums in another order, as for float weights */

@@ -129,6 +129,28 @@ static inline double tu_rel_err(const float *a, const float *ref, size_t n)
     return diff / (scale > 0 ? scale : 1.0);
 }
 
+/* the largest over T positions of tu_rel_err of their V logits */
+static inline double tu_worst_rel_err(const float *a, const float *ref, size_t T, size_t V)
+{
+    double worst = 0.0;
+    for (size_t t = 0; t < T; t++) {
+        const double e = tu_rel_err(a + t * V, ref + t * V, V);
+        if (e > worst || e != e) worst = e;
+    }
+    return worst;
+}
+
+/* Uniform in [-a, a): xorshift64 from a fixed seed, so each run of a test
+ * draws the same weights. */
+static uint64_t tu_rng = 0x9e3779b97f4a7c15ull;
+static inline float tu_uniform(float a)
+{
+    tu_rng ^= tu_rng << 13;
+    tu_rng ^= tu_rng >> 7;
+    tu_rng ^= tu_rng << 17;
+    return a * (2.0f * (float)((tu_rng >> 40) * (1.0 / 16777216.0)) - 1.0f);
+}
+
 /* A reference case: model file, expected tokens and logits. */
 typedef struct tu_case {
     char name[64];
