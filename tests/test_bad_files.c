@@ -56,14 +56,8 @@ static const char *write_bytes(const char *name, const void *data, size_t len)
 /* header text + the original data section */
 static const char *write_with_header(const char *name, const char *json)
 {
-    size_t hlen = strlen(json), data_len = orig_len - 8 - orig_hlen;
-    uint8_t *buf = malloc(8 + hlen + data_len);
-    uint64_t h = hlen;
-    memcpy(buf, &h, 8);
-    memcpy(buf + 8, json, hlen);
-    memcpy(buf + 8 + hlen, orig + 8 + orig_hlen, data_len);
-    const char *path = write_bytes(name, buf, 8 + hlen + data_len);
-    free(buf);
+    const char *path = tu_tmp_path(name);
+    assert_int_equal(tu_write_safetensors(path, json, orig + 8 + orig_hlen, orig_len - 8 - orig_hlen), 0);
     return path;
 }
 

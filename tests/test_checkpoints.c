@@ -166,13 +166,7 @@ static void copy_renamed(const char *src, const char *dst, const char *from, con
         cJSON_AddItemToObject(h, to, t);
     }
     char *json = cJSON_PrintUnformatted(h);
-    const uint64_t n = strlen(json);
-    FILE *f = fopen(dst, "wb");
-    assert_non_null(f);
-    fwrite(&n, 8, 1, f);
-    fwrite(json, 1, n, f);
-    fwrite(b + 8 + hlen, 1, len - 8 - hlen, f);
-    assert_int_equal(fclose(f), 0);
+    assert_int_equal(tu_write_safetensors(dst, json, b + 8 + hlen, len - 8 - hlen), 0);
     free(json);
     cJSON_Delete(h);
     free(b);

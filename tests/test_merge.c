@@ -85,19 +85,6 @@ static void free_model(model *m)
 
 /* ---- this test's own safetensors writer (cJSON header, F32 tensors) */
 
-static void add_tensor(cJSON *root, const char *name, int n_dims, const int64_t *shape, size_t *off)
-{
-    double dims[4];
-    size_t bytes = 4;
-    for (int d = 0; d < n_dims; d++) dims[d] = (double)shape[d], bytes *= (size_t)shape[d];
-    cJSON *e = cJSON_AddObjectToObject(root, name);
-    cJSON_AddStringToObject(e, "dtype", "F32");
-    cJSON_AddItemToObject(e, "shape", cJSON_CreateDoubleArray(dims, n_dims));
-    const double offs[2] = {(double)*off, (double)(*off + bytes)};
-    cJSON_AddItemToObject(e, "data_offsets", cJSON_CreateDoubleArray(offs, 2));
-    *off += bytes;
-}
-
 static const char *write_model(const char *name, const model *m)
 {
     const int64_t D = m->D, H = m->H, N = m->N, V = m->V;
@@ -118,12 +105,9 @@ static const char *write_model(const char *name, const model *m)
     }
     size_t off = 0;
     for (int i = 0; i < n; i++)
-        if (t[i].data) add_tensor(root, t[i].name, t[i].n_dims, t[i].shape, &off);
+        if (t[i].data) tu_add_f32_tensor(root, t[i].name, t[i].n_dims, t[i].shape, &off);
     char *json = cJSON_PrintUnformatted(root);
-    const uint64_t hlen = strlen(json);
-    uint8_t *buf = malloc(8 + hlen + off), *p = buf + 8 + hlen;
-    memcpy(buf, &hlen, 8);
-    memcpy(buf + 8, json, hlen);
+    uint8_t *data = malloc(off), *p = data;
     for (int i = 0; i < n; i++) {
         if (!t[i].data) continue;
         size_t bytes = 4;
@@ -132,8 +116,8 @@ static const char *write_model(const char *name, const model *m)
         p += bytes;
     }
     const char *path = tu_tmp_path(name);
-    assert_int_equal(tu_write_file(path, buf, 8 + hlen + off), 0);
-    free(buf);
+    assert_int_equal(tu_write_safetensors(path, json, data, off), 0);
+    free(data);
     free(json);
     cJSON_Delete(root);
     return path;

@@ -26,29 +26,20 @@ static const char *random_model(const char *name, int L, int D, int H, int N, in
     cJSON_AddStringToObject(meta, "n_layer", nl);
     size_t off = 0, sizes[5];
     for (int i = 0; i < 5; i++) {
-        sizes[i] = 4;
-        double dims[3];
-        for (int d = 0; d < t[i].n_dims; d++) sizes[i] *= (size_t)t[i].shape[d], dims[d] = (double)t[i].shape[d];
-        cJSON *e = cJSON_AddObjectToObject(root, t[i].name);
-        cJSON_AddStringToObject(e, "dtype", "F32");
-        cJSON_AddItemToObject(e, "shape", cJSON_CreateDoubleArray(dims, t[i].n_dims));
-        const double offs[2] = {(double)off, (double)(off + sizes[i])};
-        cJSON_AddItemToObject(e, "data_offsets", cJSON_CreateDoubleArray(offs, 2));
-        off += sizes[i];
+        const size_t begin = off;
+        tu_add_f32_tensor(root, t[i].name, t[i].n_dims, t[i].shape, &off);
+        sizes[i] = off - begin;
     }
     char *json = cJSON_PrintUnformatted(root);
-    const uint64_t hlen = strlen(json);
-    uint8_t *buf = malloc(8 + hlen + off), *p = buf + 8 + hlen;
-    memcpy(buf, &hlen, 8);
-    memcpy(buf + 8, json, hlen);
+    uint8_t *data = malloc(off), *p = data;
     for (int i = 0; i < 5; i++)
         for (size_t k = 0; k < sizes[i] / 4; k++, p += 4) {
             const float v = tu_uniform(t[i].scale);
             memcpy(p, &v, 4);
         }
     const char *path = tu_tmp_path(name);
-    assert_int_equal(tu_write_file(path, buf, 8 + hlen + off), 0);
-    free(buf);
+    assert_int_equal(tu_write_safetensors(path, json, data, off), 0);
+    free(data);
     free(json);
     cJSON_Delete(root);
     return path;
@@ -188,20 +179,14 @@ static uint64_t qhlen;
 static void expect_refused(const char *name, cJSON *root, const uint8_t *data, size_t data_len, const char *msg)
 {
     char *json = cJSON_PrintUnformatted(root);
-    const uint64_t hlen = strlen(json);
-    uint8_t *buf = malloc(8 + hlen + data_len);
-    memcpy(buf, &hlen, 8);
-    memcpy(buf + 8, json, hlen);
-    memcpy(buf + 8 + hlen, data, data_len);
     const char *path = tu_tmp_path(name);
-    assert_int_equal(tu_write_file(path, buf, 8 + hlen + data_len), 0);
+    assert_int_equal(tu_write_safetensors(path, json, data, data_len), 0);
     bdh_model *m = (bdh_model *)0x1;
     const bdh_status rc = bdh_model_load(path, NULL, &m);
     if (rc == BDH_OK || !strstr(bdh_last_error(), msg)) fprintf(stderr, "%s: %s\n", name, bdh_last_error());
     assert_int_not_equal(rc, BDH_OK);
     assert_null(m);
     assert_non_null(strstr(bdh_last_error(), msg));
-    free(buf);
     free(json);
 }
 

@@ -51,6 +51,33 @@ static inline int tu_write_file(const char *path, const void *data, size_t len)
     return w == len ? 0 : -1;
 }
 
+/* ---- the tests' own safetensors writer (a cJSON header, the data after it) */
+
+/* A safetensors file: the header's length (8 bytes), the header, the data. */
+static inline int tu_write_safetensors(const char *path, const char *header, const void *data, size_t data_len)
+{
+    FILE *f = fopen(path, "wb");
+    if (!f) return -1;
+    const uint64_t hlen = strlen(header);
+    const int ok = fwrite(&hlen, 8, 1, f) == 1 && fwrite(header, 1, hlen, f) == hlen && fwrite(data, 1, data_len, f) == data_len;
+    return fclose(f) == 0 && ok ? 0 : -1;
+}
+
+/* An F32 tensor of this shape in header root, its data at *off, which moves past it. */
+static inline void tu_add_f32_tensor(cJSON *root, const char *name, int n_dims, const int64_t *shape, size_t *off)
+{
+    double dims[8];
+    assert_true(n_dims <= 8);
+    size_t bytes = 4;
+    for (int d = 0; d < n_dims; d++) dims[d] = (double)shape[d], bytes *= (size_t)shape[d];
+    cJSON *e = cJSON_AddObjectToObject(root, name);
+    cJSON_AddStringToObject(e, "dtype", "F32");
+    cJSON_AddItemToObject(e, "shape", cJSON_CreateDoubleArray(dims, n_dims));
+    const double offs[2] = {(double)*off, (double)(*off + bytes)};
+    cJSON_AddItemToObject(e, "data_offsets", cJSON_CreateDoubleArray(offs, 2));
+    *off += bytes;
+}
+
 /* ---- a temporary directory for the files a test writes: made by the
  * group setup, removed with what is in it by the group teardown */
 
