@@ -35,15 +35,7 @@ static int teardown(void **unused)
 /* Load path, expect status, a message, and *out left NULL. */
 static void expect_load(const char *path, const bdh_model_params *p, bdh_status want, const char *msg_part)
 {
-    bdh_model *m = (bdh_model *)0x1;
-    bdh_status rc = bdh_model_load(path, p, &m);
-    if (rc != want || (msg_part && !strstr(bdh_last_error(), msg_part)))
-        fprintf(stderr, "load %s: got %s \"%s\", wanted %s with \"%s\"\n", path, bdh_status_name(rc), bdh_last_error(),
-                bdh_status_name(want), msg_part ? msg_part : "");
-    assert_int_equal(rc, want);
-    assert_null(m);
-    assert_true(strlen(bdh_last_error()) > 0);
-    if (msg_part) assert_non_null(strstr(bdh_last_error(), msg_part));
+    tu_expect_load_refused(path, p, want, msg_part, NULL);
 }
 
 static const char *write_bytes(const char *name, const void *data, size_t len)

@@ -126,20 +126,6 @@ static void test_every_layout(void **unused)
 
 /* ------------------------------------------------------------- errors */
 
-static void expect_load(const char *path, const bdh_model_params *p, bdh_status want, const char *part1, const char *part2)
-{
-    bdh_model *m = (bdh_model *)0x1;
-    const bdh_status rc = bdh_model_load(path, p, &m);
-    const char *msg = bdh_last_error();
-    if (rc != want || (part1 && !strstr(msg, part1)) || (part2 && !strstr(msg, part2)))
-        fprintf(stderr, "load %s: got %s \"%s\", wanted %s with \"%s\" and \"%s\"\n", path, bdh_status_name(rc), msg,
-                bdh_status_name(want), part1 ? part1 : "", part2 ? part2 : "");
-    assert_int_equal(rc, want);
-    assert_null(m);
-    if (part1) assert_non_null(strstr(msg, part1));
-    if (part2) assert_non_null(strstr(msg, part2));
-}
-
 static void write_text(const char *path, const char *text) { assert_int_equal(tu_write_file(path, text, strlen(text)), 0); }
 
 static const char *make_dir(const char *name)
@@ -177,21 +163,22 @@ static void test_extra_and_missing_tensors(void **unused)
     /* an unknown tensor is refused by name; lm_gate is not (the fixture loads) */
     const char *p = tu_tmp_path("mystery.safetensors");
     copy_renamed(CK "/ref-backbone-lm-gate.safetensors", p, "backbone.lm_gate", "backbone.mystery");
-    expect_load(p, NULL, BDH_ERR_FORMAT, "that no BDH model has: backbone.mystery", "lm_gate is ignored");
+    tu_expect_load_refused(p, NULL, BDH_ERR_FORMAT, "that no BDH model has: backbone.mystery", "lm_gate is ignored");
     /* a missing tensor: the message lists the names the file has */
     p = tu_tmp_path("no-encoder-v.safetensors");
     copy_renamed(CK "/ref-model-prefix.safetensors", p, "model.encoder_v", "model.lm_gate");
-    expect_load(p, NULL, BDH_ERR_CONFIG, "no tensor named encoder_v", "it has: model.attn.freqs, model.decoder, model.embed.weight");
+    tu_expect_load_refused(p, NULL, BDH_ERR_CONFIG, "no tensor named encoder_v",
+                           "it has: model.attn.freqs, model.decoder, model.embed.weight");
     /* one tensor under two names */
     p = tu_tmp_path("twice.safetensors");
     copy_renamed(CK "/ref-model-prefix.safetensors", p, "model.encoder_v", "module.encoder");
-    expect_load(p, NULL, BDH_ERR_FORMAT, "model.encoder and module.encoder are both encoder", NULL);
+    tu_expect_load_refused(p, NULL, BDH_ERR_FORMAT, "model.encoder and module.encoder are both encoder", NULL);
     /* no lm_head, and a config.json that does not tie */
     const char *d = make_dir("untied-no-head");
     copy_renamed(CK "/hf-tied/model.safetensors", tu_tmp_path("untied-no-head/model.safetensors"), NULL, NULL);
     write_text(tu_tmp_path("untied-no-head/config.json"),
                "{\"num_hidden_layers\": 2, \"hidden_size\": 32, \"tie_word_embeddings\": false}");
-    expect_load(d, NULL, BDH_ERR_CONFIG, "no tensor named lm_head or lm_head.weight", "backbone.embed.weight");
+    tu_expect_load_refused(d, NULL, BDH_ERR_CONFIG, "no tensor named lm_head or lm_head.weight", "backbone.embed.weight");
     /* tied, and encoder missing: found by fuzz_checkpoint, which read a NULL
      * encoder when the tie came first (reproducer in tests/fuzz/regressions) */
     d = make_dir("tied-no-encoder");
@@ -201,7 +188,7 @@ static void test_extra_and_missing_tensors(void **unused)
     assert_non_null(cfg);
     assert_int_equal(tu_write_file(tu_tmp_path("tied-no-encoder/config.json"), cfg, clen), 0);
     free(cfg);
-    expect_load(d, NULL, BDH_ERR_CONFIG, "no tensor named encoder", NULL);
+    tu_expect_load_refused(d, NULL, BDH_ERR_CONFIG, "no tensor named encoder", NULL);
 }
 
 static void test_config_sources(void **unused)
@@ -210,31 +197,31 @@ static void test_config_sources(void **unused)
     const char *d = make_dir("disagree");
     copy_renamed(CK "/ref-model-prefix.safetensors", tu_tmp_path("disagree/model.safetensors"), NULL, NULL);
     write_text(tu_tmp_path("disagree/config.json"), "{\"num_hidden_layers\": 3}");
-    expect_load(d, NULL, BDH_ERR_CONFIG, "the metadata says n_layer = 2 but config.json says 3", NULL);
+    tu_expect_load_refused(d, NULL, BDH_ERR_CONFIG, "the metadata says n_layer = 2 but config.json says 3", NULL);
     write_text(tu_tmp_path("disagree/config.json"), "{\"n_layer\": 2, \"hidden_size\": 40}");
-    expect_load(d, NULL, BDH_ERR_CONFIG, "the metadata says n_embd = 32 but config.json says 40", NULL);
+    tu_expect_load_refused(d, NULL, BDH_ERR_CONFIG, "the metadata says n_embd = 32 but config.json says 40", NULL);
     write_text(tu_tmp_path("disagree/config.json"), "{\"n_layer\": 2, \"num_hidden_layers\": 4}");
-    expect_load(d, NULL, BDH_ERR_CONFIG, "n_layer = 2 but num_hidden_layers = 4", NULL);
+    tu_expect_load_refused(d, NULL, BDH_ERR_CONFIG, "n_layer = 2 but num_hidden_layers = 4", NULL);
     write_text(tu_tmp_path("disagree/config.json"), "[2]");
-    expect_load(d, NULL, BDH_ERR_CONFIG, "is not a JSON object", NULL);
+    tu_expect_load_refused(d, NULL, BDH_ERR_CONFIG, "is not a JSON object", NULL);
     write_text(tu_tmp_path("disagree/config.json"), "{\"num_hidden_layers\": 2.5}");
-    expect_load(d, NULL, BDH_ERR_CONFIG, "num_hidden_layers is not an integer", NULL);
+    tu_expect_load_refused(d, NULL, BDH_ERR_CONFIG, "num_hidden_layers is not an integer", NULL);
     /* the same file by its path reads the config.json beside it */
-    expect_load(tu_tmp_path("disagree/model.safetensors"), NULL, BDH_ERR_CONFIG, "num_hidden_layers", NULL);
+    tu_expect_load_refused(tu_tmp_path("disagree/model.safetensors"), NULL, BDH_ERR_CONFIG, "num_hidden_layers", NULL);
 
     /* config.json against the shapes (a file without metadata) */
     d = make_dir("json-vs-shapes");
     copy_renamed(CK "/ref-no-metadata/model.safetensors", tu_tmp_path("json-vs-shapes/model.safetensors"), NULL, NULL);
     write_text(tu_tmp_path("json-vs-shapes/config.json"), "{\"n_layer\": 2, \"hidden_size\": 40}");
-    expect_load(d, NULL, BDH_ERR_CONFIG, "config.json says n_embd = 40 but the tensor shapes give 32", NULL);
+    tu_expect_load_refused(d, NULL, BDH_ERR_CONFIG, "config.json says n_embd = 40 but the tensor shapes give 32", NULL);
     write_text(tu_tmp_path("json-vs-shapes/config.json"), "{\"n_layer\": 2, \"mlp_internal_dim_multiplier\": 4}");
-    expect_load(d, NULL, BDH_ERR_CONFIG, "config.json says mlp_internal_dim_multiplier = 4, giving N = 64", NULL);
+    tu_expect_load_refused(d, NULL, BDH_ERR_CONFIG, "config.json says mlp_internal_dim_multiplier = 4, giving N = 64", NULL);
 
     /* a directory with a metadata-less file and no config.json */
     d = make_dir("no-config");
     const char *file = tu_tmp_path("no-config/model.safetensors");
     copy_renamed(CK "/ref-no-metadata/model.safetensors", file, NULL, NULL);
-    expect_load(d, NULL, BDH_ERR_CONFIG, "no n_layer in the metadata, in a config.json", "load parameters");
+    tu_expect_load_refused(d, NULL, BDH_ERR_CONFIG, "no n_layer in the metadata, in a config.json", "load parameters");
 
     /* ... loads with an override, which gives the reference's logits */
     bdh_config o = {0};
@@ -250,23 +237,23 @@ static void test_config_sources(void **unused)
     cJSON_Delete(f.root);
     /* an override against the shapes, or against the metadata */
     o.n_head = 4;
-    expect_load(d, &p, BDH_ERR_CONFIG, "the load parameters says n_head = 4 but the tensor shapes give 2", NULL);
+    tu_expect_load_refused(d, &p, BDH_ERR_CONFIG, "the load parameters says n_head = 4 but the tensor shapes give 2", NULL);
     o.n_head = 0;
     o.n_layer = 3;
-    expect_load(CK "/ref-model-prefix.safetensors", &p, BDH_ERR_CONFIG, "the metadata says n_layer = 2 but the load parameters says 3",
-                NULL);
+    tu_expect_load_refused(CK "/ref-model-prefix.safetensors", &p, BDH_ERR_CONFIG,
+                           "the metadata says n_layer = 2 but the load parameters says 3", NULL);
     o.n_layer = -1;
-    expect_load(d, &p, BDH_ERR_INVALID_ARGUMENT, "params.config->n_layer = -1", NULL);
+    tu_expect_load_refused(d, &p, BDH_ERR_INVALID_ARGUMENT, "params.config->n_layer = -1", NULL);
 }
 
 static void test_paths(void **unused)
 {
     const char *d = make_dir("empty");
-    expect_load(d, NULL, BDH_ERR_IO, "is a directory without model.safetensors", NULL);
+    tu_expect_load_refused(d, NULL, BDH_ERR_IO, "is a directory without model.safetensors", NULL);
     d = make_dir("sharded");
     write_text(tu_tmp_path("sharded/model.safetensors.index.json"), "{\"weight_map\": {}}");
-    expect_load(d, NULL, BDH_ERR_UNSUPPORTED, "sharded checkpoint", NULL);
-    expect_load(CK "/hf-tied/config.json", NULL, BDH_ERR_FORMAT, "not a safetensors file", NULL);
+    tu_expect_load_refused(d, NULL, BDH_ERR_UNSUPPORTED, "sharded checkpoint", NULL);
+    tu_expect_load_refused(CK "/hf-tied/config.json", NULL, BDH_ERR_FORMAT, "not a safetensors file", NULL);
 }
 
 /* bdh_model_quantize reads every layout; its copy carries the configuration

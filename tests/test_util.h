@@ -227,6 +227,24 @@ static inline bdh_model *tu_load_params(const char *path, const bdh_model_params
 
 static inline bdh_model *tu_load(const char *path) { return tu_load_params(path, NULL); }
 
+/* Loading path with p fails with status want, leaves *out NULL and says
+ * why: a message that holds part1 and part2 (NULL: any message). */
+static inline void tu_expect_load_refused(const char *path, const bdh_model_params *p, bdh_status want, const char *part1,
+                                          const char *part2)
+{
+    bdh_model *m = (bdh_model *)0x1;
+    const bdh_status rc = bdh_model_load(path, p, &m);
+    const char *msg = bdh_last_error();
+    if (rc != want || (part1 && !strstr(msg, part1)) || (part2 && !strstr(msg, part2)))
+        fprintf(stderr, "load %s: got %s \"%s\", wanted %s with \"%s\" and \"%s\"\n", path ? path : "NULL", bdh_status_name(rc),
+                msg, bdh_status_name(want), part1 ? part1 : "", part2 ? part2 : "");
+    assert_int_equal(rc, want);
+    assert_null(m);
+    assert_true(strlen(msg) > 0);
+    if (part1) assert_non_null(strstr(msg, part1));
+    if (part2) assert_non_null(strstr(msg, part2));
+}
+
 /* m's configuration is want, field by field. */
 static inline void tu_expect_config(const bdh_model *m, bdh_config want)
 {
