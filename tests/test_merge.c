@@ -106,7 +106,6 @@ static const char *write_model(const char *name, const model *m)
     size_t off = 0;
     for (int i = 0; i < n; i++)
         if (t[i].data) tu_add_f32_tensor(root, t[i].name, t[i].n_dims, t[i].shape, &off);
-    char *json = cJSON_PrintUnformatted(root);
     uint8_t *data = malloc(off), *p = data;
     for (int i = 0; i < n; i++) {
         if (!t[i].data) continue;
@@ -115,10 +114,8 @@ static const char *write_model(const char *name, const model *m)
         memcpy(p, t[i].data, bytes);
         p += bytes;
     }
-    const char *path = tu_tmp_path(name);
-    assert_int_equal(tu_write_safetensors(path, json, data, off), 0);
+    const char *path = tu_write_tmp_safetensors(name, root, data, off);
     free(data);
-    free(json);
     cJSON_Delete(root);
     return path;
 }

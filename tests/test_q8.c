@@ -30,17 +30,14 @@ static const char *random_model(const char *name, int L, int D, int H, int N, in
         tu_add_f32_tensor(root, t[i].name, t[i].n_dims, t[i].shape, &off);
         sizes[i] = off - begin;
     }
-    char *json = cJSON_PrintUnformatted(root);
     uint8_t *data = malloc(off), *p = data;
     for (int i = 0; i < 5; i++)
         for (size_t k = 0; k < sizes[i] / 4; k++, p += 4) {
             const float v = tu_uniform(t[i].scale);
             memcpy(p, &v, 4);
         }
-    const char *path = tu_tmp_path(name);
-    assert_int_equal(tu_write_safetensors(path, json, data, off), 0);
+    const char *path = tu_write_tmp_safetensors(name, root, data, off);
     free(data);
-    free(json);
     cJSON_Delete(root);
     return path;
 }
@@ -178,16 +175,13 @@ static uint64_t qhlen;
 
 static void expect_refused(const char *name, cJSON *root, const uint8_t *data, size_t data_len, const char *msg)
 {
-    char *json = cJSON_PrintUnformatted(root);
-    const char *path = tu_tmp_path(name);
-    assert_int_equal(tu_write_safetensors(path, json, data, data_len), 0);
+    const char *path = tu_write_tmp_safetensors(name, root, data, data_len);
     bdh_model *m = (bdh_model *)0x1;
     const bdh_status rc = bdh_model_load(path, NULL, &m);
     if (rc == BDH_OK || !strstr(bdh_last_error(), msg)) fprintf(stderr, "%s: %s\n", name, bdh_last_error());
     assert_int_not_equal(rc, BDH_OK);
     assert_null(m);
     assert_non_null(strstr(bdh_last_error(), msg));
-    free(json);
 }
 
 static cJSON *qheader(void) { return cJSON_ParseWithLength((const char *)qfile + 8, (size_t)qhlen); }

@@ -109,6 +109,17 @@ static inline const char *tu_tmp_path(const char *name)
     return path[k];
 }
 
+/* A safetensors file NAME in the directory, its header root printed
+ * unformatted; returns its path (tu_tmp_path's). */
+static inline const char *tu_write_tmp_safetensors(const char *name, const cJSON *root, const void *data, size_t data_len)
+{
+    char *json = cJSON_PrintUnformatted(root);
+    const char *path = tu_tmp_path(name);
+    assert_int_equal(tu_write_safetensors(path, json, data, data_len), 0);
+    free(json);
+    return path;
+}
+
 /* Copy of tensor `name` (F32, F64 or I32 converted to the asked type).
  * numel_out gets the element count; rows_out the first dimension. */
 static inline void *tu_read_tensor(const char *path, const char *name, int want_int, size_t *numel_out, int64_t *rows_out)
