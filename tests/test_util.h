@@ -1,7 +1,8 @@
 /* Helpers shared by the C tests: reading expected values from safetensors
- * files (with cJSON, independently of the library's own loader), a temporary
- * directory for the files a test writes, listing the reference cases, and
- * comparing logits. Header-only; tests are one file each. */
+ * files (with cJSON, independently of the library's own loader) and writing
+ * the tests' own, a temporary directory for the files a test writes, seeded
+ * random weights, listing the reference cases, comparing logits, loading
+ * models and checking refused loads. Header-only; tests are one file each. */
 #ifndef BDH_TEST_UTIL_H
 #define BDH_TEST_UTIL_H
 
@@ -238,6 +239,15 @@ static inline bdh_model *tu_load_params(const char *path, const bdh_model_params
 
 static inline bdh_model *tu_load(const char *path) { return tu_load_params(path, NULL); }
 
+static inline bdh_model *tu_load_with(const char *path, int threads, bdh_weight_type wt, bdh_kernels k)
+{
+    bdh_model_params p = bdh_model_default_params();
+    p.n_threads = threads;
+    p.weight_type = wt;
+    p.kernels = k;
+    return tu_load_params(path, &p);
+}
+
 /* Loading path with p fails with status want, leaves *out NULL and says
  * why: a message that holds part1 and part2 (NULL: any message). */
 static inline void tu_expect_load_refused(const char *path, const bdh_model_params *p, bdh_status want, const char *part1,
@@ -267,15 +277,6 @@ static inline void tu_expect_config(const bdh_model *m, bdh_config want)
     assert_int_equal(c.n_neurons, want.n_neurons);
     assert_int_equal(c.vocab_size, want.vocab_size);
     assert_int_equal(c.mlp_internal_dim_multiplier, want.mlp_internal_dim_multiplier);
-}
-
-static inline bdh_model *tu_load_with(const char *path, int threads, bdh_weight_type wt, bdh_kernels k)
-{
-    bdh_model_params p = bdh_model_default_params();
-    p.n_threads = threads;
-    p.weight_type = wt;
-    p.kernels = k;
-    return tu_load_params(path, &p);
 }
 
 #endif
