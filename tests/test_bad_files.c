@@ -13,15 +13,13 @@
 
 #define TINY TU_DATA "/golden/tiny.model.safetensors"
 
-static char dir[64];
 static uint8_t *orig;
 static size_t orig_len;
 static uint64_t orig_hlen;
 
 static int setup(void **unused)
 {
-    snprintf(dir, sizeof dir, "/tmp/bdh-bad-XXXXXX");
-    if (!mkdtemp(dir)) return -1;
+    if (tu_make_tmp_dir("bad") != 0) return -1;
     orig = tu_read_file(TINY, &orig_len);
     if (!orig) return -1;
     memcpy(&orig_hlen, orig, 8);
@@ -31,29 +29,18 @@ static int setup(void **unused)
 static int teardown(void **unused)
 {
     free(orig);
-    char cmd[128];
-    snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
-    return system(cmd);
+    return tu_remove_tmp_dir(NULL);
 }
 
 /* Load path, expect status, a message, and *out left NULL. */
 static void expect_load(const char *path, const bdh_model_params *p, bdh_status want, const char *msg_part)
 {
-    bdh_model *m = (bdh_model *)0x1;
-    bdh_status rc = bdh_model_load(path, p, &m);
-    if (rc != want || (msg_part && !strstr(bdh_last_error(), msg_part)))
-        fprintf(stderr, "load %s: got %s \"%s\", wanted %s with \"%s\"\n", path, bdh_status_name(rc), bdh_last_error(),
-                bdh_status_name(want), msg_part ? msg_part : "");
-    assert_int_equal(rc, want);
-    assert_null(m);
-    assert_true(strlen(bdh_last_error()) > 0);
-    if (msg_part) assert_non_null(strstr(bdh_last_error(), msg_part));
+    tu_expect_load_refused(path, p, want, msg_part, NULL);
 }
 
 static const char *write_bytes(const char *name, const void *data, size_t len)
 {
-    static char path[128];
-    snprintf(path, sizeof path, "%s/%s", dir, name);
+    const char *path = tu_tmp_path(name);
     assert_int_equal(tu_write_file(path, data, len), 0);
     return path;
 }
@@ -61,14 +48,8 @@ static const char *write_bytes(const char *name, const void *data, size_t len)
 /* header text + the original data section */
 static const char *write_with_header(const char *name, const char *json)
 {
-    size_t hlen = strlen(json), data_len = orig_len - 8 - orig_hlen;
-    uint8_t *buf = malloc(8 + hlen + data_len);
-    uint64_t h = hlen;
-    memcpy(buf, &h, 8);
-    memcpy(buf + 8, json, hlen);
-    memcpy(buf + 8 + hlen, orig + 8 + orig_hlen, data_len);
-    const char *path = write_bytes(name, buf, 8 + hlen + data_len);
-    free(buf);
+    const char *path = tu_tmp_path(name);
+    assert_int_equal(tu_write_safetensors(path, json, orig + 8 + orig_hlen, orig_len - 8 - orig_hlen), 0);
     return path;
 }
 
@@ -141,12 +122,11 @@ static void test_not_weight_files(void **unused)
 {
     const char *text = "First Citizen:\nBefore we proceed any further, hear me speak.\n";
     expect_load(write_bytes("play.txt", text, strlen(text)), NULL, BDH_ERR_FORMAT, "not a safetensors file");
-    char fifo[128];
-    snprintf(fifo, sizeof fifo, "%s/fifo", dir);
+    const char *fifo = tu_tmp_path("fifo");
     assert_int_equal(mkfifo(fifo, 0600), 0);
     expect_load(fifo, NULL, BDH_ERR_IO, "not a regular file");
     expect_load("/dev/null", NULL, BDH_ERR_IO, "not a regular file");
-    expect_load(dir, NULL, BDH_ERR_IO, "is a directory");
+    expect_load(tu_dir, NULL, BDH_ERR_IO, "is a directory");
 }
 
 /* A file that another process truncates and rewrites while it is loaded:
@@ -294,7 +274,7 @@ static void test_config_errors(void **unused)
 
 static void test_paths_and_params(void **unused)
 {
-    expect_load(dir, NULL, BDH_ERR_IO, "directory");
+    expect_load(tu_dir, NULL, BDH_ERR_IO, "directory");
     expect_load("/nonexistent/model.safetensors", NULL, BDH_ERR_IO, "No such file");
     expect_load(NULL, NULL, BDH_ERR_INVALID_ARGUMENT, "path");
     assert_int_equal(bdh_model_load(TINY, NULL, NULL), BDH_ERR_INVALID_ARGUMENT);

@@ -21,20 +21,7 @@
 #define CK TU_DATA "/checkpoints"
 #define ABS_TOL 1e-4
 
-static char dir[64];
-
-static int setup(void **unused)
-{
-    snprintf(dir, sizeof dir, "/tmp/bdh-ckpt-XXXXXX");
-    return mkdtemp(dir) ? 0 : -1;
-}
-
-static int teardown(void **unused)
-{
-    char cmd[128];
-    snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
-    return system(cmd);
-}
+static int setup(void **unused) { return tu_make_tmp_dir("ckpt"); }
 
 /* ------------------------------------------------------------- parity */
 
@@ -116,14 +103,8 @@ static void test_every_layout(void **unused)
         float *want = read_logits(lg, &f);
         for (int k = BDH_KERNELS_FAST; k <= BDH_KERNELS_REFERENCE; k++) {
             bdh_model *m = tu_load_with(path, 1, BDH_WEIGHTS_F32, (bdh_kernels)k);
-            bdh_config c;
-            assert_int_equal(bdh_model_config(m, &c), BDH_OK);
-            assert_int_equal(c.n_layer, 2);
-            assert_int_equal(c.n_embd, 32);
-            assert_int_equal(c.n_head, 2);
-            assert_int_equal(c.n_neurons, 32);
-            assert_int_equal(c.vocab_size, 256);
-            assert_int_equal(c.mlp_internal_dim_multiplier, 2);
+            tu_expect_config(m, (bdh_config){.n_layer = 2, .n_embd = 32, .n_head = 2, .n_neurons = 32, .vocab_size = 256,
+                                             .mlp_internal_dim_multiplier = 2});
             const double w = worst_diff(m, &f, want);
             printf("  %-36s %-9s max |diff| %.2e\n", rel, k ? "reference" : "fast", w);
             if (w > ABS_TOL) fprintf(stderr, "%s: max |diff| %.3g > %g\n", rel, w, ABS_TOL);
@@ -145,34 +126,11 @@ static void test_every_layout(void **unused)
 
 /* ------------------------------------------------------------- errors */
 
-static void expect_load(const char *path, const bdh_model_params *p, bdh_status want, const char *part1, const char *part2)
-{
-    bdh_model *m = (bdh_model *)0x1;
-    const bdh_status rc = bdh_model_load(path, p, &m);
-    const char *msg = bdh_last_error();
-    if (rc != want || (part1 && !strstr(msg, part1)) || (part2 && !strstr(msg, part2)))
-        fprintf(stderr, "load %s: got %s \"%s\", wanted %s with \"%s\" and \"%s\"\n", path, bdh_status_name(rc), msg,
-                bdh_status_name(want), part1 ? part1 : "", part2 ? part2 : "");
-    assert_int_equal(rc, want);
-    assert_null(m);
-    if (part1) assert_non_null(strstr(msg, part1));
-    if (part2) assert_non_null(strstr(msg, part2));
-}
-
-static const char *tmp_path(const char *name)
-{
-    static char path[32][192]; /* a ring: a few stay valid at once */
-    static int k;
-    k = (k + 1) % 32;
-    snprintf(path[k], sizeof path[k], "%s/%s", dir, name);
-    return path[k];
-}
-
 static void write_text(const char *path, const char *text) { assert_int_equal(tu_write_file(path, text, strlen(text)), 0); }
 
 static const char *make_dir(const char *name)
 {
-    const char *p = tmp_path(name);
+    const char *p = tu_tmp_path(name);
     assert_int_equal(mkdir(p, 0755), 0);
     return p;
 }
@@ -194,13 +152,7 @@ static void copy_renamed(const char *src, const char *dst, const char *from, con
         cJSON_AddItemToObject(h, to, t);
     }
     char *json = cJSON_PrintUnformatted(h);
-    const uint64_t n = strlen(json);
-    FILE *f = fopen(dst, "wb");
-    assert_non_null(f);
-    fwrite(&n, 8, 1, f);
-    fwrite(json, 1, n, f);
-    fwrite(b + 8 + hlen, 1, len - 8 - hlen, f);
-    assert_int_equal(fclose(f), 0);
+    assert_int_equal(tu_write_safetensors(dst, json, b + 8 + hlen, len - 8 - hlen), 0);
     free(json);
     cJSON_Delete(h);
     free(b);
@@ -209,66 +161,67 @@ static void copy_renamed(const char *src, const char *dst, const char *from, con
 static void test_extra_and_missing_tensors(void **unused)
 {
     /* an unknown tensor is refused by name; lm_gate is not (the fixture loads) */
-    const char *p = tmp_path("mystery.safetensors");
+    const char *p = tu_tmp_path("mystery.safetensors");
     copy_renamed(CK "/ref-backbone-lm-gate.safetensors", p, "backbone.lm_gate", "backbone.mystery");
-    expect_load(p, NULL, BDH_ERR_FORMAT, "that no BDH model has: backbone.mystery", "lm_gate is ignored");
+    tu_expect_load_refused(p, NULL, BDH_ERR_FORMAT, "that no BDH model has: backbone.mystery", "lm_gate is ignored");
     /* a missing tensor: the message lists the names the file has */
-    p = tmp_path("no-encoder-v.safetensors");
+    p = tu_tmp_path("no-encoder-v.safetensors");
     copy_renamed(CK "/ref-model-prefix.safetensors", p, "model.encoder_v", "model.lm_gate");
-    expect_load(p, NULL, BDH_ERR_CONFIG, "no tensor named encoder_v", "it has: model.attn.freqs, model.decoder, model.embed.weight");
+    tu_expect_load_refused(p, NULL, BDH_ERR_CONFIG, "no tensor named encoder_v",
+                           "it has: model.attn.freqs, model.decoder, model.embed.weight");
     /* one tensor under two names */
-    p = tmp_path("twice.safetensors");
+    p = tu_tmp_path("twice.safetensors");
     copy_renamed(CK "/ref-model-prefix.safetensors", p, "model.encoder_v", "module.encoder");
-    expect_load(p, NULL, BDH_ERR_FORMAT, "model.encoder and module.encoder are both encoder", NULL);
+    tu_expect_load_refused(p, NULL, BDH_ERR_FORMAT, "model.encoder and module.encoder are both encoder", NULL);
     /* no lm_head, and a config.json that does not tie */
     const char *d = make_dir("untied-no-head");
-    copy_renamed(CK "/hf-tied/model.safetensors", tmp_path("untied-no-head/model.safetensors"), NULL, NULL);
-    write_text(tmp_path("untied-no-head/config.json"),
+    copy_renamed(CK "/hf-tied/model.safetensors", tu_tmp_path("untied-no-head/model.safetensors"), NULL, NULL);
+    write_text(tu_tmp_path("untied-no-head/config.json"),
                "{\"num_hidden_layers\": 2, \"hidden_size\": 32, \"tie_word_embeddings\": false}");
-    expect_load(d, NULL, BDH_ERR_CONFIG, "no tensor named lm_head or lm_head.weight", "backbone.embed.weight");
+    tu_expect_load_refused(d, NULL, BDH_ERR_CONFIG, "no tensor named lm_head or lm_head.weight", "backbone.embed.weight");
     /* tied, and encoder missing: found by fuzz_checkpoint, which read a NULL
      * encoder when the tie came first (reproducer in tests/fuzz/regressions) */
     d = make_dir("tied-no-encoder");
-    copy_renamed(CK "/hf-tied/model.safetensors", tmp_path("tied-no-encoder/model.safetensors"), "backbone.encoder", "lm_gate");
+    copy_renamed(CK "/hf-tied/model.safetensors", tu_tmp_path("tied-no-encoder/model.safetensors"), "backbone.encoder", "lm_gate");
     size_t clen = 0;
     char *cfg = tu_read_file(CK "/hf-tied/config.json", &clen);
     assert_non_null(cfg);
-    assert_int_equal(tu_write_file(tmp_path("tied-no-encoder/config.json"), cfg, clen), 0);
+    assert_int_equal(tu_write_file(tu_tmp_path("tied-no-encoder/config.json"), cfg, clen), 0);
     free(cfg);
-    expect_load(d, NULL, BDH_ERR_CONFIG, "no tensor named encoder", NULL);
+    tu_expect_load_refused(d, NULL, BDH_ERR_CONFIG, "no tensor named encoder", NULL);
 }
 
 static void test_config_sources(void **unused)
 {
     /* metadata against config.json, config.json against the shapes, under both naming schemes */
     const char *d = make_dir("disagree");
-    copy_renamed(CK "/ref-model-prefix.safetensors", tmp_path("disagree/model.safetensors"), NULL, NULL);
-    write_text(tmp_path("disagree/config.json"), "{\"num_hidden_layers\": 3}");
-    expect_load(d, NULL, BDH_ERR_CONFIG, "the metadata says n_layer = 2 but config.json says 3", NULL);
-    write_text(tmp_path("disagree/config.json"), "{\"n_layer\": 2, \"hidden_size\": 40}");
-    expect_load(d, NULL, BDH_ERR_CONFIG, "the metadata says n_embd = 32 but config.json says 40", NULL);
-    write_text(tmp_path("disagree/config.json"), "{\"n_layer\": 2, \"num_hidden_layers\": 4}");
-    expect_load(d, NULL, BDH_ERR_CONFIG, "n_layer = 2 but num_hidden_layers = 4", NULL);
-    write_text(tmp_path("disagree/config.json"), "[2]");
-    expect_load(d, NULL, BDH_ERR_CONFIG, "is not a JSON object", NULL);
-    write_text(tmp_path("disagree/config.json"), "{\"num_hidden_layers\": 2.5}");
-    expect_load(d, NULL, BDH_ERR_CONFIG, "num_hidden_layers is not an integer", NULL);
+    copy_renamed(CK "/ref-model-prefix.safetensors", tu_tmp_path("disagree/model.safetensors"), NULL, NULL);
+    write_text(tu_tmp_path("disagree/config.json"), "{\"num_hidden_layers\": 3}");
+    tu_expect_load_refused(d, NULL, BDH_ERR_CONFIG, "the metadata says n_layer = 2 but config.json says 3", NULL);
+    write_text(tu_tmp_path("disagree/config.json"), "{\"n_layer\": 2, \"hidden_size\": 40}");
+    tu_expect_load_refused(d, NULL, BDH_ERR_CONFIG, "the metadata says n_embd = 32 but config.json says 40", NULL);
+    write_text(tu_tmp_path("disagree/config.json"), "{\"n_layer\": 2, \"num_hidden_layers\": 4}");
+    tu_expect_load_refused(d, NULL, BDH_ERR_CONFIG, "n_layer = 2 but num_hidden_layers = 4", NULL);
+    write_text(tu_tmp_path("disagree/config.json"), "[2]");
+    tu_expect_load_refused(d, NULL, BDH_ERR_CONFIG, "is not a JSON object", NULL);
+    write_text(tu_tmp_path("disagree/config.json"), "{\"num_hidden_layers\": 2.5}");
+    tu_expect_load_refused(d, NULL, BDH_ERR_CONFIG, "num_hidden_layers is not an integer", NULL);
     /* the same file by its path reads the config.json beside it */
-    expect_load(tmp_path("disagree/model.safetensors"), NULL, BDH_ERR_CONFIG, "num_hidden_layers", NULL);
+    tu_expect_load_refused(tu_tmp_path("disagree/model.safetensors"), NULL, BDH_ERR_CONFIG, "num_hidden_layers", NULL);
 
     /* config.json against the shapes (a file without metadata) */
     d = make_dir("json-vs-shapes");
-    copy_renamed(CK "/ref-no-metadata/model.safetensors", tmp_path("json-vs-shapes/model.safetensors"), NULL, NULL);
-    write_text(tmp_path("json-vs-shapes/config.json"), "{\"n_layer\": 2, \"hidden_size\": 40}");
-    expect_load(d, NULL, BDH_ERR_CONFIG, "config.json says n_embd = 40 but the tensor shapes give 32", NULL);
-    write_text(tmp_path("json-vs-shapes/config.json"), "{\"n_layer\": 2, \"mlp_internal_dim_multiplier\": 4}");
-    expect_load(d, NULL, BDH_ERR_CONFIG, "config.json says mlp_internal_dim_multiplier = 4, giving N = 64", NULL);
+    copy_renamed(CK "/ref-no-metadata/model.safetensors", tu_tmp_path("json-vs-shapes/model.safetensors"), NULL, NULL);
+    write_text(tu_tmp_path("json-vs-shapes/config.json"), "{\"n_layer\": 2, \"hidden_size\": 40}");
+    tu_expect_load_refused(d, NULL, BDH_ERR_CONFIG, "config.json says n_embd = 40 but the tensor shapes give 32", NULL);
+    write_text(tu_tmp_path("json-vs-shapes/config.json"), "{\"n_layer\": 2, \"mlp_internal_dim_multiplier\": 4}");
+    tu_expect_load_refused(d, NULL, BDH_ERR_CONFIG, "config.json says mlp_internal_dim_multiplier = 4, giving N = 64", NULL);
 
     /* a directory with a metadata-less file and no config.json */
     d = make_dir("no-config");
-    const char *file = tmp_path("no-config/model.safetensors");
+    const char *file = tu_tmp_path("no-config/model.safetensors");
     copy_renamed(CK "/ref-no-metadata/model.safetensors", file, NULL, NULL);
-    expect_load(d, NULL, BDH_ERR_CONFIG, "no n_layer in the metadata, in a config.json", "load parameters");
+    tu_expect_load_refused(d, NULL, BDH_ERR_CONFIG, "no n_layer in the metadata, in a config.json", "load parameters");
 
     /* ... loads with an override, which gives the reference's logits */
     bdh_config o = {0};
@@ -284,30 +237,30 @@ static void test_config_sources(void **unused)
     cJSON_Delete(f.root);
     /* an override against the shapes, or against the metadata */
     o.n_head = 4;
-    expect_load(d, &p, BDH_ERR_CONFIG, "the load parameters says n_head = 4 but the tensor shapes give 2", NULL);
+    tu_expect_load_refused(d, &p, BDH_ERR_CONFIG, "the load parameters says n_head = 4 but the tensor shapes give 2", NULL);
     o.n_head = 0;
     o.n_layer = 3;
-    expect_load(CK "/ref-model-prefix.safetensors", &p, BDH_ERR_CONFIG, "the metadata says n_layer = 2 but the load parameters says 3",
-                NULL);
+    tu_expect_load_refused(CK "/ref-model-prefix.safetensors", &p, BDH_ERR_CONFIG,
+                           "the metadata says n_layer = 2 but the load parameters says 3", NULL);
     o.n_layer = -1;
-    expect_load(d, &p, BDH_ERR_INVALID_ARGUMENT, "params.config->n_layer = -1", NULL);
+    tu_expect_load_refused(d, &p, BDH_ERR_INVALID_ARGUMENT, "params.config->n_layer = -1", NULL);
 }
 
 static void test_paths(void **unused)
 {
     const char *d = make_dir("empty");
-    expect_load(d, NULL, BDH_ERR_IO, "is a directory without model.safetensors", NULL);
+    tu_expect_load_refused(d, NULL, BDH_ERR_IO, "is a directory without model.safetensors", NULL);
     d = make_dir("sharded");
-    write_text(tmp_path("sharded/model.safetensors.index.json"), "{\"weight_map\": {}}");
-    expect_load(d, NULL, BDH_ERR_UNSUPPORTED, "sharded checkpoint", NULL);
-    expect_load(CK "/hf-tied/config.json", NULL, BDH_ERR_FORMAT, "not a safetensors file", NULL);
+    write_text(tu_tmp_path("sharded/model.safetensors.index.json"), "{\"weight_map\": {}}");
+    tu_expect_load_refused(d, NULL, BDH_ERR_UNSUPPORTED, "sharded checkpoint", NULL);
+    tu_expect_load_refused(CK "/hf-tied/config.json", NULL, BDH_ERR_FORMAT, "not a safetensors file", NULL);
 }
 
 /* bdh_model_quantize reads every layout; its copy carries the configuration
  * (a config.json's included). */
 static void test_quantize_layouts(void **unused)
 {
-    const char *q = tmp_path("q8.safetensors");
+    const char *q = tu_tmp_path("q8.safetensors");
     assert_int_equal(bdh_model_quantize(CK "/ref-module-compiled.safetensors", q, BDH_WEIGHTS_Q8_0), BDH_OK);
     bdh_model *a = tu_load_with(q, 1, BDH_WEIGHTS_AS_STORED, BDH_KERNELS_FAST);
     bdh_model *b = tu_load_with(CK "/ref-module-compiled.safetensors", 1, BDH_WEIGHTS_Q8_0, BDH_KERNELS_FAST);
@@ -369,7 +322,7 @@ static void test_convert(void **unused)
     const cJSON *list = cJSON_GetObjectItemCaseSensitive(f.root, "checkpoints"), *e;
     static const struct { bdh_weight_type type; const char *dtype; } types[] = {
         {BDH_WEIGHTS_F32, "F32"}, {BDH_WEIGHTS_BF16, "BF16"}, {BDH_WEIGHTS_F16, "F16"}, {BDH_WEIGHTS_Q8_0, "Q8_0"}};
-    const char *out = tmp_path("converted.safetensors");
+    const char *out = tu_tmp_path("converted.safetensors");
     cJSON_ArrayForEach(e, list) {
         char in[256];
         snprintf(in, sizeof in, CK "/%s", cJSON_GetObjectItemCaseSensitive(e, "path")->valuestring);
@@ -396,7 +349,7 @@ static void test_convert(void **unused)
     assert_null(strstr(header, "backbone."));
     free(bytes);
     /* a Q8_0 file: copied as stored, or dequantized exactly */
-    const char *q = tmp_path("q8-src.safetensors"), *again = tmp_path("q8-again.safetensors");
+    const char *q = tu_tmp_path("q8-src.safetensors"), *again = tu_tmp_path("q8-again.safetensors");
     assert_int_equal(bdh_model_quantize(CK "/hf-untied", q, BDH_WEIGHTS_Q8_0), BDH_OK);
     assert_int_equal(bdh_model_convert(q, again, BDH_WEIGHTS_AS_STORED), BDH_OK);
     expect_same_logits(q, BDH_WEIGHTS_AS_STORED, again, &f);
@@ -415,7 +368,7 @@ static void test_convert(void **unused)
     assert_non_null(strstr(bdh_last_error(), "weight type 9"));
     assert_int_equal(bdh_model_convert(q, q, BDH_WEIGHTS_F32), BDH_ERR_INVALID_ARGUMENT);
     assert_non_null(strstr(bdh_last_error(), "is the input"));
-    assert_int_equal(bdh_model_convert(tmp_path("missing"), out, BDH_WEIGHTS_F32), BDH_ERR_IO);
+    assert_int_equal(bdh_model_convert(tu_tmp_path("missing"), out, BDH_WEIGHTS_F32), BDH_ERR_IO);
     assert_int_equal(bdh_model_convert(NULL, out, BDH_WEIGHTS_F32), BDH_ERR_INVALID_ARGUMENT);
     char *kept = tu_read_file(out, &len);
     assert_true(len == 4 && memcmp(kept, "keep", 4) == 0);
@@ -433,5 +386,5 @@ int main(void)
         cmocka_unit_test(test_quantize_layouts),
         cmocka_unit_test(test_convert),
     };
-    return cmocka_run_group_tests_name("checkpoint layouts", tests, setup, teardown);
+    return cmocka_run_group_tests_name("checkpoint layouts", tests, setup, tu_remove_tmp_dir);
 }

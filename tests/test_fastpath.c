@@ -14,16 +14,6 @@ static void run(bdh_model *m, const int32_t *tokens, size_t T, float *logits_all
     bdh_state_free(s);
 }
 
-static double worst_row_err(const float *a, const float *ref, size_t T, size_t V)
-{
-    double worst = 0.0;
-    for (size_t t = 0; t < T; t++) {
-        double e = tu_rel_err(a + t * V, ref + t * V, V);
-        if (e > worst || e != e) worst = e;
-    }
-    return worst;
-}
-
 static void test_sparse_matches_dense_reference(void **unused)
 {
     tu_case cases[32];
@@ -39,7 +29,7 @@ static void test_sparse_matches_dense_reference(void **unused)
         bdh_model *mr = tu_load_with(cases[i].model, 1, BDH_WEIGHTS_F32, BDH_KERNELS_REFERENCE);
         run(mf, tokens, T, fast, V);
         run(mr, tokens, T, ref, V);
-        double err = worst_row_err(fast, ref, T, V);
+        double err = tu_worst_rel_err(fast, ref, T, V);
         printf("  %-12s sparse vs dense max rel err %.2e\n", cases[i].name, err);
         assert_true(err <= 1e-5);
         bdh_model_free(mf);
@@ -104,7 +94,7 @@ static void test_16bit_storage_matches_reference(void **unused)
         bdh_model *m = tu_load_with(model, 2, BDH_WEIGHTS_AS_STORED, BDH_KERNELS_FAST);
         assert_true(bdh_model_weight_bytes(m) < (size_t)bdh_model_n_params(m) * 3); /* held as 16-bit */
         run(m, tokens, T, got, V);
-        double err = worst_row_err(got, want, T, V);
+        double err = tu_worst_rel_err(got, want, T, V);
         printf("  %-5s stored as is: max rel err %.2e\n", names[i], err);
         assert_true(err <= 1e-4);
         bdh_model_free(m);
@@ -133,7 +123,7 @@ static void test_bf16_conversion_at_load(void **unused)
         bdh_model *mr = tu_load_with(path, 1, (bdh_weight_type)wt, BDH_KERNELS_REFERENCE);
         run(mf, tokens, T, fast, V);
         run(mr, tokens, T, ref, V);
-        double e_ref = worst_row_err(fast, ref, T, V), e_f32 = worst_row_err(fast, f32, T, V);
+        double e_ref = tu_worst_rel_err(fast, ref, T, V), e_f32 = tu_worst_rel_err(fast, f32, T, V);
         printf("  %s storage: vs dense on the same rounded weights %.2e; vs float32 weights %.2e\n",
                wt == BDH_WEIGHTS_BF16 ? "bf16" : "f16", e_ref, e_f32);
         assert_true(e_ref <= 1e-5);

@@ -66,39 +66,46 @@ static void *saved(const bdh_state *s, size_t *len)
     return b;
 }
 
+/* s is byte for byte as it was when saved into blob */
+static void expect_as_saved(const bdh_state *s, const void *blob, size_t blob_len)
+{
+    size_t len;
+    void *now = saved(s, &len);
+    assert_int_equal(len, blob_len);
+    assert_memory_equal(now, blob, len);
+    fault_raw_free(now);
+}
+
 /* the state is byte for byte as before the failed call */
 static void state_unchanged(void *p)
 {
     ctx *c = p;
-    size_t len;
-    void *now = saved(c->s, &len);
-    assert_int_equal(len, c->blob_len);
-    assert_memory_equal(now, c->blob, len);
-    fault_raw_free(now);
+    expect_as_saved(c->s, c->blob, c->blob_len);
+}
+
+/* TINY loaded with mp into c->out_m, which a failure must leave NULL */
+static bdh_status load_tiny(ctx *c, const bdh_model_params *mp)
+{
+    c->out_m = (bdh_model *)c;
+    const bdh_status rc = bdh_model_load(TINY, mp, &c->out_m);
+    if (rc != BDH_OK) assert_null(c->out_m);
+    return rc;
 }
 
 static bdh_status op_load(void *p)
 {
-    ctx *c = p;
-    c->out_m = (bdh_model *)p;
     bdh_model_params mp = bdh_model_default_params();
     mp.n_threads = 2;
-    const bdh_status rc = bdh_model_load(TINY, &mp, &c->out_m);
-    if (rc != BDH_OK) assert_null(c->out_m);
-    return rc;
+    return load_tiny(p, &mp);
 }
 static void undo_load(void *p) { bdh_model_free(((ctx *)p)->out_m); }
 
 static bdh_status op_load_q8(void *p)
 {
-    ctx *c = p;
-    c->out_m = (bdh_model *)p;
     bdh_model_params mp = bdh_model_default_params();
     mp.weight_type = BDH_WEIGHTS_Q8_0;
     mp.kernels = BDH_KERNELS_REFERENCE;
-    const bdh_status rc = bdh_model_load(TINY, &mp, &c->out_m);
-    if (rc != BDH_OK) assert_null(c->out_m);
-    return rc;
+    return load_tiny(p, &mp);
 }
 
 static bdh_status op_state_new(void *p)
@@ -128,11 +135,7 @@ static bdh_status op_prefill(void *p) { return bdh_prefill(((ctx *)p)->t, text, 
 static void t_unchanged(void *p)
 {
     ctx *c = p;
-    size_t len;
-    void *now = saved(c->t, &len);
-    assert_int_equal(len, c->blob_t_len);
-    assert_memory_equal(now, c->blob_t, len);
-    fault_raw_free(now);
+    expect_as_saved(c->t, c->blob_t, c->blob_t_len);
 }
 static bdh_status op_step(void *p)
 {
@@ -222,11 +225,7 @@ static void undo_monitor(void *p)
 static void u_unchanged(void *p)
 {
     ctx *c = p;
-    size_t len;
-    void *now = saved(c->u, &len);
-    assert_int_equal(len, c->blob_u_len);
-    assert_memory_equal(now, c->blob_u, len);
-    fault_raw_free(now);
+    expect_as_saved(c->u, c->blob_u, c->blob_u_len);
 }
 static void u_snapshot(ctx *c)
 {
@@ -248,11 +247,7 @@ static bdh_status op_ref_prefill(void *p) { return bdh_prefill(((ctx *)p)->r1, t
 static void r_unchanged(void *p)
 {
     ctx *c = p;
-    size_t len;
-    void *now = saved(c->r1, &len);
-    assert_int_equal(len, c->blob_r_len);
-    assert_memory_equal(now, c->blob_r, len);
-    fault_raw_free(now);
+    expect_as_saved(c->r1, c->blob_r, c->blob_r_len);
 }
 
 /* bdh_generate: on failure its stats say what the state consumed */

@@ -18,30 +18,7 @@
 #include <stdbool.h>
 #include <unistd.h>
 
-static char dir[64];
-
-static int setup(void **unused)
-{
-    snprintf(dir, sizeof dir, "/tmp/bdh-merge-XXXXXX");
-    return mkdtemp(dir) ? 0 : -1;
-}
-
-static int teardown(void **unused)
-{
-    char cmd[128];
-    snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
-    return system(cmd);
-}
-
-/* A path in the test's directory; each call's stays valid for the next 63. */
-static const char *tmp_path(const char *name)
-{
-    static char path[64][160];
-    static int k;
-    k = (k + 1) % 64;
-    snprintf(path[k], sizeof path[k], "%s/%s", dir, name);
-    return path[k];
-}
+static int setup(void **unused) { return tu_make_tmp_dir("merge"); }
 
 #define TINY TU_DATA "/golden/tiny.model.safetensors"
 #define SHIPPED "models/shakespeare.safetensors"
@@ -55,19 +32,10 @@ typedef struct model {
     bool extra;              /* write an unknown tensor "lm_gate" too */
 } model;
 
-static uint64_t rng = 0x9e3779b97f4a7c15ull;
-static float uniform(float a)
-{
-    rng ^= rng << 13;
-    rng ^= rng >> 7;
-    rng ^= rng << 17;
-    return a * (2.0f * (float)((rng >> 40) * (1.0 / 16777216.0)) - 1.0f);
-}
-
 static float *random_array(size_t n, float scale)
 {
     float *v = malloc(n * sizeof(float));
-    for (size_t i = 0; i < n; i++) v[i] = uniform(scale);
+    for (size_t i = 0; i < n; i++) v[i] = tu_uniform(scale);
     return v;
 }
 
@@ -117,19 +85,6 @@ static void free_model(model *m)
 
 /* ---- this test's own safetensors writer (cJSON header, F32 tensors) */
 
-static void add_tensor(cJSON *root, const char *name, int n_dims, const int64_t *shape, size_t *off)
-{
-    double dims[4];
-    size_t bytes = 4;
-    for (int d = 0; d < n_dims; d++) dims[d] = (double)shape[d], bytes *= (size_t)shape[d];
-    cJSON *e = cJSON_AddObjectToObject(root, name);
-    cJSON_AddStringToObject(e, "dtype", "F32");
-    cJSON_AddItemToObject(e, "shape", cJSON_CreateDoubleArray(dims, n_dims));
-    const double offs[2] = {(double)*off, (double)(*off + bytes)};
-    cJSON_AddItemToObject(e, "data_offsets", cJSON_CreateDoubleArray(offs, 2));
-    *off += bytes;
-}
-
 static const char *write_model(const char *name, const model *m)
 {
     const int64_t D = m->D, H = m->H, N = m->N, V = m->V;
@@ -150,12 +105,8 @@ static const char *write_model(const char *name, const model *m)
     }
     size_t off = 0;
     for (int i = 0; i < n; i++)
-        if (t[i].data) add_tensor(root, t[i].name, t[i].n_dims, t[i].shape, &off);
-    char *json = cJSON_PrintUnformatted(root);
-    const uint64_t hlen = strlen(json);
-    uint8_t *buf = malloc(8 + hlen + off), *p = buf + 8 + hlen;
-    memcpy(buf, &hlen, 8);
-    memcpy(buf + 8, json, hlen);
+        if (t[i].data) tu_add_f32_tensor(root, t[i].name, t[i].n_dims, t[i].shape, &off);
+    uint8_t *data = malloc(off), *p = data;
     for (int i = 0; i < n; i++) {
         if (!t[i].data) continue;
         size_t bytes = 4;
@@ -163,10 +114,8 @@ static const char *write_model(const char *name, const model *m)
         memcpy(p, t[i].data, bytes);
         p += bytes;
     }
-    const char *path = tmp_path(name);
-    assert_int_equal(tu_write_file(path, buf, 8 + hlen + off), 0);
-    free(buf);
-    free(json);
+    const char *path = tu_write_tmp_safetensors(name, root, data, off);
+    free(data);
     cJSON_Delete(root);
     return path;
 }
@@ -256,17 +205,6 @@ static float *logits_of(const char *path, bdh_weight_type wt, bdh_kernels k, con
     return out;
 }
 
-/* the largest over positions of max |a - b| / max |b| */
-static double worst(const float *a, const float *b, int T, int V)
-{
-    double w = 0.0;
-    for (int t = 0; t < T; t++) {
-        const double e = tu_rel_err(a + (size_t)t * V, b + (size_t)t * V, (size_t)V);
-        if (e > w || e != e) w = e;
-    }
-    return w;
-}
-
 static void merge_ok(const char *a, const char *b, const char *out, bdh_merge_embed embed)
 {
     bdh_merge_params p = bdh_merge_default_params();
@@ -279,13 +217,13 @@ static void merge_ok(const char *a, const char *b, const char *out, bdh_merge_em
 /* self-merge against the model, both kernel sets; returns the worst error */
 static double self_merge_error(const char *label, const char *path, bdh_weight_type wt, int T)
 {
-    const char *merged = tmp_path("self.safetensors");
+    const char *merged = tu_tmp_path("self.safetensors");
     merge_ok(path, path, merged, BDH_MERGE_EMBED_MEAN);
     int32_t *tok = text(T);
     double w = 0.0;
     for (int k = BDH_KERNELS_FAST; k <= BDH_KERNELS_REFERENCE; k++) {
         float *a = logits_of(path, wt, (bdh_kernels)k, tok, T), *b = logits_of(merged, BDH_WEIGHTS_F32, (bdh_kernels)k, tok, T);
-        const double e = worst(b, a, T, 256);
+        const double e = tu_worst_rel_err(b, a, T, 256);
         printf("  %-34s %s kernels, %d positions: self-merge vs model %.2e\n", label, k ? "reference" : "fast", T, e);
         if (e > w || e != e) w = e;
         free(a);
@@ -326,7 +264,7 @@ static void self_merge_keeps_logits(void **unused)
 static void self_merge_of_q8_file(void **unused)
 {
     model big = random_model(2, 32, 2, 128, 256, 0.5f);
-    const char *path = write_model("big.safetensors", &big), *q8 = tmp_path("big.q8.safetensors");
+    const char *path = write_model("big.safetensors", &big), *q8 = tu_tmp_path("big.q8.safetensors");
     assert_int_equal(bdh_model_quantize(path, q8, BDH_WEIGHTS_Q8_0), BDH_OK);
     assert_true(self_merge_error("random +-0.5, Q8_0 file", q8, BDH_WEIGHTS_F32, 256) <= 1e-5);
     free_model(&big);
@@ -350,7 +288,7 @@ static void merge_matches_hand_built(void **unused)
     /* A: the golden tiny model (its own attn.freqs); B: other weights, half
      * the neurons, no attn.freqs (the defaults for its N). */
     model a = read_model(TINY, 2, 8), b = random_model(2, 32, 2, 64, 256, 0.3f);
-    const char *pb = write_model("b.safetensors", &b), *out = tmp_path("merged.safetensors");
+    const char *pb = write_model("b.safetensors", &b), *out = tu_tmp_path("merged.safetensors");
     merge_ok(TINY, pb, out, BDH_MERGE_EMBED_MEAN);
     model h = build_merge(&a, &b, BDH_MERGE_EMBED_MEAN, DECODER_PER_HEAD);
     const char *ph = write_model("hand.safetensors", &h);
@@ -380,7 +318,7 @@ static void merge_matches_hand_built(void **unused)
     /* decoder concatenated flat (A's H*N_A rows, then B's) mixes heads: */
     model flat = build_merge(&a, &b, BDH_MERGE_EMBED_MEAN, DECODER_FLAT);
     float *lf = logits_of(write_model("flat.safetensors", &flat), BDH_WEIGHTS_F32, BDH_KERNELS_FAST, tok, T);
-    const double e = worst(lf, lm, T, 256);
+    const double e = tu_worst_rel_err(lf, lm, T, 256);
     printf("  flat decoder concatenation vs per head: %.2e\n", e);
     assert_true(e > 1e-2);
 
@@ -407,7 +345,7 @@ static void refused(const char *a, const char *b, const char *out, const bdh_mer
 static int count_temporaries(void)
 {
     char cmd[160];
-    snprintf(cmd, sizeof cmd, "ls %s | grep -c tmp-", dir);
+    snprintf(cmd, sizeof cmd, "ls %s | grep -c tmp-", tu_dir);
     FILE *f = popen(cmd, "r");
     int n = -1;
     assert_int_equal(fscanf(f, "%d", &n), 1);
@@ -419,7 +357,7 @@ static void refusals(void **unused)
 {
     model a = random_model(2, 32, 2, 64, 256, 0.3f);
     const char *pa = write_model("ra.safetensors", &a);
-    const char *kept = tmp_path("kept.safetensors");
+    const char *kept = tu_tmp_path("kept.safetensors");
     assert_int_equal(tu_write_file(kept, "keep", 4), 0);
 
     struct { const char *label; model m; const char *msg; } cases[] = {
@@ -440,7 +378,7 @@ static void refusals(void **unused)
     model x = random_model(2, 32, 2, 64, 256, 0.3f);
     x.extra = true;
     const char *px = write_model("extra.safetensors", &x);
-    const char *pxm = tmp_path("extra-merged.safetensors");
+    const char *pxm = tu_tmp_path("extra-merged.safetensors");
     assert_int_equal(bdh_model_merge(pa, px, pxm, NULL), BDH_OK);
     bdh_model *mx = tu_load_with(pxm, 1, BDH_WEIGHTS_AS_STORED, BDH_KERNELS_FAST);
     bdh_model_free(mx);
@@ -457,7 +395,7 @@ static void refusals(void **unused)
     /* the output is an input: by name, and by another name */
     refused(pa, TINY, pa, NULL, BDH_ERR_INVALID_ARGUMENT, "is an input");
     refused(TINY, pa, pa, NULL, BDH_ERR_INVALID_ARGUMENT, "is an input");
-    const char *link = tmp_path("link.safetensors");
+    const char *link = tu_tmp_path("link.safetensors");
     assert_int_equal(symlink(pa, link), 0);
     refused(pa, pa, link, NULL, BDH_ERR_INVALID_ARGUMENT, "is an input");
     float *dec = tu_read_tensor(pa, "decoder", 0, NULL, NULL);
@@ -465,7 +403,7 @@ static void refusals(void **unused)
     free(dec);
 
     /* files that are not models, arguments that are not valid */
-    const char *missing = tmp_path("missing.safetensors"), *junk = tmp_path("junk.safetensors");
+    const char *missing = tu_tmp_path("missing.safetensors"), *junk = tu_tmp_path("junk.safetensors");
     assert_int_equal(tu_write_file(junk, "not a model at all, just some bytes", 35), 0);
     refused(pa, missing, kept, NULL, BDH_ERR_IO, missing);
     refused(junk, pa, kept, NULL, BDH_ERR_FORMAT, junk);
@@ -474,7 +412,7 @@ static void refusals(void **unused)
     bdh_merge_params bad = bdh_merge_default_params();
     bad.embed = (bdh_merge_embed)7;
     refused(pa, pa, kept, &bad, BDH_ERR_INVALID_ARGUMENT, "params.embed = 7 is not a bdh_merge_embed");
-    refused(pa, pa, tmp_path("no/such/dir/out.safetensors"), NULL, BDH_ERR_IO, "cannot create a file beside");
+    refused(pa, pa, tu_tmp_path("no/such/dir/out.safetensors"), NULL, BDH_ERR_IO, "cannot create a file beside");
 
     /* nothing above replaced OUT or left a temporary file */
     size_t len;
@@ -502,7 +440,7 @@ static void embed_choices(void **unused)
     float *mean_logits = NULL, *a_logits = NULL;
     int32_t *tok = text(64);
     for (size_t i = 0; i < 3; i++) {
-        const char *out = tmp_path("embed.safetensors");
+        const char *out = tu_tmp_path("embed.safetensors");
         merge_ok(TINY, pb, out, choices[i].how);
         float *e = tu_read_tensor(out, "embed.weight", 0, NULL, NULL), *l = tu_read_tensor(out, "lm_head", 0, NULL, NULL);
         for (size_t k = 0; k < n; k++) {
@@ -530,7 +468,7 @@ static void embed_choices(void **unused)
         free(l);
     }
     /* the choice reaches the model */
-    assert_true(worst(a_logits, mean_logits, 64, 256) > 1e-3);
+    assert_true(tu_worst_rel_err(a_logits, mean_logits, 64, 256) > 1e-3);
     free(mean_logits);
     free(a_logits);
     free(tok);
@@ -547,5 +485,5 @@ int main(void)
         cmocka_unit_test(refusals),
         cmocka_unit_test(embed_choices),
     };
-    return cmocka_run_group_tests(tests, setup, teardown);
+    return cmocka_run_group_tests(tests, setup, tu_remove_tmp_dir);
 }

@@ -10,40 +10,9 @@
 #include <stdbool.h>
 #include <unistd.h>
 
-static char dir[64];
-
-static int setup(void **unused)
-{
-    snprintf(dir, sizeof dir, "/tmp/bdh-q8-XXXXXX");
-    return mkdtemp(dir) ? 0 : -1;
-}
-
-static int teardown(void **unused)
-{
-    char cmd[128];
-    snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
-    return system(cmd);
-}
-
-static const char *tmp_path(const char *name)
-{
-    static char path[4][160];
-    static int k;
-    k = (k + 1) % 4;
-    snprintf(path[k], sizeof path[k], "%s/%s", dir, name);
-    return path[k];
-}
+static int setup(void **unused) { return tu_make_tmp_dir("q8"); }
 
 /* ---- a random model of any shape, written with cJSON */
-
-static uint64_t rng = 0x9e3779b97f4a7c15ull;
-static float uniform(float a)
-{
-    rng ^= rng << 13;
-    rng ^= rng >> 7;
-    rng ^= rng << 17;
-    return a * (2.0f * (float)((rng >> 40) * (1.0 / 16777216.0)) - 1.0f);
-}
 
 static const char *random_model(const char *name, int L, int D, int H, int N, int V)
 {
@@ -57,30 +26,18 @@ static const char *random_model(const char *name, int L, int D, int H, int N, in
     cJSON_AddStringToObject(meta, "n_layer", nl);
     size_t off = 0, sizes[5];
     for (int i = 0; i < 5; i++) {
-        sizes[i] = 4;
-        double dims[3];
-        for (int d = 0; d < t[i].n_dims; d++) sizes[i] *= (size_t)t[i].shape[d], dims[d] = (double)t[i].shape[d];
-        cJSON *e = cJSON_AddObjectToObject(root, t[i].name);
-        cJSON_AddStringToObject(e, "dtype", "F32");
-        cJSON_AddItemToObject(e, "shape", cJSON_CreateDoubleArray(dims, t[i].n_dims));
-        const double offs[2] = {(double)off, (double)(off + sizes[i])};
-        cJSON_AddItemToObject(e, "data_offsets", cJSON_CreateDoubleArray(offs, 2));
-        off += sizes[i];
+        const size_t begin = off;
+        tu_add_f32_tensor(root, t[i].name, t[i].n_dims, t[i].shape, &off);
+        sizes[i] = off - begin;
     }
-    char *json = cJSON_PrintUnformatted(root);
-    const uint64_t hlen = strlen(json);
-    uint8_t *buf = malloc(8 + hlen + off), *p = buf + 8 + hlen;
-    memcpy(buf, &hlen, 8);
-    memcpy(buf + 8, json, hlen);
+    uint8_t *data = malloc(off), *p = data;
     for (int i = 0; i < 5; i++)
         for (size_t k = 0; k < sizes[i] / 4; k++, p += 4) {
-            const float v = uniform(t[i].scale);
+            const float v = tu_uniform(t[i].scale);
             memcpy(p, &v, 4);
         }
-    const char *path = tmp_path(name);
-    assert_int_equal(tu_write_file(path, buf, 8 + hlen + off), 0);
-    free(buf);
-    free(json);
+    const char *path = tu_write_tmp_safetensors(name, root, data, off);
+    free(data);
     cJSON_Delete(root);
     return path;
 }
@@ -103,16 +60,6 @@ static float *run(bdh_model *m, int T, bool prefill)
     return out;
 }
 
-static double worst(const float *a, const float *b, int T, int V)
-{
-    double w = 0.0;
-    for (int t = 0; t < T; t++) {
-        const double e = tu_rel_err(a + (size_t)t * V, b + (size_t)t * V, (size_t)V);
-        if (e > w || e != e) w = e;
-    }
-    return w;
-}
-
 /* fast Q8_0 vs the reference on the same blocks; and vs float32 weights */
 static void check_model(const char *label, const char *path, int T, int V)
 {
@@ -120,7 +67,8 @@ static void check_model(const char *label, const char *path, int T, int V)
     bdh_model *ref = tu_load_with(path, 1, BDH_WEIGHTS_Q8_0, BDH_KERNELS_REFERENCE);
     bdh_model *f32 = tu_load_with(path, 1, BDH_WEIGHTS_F32, BDH_KERNELS_REFERENCE);
     float *a = run(fast, T, false), *b = run(ref, T, false), *c = run(f32, T, false), *p = run(fast, T, true);
-    const double e_ref = worst(a, b, T, V), e_f32 = worst(a, c, T, V), e_pre = worst(p, a, T, V);
+    const double e_ref = tu_worst_rel_err(a, b, T, V), e_f32 = tu_worst_rel_err(a, c, T, V);
+    const double e_pre = tu_worst_rel_err(p, a, T, V);
     printf("  %-10s Q8_0 fast vs reference on the same blocks %.2e, vs float32 weights %.2e, prefill vs steps %.2e\n", label,
            e_ref, e_f32, e_pre);
     assert_true(e_ref <= 1e-5); /* the same float32 sums in another order, as for float weights */
@@ -160,7 +108,7 @@ static void test_tail_blocks(void **unused)
 
 static void test_prequantized_is_bit_identical(void **unused)
 {
-    const char *src = TU_DATA "/golden/oddheads.model.safetensors", *dst = tmp_path("odd.q8.safetensors");
+    const char *src = TU_DATA "/golden/oddheads.model.safetensors", *dst = tu_tmp_path("odd.q8.safetensors");
     assert_int_equal(bdh_model_quantize(src, dst, BDH_WEIGHTS_Q8_0), BDH_OK);
     bdh_model *at_load = tu_load_with(src, 2, BDH_WEIGHTS_Q8_0, BDH_KERNELS_FAST);
     bdh_model *stored = tu_load_with(dst, 2, BDH_WEIGHTS_AS_STORED, BDH_KERNELS_FAST);
@@ -207,7 +155,7 @@ static void test_prequantized_is_bit_identical(void **unused)
     bdh_model *ref = tu_load_with(src, 1, BDH_WEIGHTS_Q8_0, BDH_KERNELS_REFERENCE);
     float *e = run(deq, 32, false), *f = run(ref, 32, false);
     assert_memory_equal(e, f, 32 * (size_t)c.vocab_size * sizeof(float));
-    assert_int_equal(bdh_model_quantize(dst, tmp_path("again.safetensors"), BDH_WEIGHTS_Q8_0), BDH_ERR_INVALID_ARGUMENT);
+    assert_int_equal(bdh_model_quantize(dst, tu_tmp_path("again.safetensors"), BDH_WEIGHTS_Q8_0), BDH_ERR_INVALID_ARGUMENT);
     assert_int_equal(bdh_model_quantize(src, src, BDH_WEIGHTS_Q8_0), BDH_ERR_INVALID_ARGUMENT);
     assert_int_equal(bdh_model_quantize(src, dst, BDH_WEIGHTS_BF16), BDH_ERR_INVALID_ARGUMENT);
     free(a);
@@ -227,29 +175,20 @@ static uint64_t qhlen;
 
 static void expect_refused(const char *name, cJSON *root, const uint8_t *data, size_t data_len, const char *msg)
 {
-    char *json = cJSON_PrintUnformatted(root);
-    const uint64_t hlen = strlen(json);
-    uint8_t *buf = malloc(8 + hlen + data_len);
-    memcpy(buf, &hlen, 8);
-    memcpy(buf + 8, json, hlen);
-    memcpy(buf + 8 + hlen, data, data_len);
-    const char *path = tmp_path(name);
-    assert_int_equal(tu_write_file(path, buf, 8 + hlen + data_len), 0);
+    const char *path = tu_write_tmp_safetensors(name, root, data, data_len);
     bdh_model *m = (bdh_model *)0x1;
     const bdh_status rc = bdh_model_load(path, NULL, &m);
     if (rc == BDH_OK || !strstr(bdh_last_error(), msg)) fprintf(stderr, "%s: %s\n", name, bdh_last_error());
     assert_int_not_equal(rc, BDH_OK);
     assert_null(m);
     assert_non_null(strstr(bdh_last_error(), msg));
-    free(buf);
-    free(json);
 }
 
 static cJSON *qheader(void) { return cJSON_ParseWithLength((const char *)qfile + 8, (size_t)qhlen); }
 
 static void test_damaged_quantized_files(void **unused)
 {
-    const char *q = tmp_path("tiny.q8.safetensors");
+    const char *q = tu_tmp_path("tiny.q8.safetensors");
     assert_int_equal(bdh_model_quantize(TU_DATA "/golden/tiny.model.safetensors", q, BDH_WEIGHTS_Q8_0), BDH_OK);
     qfile = tu_read_file(q, &qlen);
     memcpy(&qhlen, qfile, 8);
@@ -311,7 +250,7 @@ static void test_out_of_range_weights(void **unused)
     assert_int_equal(bdh_model_load(path, &p, &m), BDH_ERR_UNSUPPORTED);
     assert_null(m);
     assert_non_null(strstr(bdh_last_error(), "tensor decoder has |value| 1e+07 at index 3, beyond what Q8_0 holds"));
-    assert_int_equal(bdh_model_quantize(path, tmp_path("huge.q8"), BDH_WEIGHTS_Q8_0), BDH_ERR_UNSUPPORTED);
+    assert_int_equal(bdh_model_quantize(path, tu_tmp_path("huge.q8"), BDH_WEIGHTS_Q8_0), BDH_ERR_UNSUPPORTED);
     p.weight_type = BDH_WEIGHTS_F32; /* fine as float32 */
     assert_int_equal(bdh_model_load(path, &p, &m), BDH_OK);
     bdh_model_free(m);
@@ -326,5 +265,5 @@ int main(void)
         cmocka_unit_test(test_damaged_quantized_files),
         cmocka_unit_test(test_out_of_range_weights),
     };
-    return cmocka_run_group_tests(tests, setup, teardown);
+    return cmocka_run_group_tests(tests, setup, tu_remove_tmp_dir);
 }

@@ -326,14 +326,8 @@ static void test_model_freed_before_states(void **unused)
 static void test_sizes(void **unused)
 {
     bdh_model *m = tu_load(LONG);
-    bdh_config c;
-    assert_int_equal(bdh_model_config(m, &c), BDH_OK);
-    assert_int_equal(c.n_layer, 6);
-    assert_int_equal(c.n_embd, 64);
-    assert_int_equal(c.n_head, 4);
-    assert_int_equal(c.n_neurons, 256);
-    assert_int_equal(c.vocab_size, 256);
-    assert_int_equal(c.mlp_internal_dim_multiplier, 16);
+    tu_expect_config(m, (bdh_config){.n_layer = 6, .n_embd = 64, .n_head = 4, .n_neurons = 256, .vocab_size = 256,
+                                     .mlp_internal_dim_multiplier = 16});
     assert_int_equal(bdh_model_state_bytes(m), (size_t)6 * 4 * 256 * 64 * 4);
     assert_int_equal(bdh_model_n_params(m), 2 * 256 * 64 + 3 * 4 * 256 * 64);
     assert_string_equal(bdh_model_file_dtype(m, "encoder"), "F32");

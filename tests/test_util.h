@@ -1,6 +1,8 @@
 /* Helpers shared by the C tests: reading expected values from safetensors
- * files (with cJSON, independently of the library's own loader), listing the
- * reference cases, and comparing logits. Header-only; tests are one file each. */
+ * files (with cJSON, independently of the library's own loader) and writing
+ * the tests' own, a temporary directory for the files a test writes, seeded
+ * random weights, listing the reference cases, comparing logits, loading
+ * models and checking refused loads. Header-only; tests are one file each. */
 #ifndef BDH_TEST_UTIL_H
 #define BDH_TEST_UTIL_H
 
@@ -50,6 +52,75 @@ static inline int tu_write_file(const char *path, const void *data, size_t len)
     return w == len ? 0 : -1;
 }
 
+/* ---- the tests' own safetensors writer (a cJSON header, the data after it) */
+
+/* A safetensors file: the header's length (8 bytes), the header, the data. */
+static inline int tu_write_safetensors(const char *path, const char *header, const void *data, size_t data_len)
+{
+    FILE *f = fopen(path, "wb");
+    if (!f) return -1;
+    const uint64_t hlen = strlen(header);
+    const int ok = fwrite(&hlen, 8, 1, f) == 1 && fwrite(header, 1, hlen, f) == hlen && fwrite(data, 1, data_len, f) == data_len;
+    return fclose(f) == 0 && ok ? 0 : -1;
+}
+
+/* An F32 tensor of this shape in header root, its data at *off, which moves past it. */
+static inline void tu_add_f32_tensor(cJSON *root, const char *name, int n_dims, const int64_t *shape, size_t *off)
+{
+    double dims[8];
+    assert_true(n_dims <= 8);
+    size_t bytes = 4;
+    for (int d = 0; d < n_dims; d++) dims[d] = (double)shape[d], bytes *= (size_t)shape[d];
+    cJSON *e = cJSON_AddObjectToObject(root, name);
+    cJSON_AddStringToObject(e, "dtype", "F32");
+    cJSON_AddItemToObject(e, "shape", cJSON_CreateDoubleArray(dims, n_dims));
+    const double offs[2] = {(double)*off, (double)(*off + bytes)};
+    cJSON_AddItemToObject(e, "data_offsets", cJSON_CreateDoubleArray(offs, 2));
+    *off += bytes;
+}
+
+/* ---- a temporary directory for the files a test writes: made by the
+ * group setup, removed with what is in it by the group teardown */
+
+static char tu_dir[64];
+
+/* Makes /tmp/bdh-NAME-XXXXXX; 0, or -1 as a cmocka setup fails. */
+static inline int tu_make_tmp_dir(const char *name)
+{
+    snprintf(tu_dir, sizeof tu_dir, "/tmp/bdh-%s-XXXXXX", name);
+    return mkdtemp(tu_dir) ? 0 : -1;
+}
+
+/* A cmocka group teardown: removes the directory. */
+static inline int tu_remove_tmp_dir(void **unused)
+{
+    (void)unused;
+    char cmd[128];
+    snprintf(cmd, sizeof cmd, "rm -rf %s", tu_dir);
+    return system(cmd);
+}
+
+/* A path in the directory; a ring: each call's stays valid for the next 63. */
+static inline const char *tu_tmp_path(const char *name)
+{
+    static char path[64][192];
+    static int k;
+    k = (k + 1) % 64;
+    snprintf(path[k], sizeof path[k], "%s/%s", tu_dir, name);
+    return path[k];
+}
+
+/* A safetensors file NAME in the directory, its header root printed
+ * unformatted; returns its path (tu_tmp_path's). */
+static inline const char *tu_write_tmp_safetensors(const char *name, const cJSON *root, const void *data, size_t data_len)
+{
+    char *json = cJSON_PrintUnformatted(root);
+    const char *path = tu_tmp_path(name);
+    assert_int_equal(tu_write_safetensors(path, json, data, data_len), 0);
+    free(json);
+    return path;
+}
+
 /* Copy of tensor `name` (F32, F64 or I32 converted to the asked type).
  * numel_out gets the element count; rows_out the first dimension. */
 static inline void *tu_read_tensor(const char *path, const char *name, int want_int, size_t *numel_out, int64_t *rows_out)
@@ -95,6 +166,28 @@ static inline double tu_rel_err(const float *a, const float *ref, size_t n)
         if (fabs(ref[i]) > scale) scale = fabs(ref[i]);
     }
     return diff / (scale > 0 ? scale : 1.0);
+}
+
+/* the largest over T positions of tu_rel_err of their V logits */
+static inline double tu_worst_rel_err(const float *a, const float *ref, size_t T, size_t V)
+{
+    double worst = 0.0;
+    for (size_t t = 0; t < T; t++) {
+        const double e = tu_rel_err(a + t * V, ref + t * V, V);
+        if (e > worst || e != e) worst = e;
+    }
+    return worst;
+}
+
+/* Uniform in [-a, a): xorshift64 from a fixed seed, so each run of a test
+ * draws the same weights. */
+static uint64_t tu_rng = 0x9e3779b97f4a7c15ull;
+static inline float tu_uniform(float a)
+{
+    tu_rng ^= tu_rng << 13;
+    tu_rng ^= tu_rng >> 7;
+    tu_rng ^= tu_rng << 17;
+    return a * (2.0f * (float)((tu_rng >> 40) * (1.0 / 16777216.0)) - 1.0f);
 }
 
 /* A reference case: model file, expected tokens and logits. */
@@ -153,6 +246,37 @@ static inline bdh_model *tu_load_with(const char *path, int threads, bdh_weight_
     p.weight_type = wt;
     p.kernels = k;
     return tu_load_params(path, &p);
+}
+
+/* Loading path with p fails with status want, leaves *out NULL and says
+ * why: a message that holds part1 and part2 (NULL: any message). */
+static inline void tu_expect_load_refused(const char *path, const bdh_model_params *p, bdh_status want, const char *part1,
+                                          const char *part2)
+{
+    bdh_model *m = (bdh_model *)0x1;
+    const bdh_status rc = bdh_model_load(path, p, &m);
+    const char *msg = bdh_last_error();
+    if (rc != want || (part1 && !strstr(msg, part1)) || (part2 && !strstr(msg, part2)))
+        fprintf(stderr, "load %s: got %s \"%s\", wanted %s with \"%s\" and \"%s\"\n", path ? path : "NULL", bdh_status_name(rc),
+                msg, bdh_status_name(want), part1 ? part1 : "", part2 ? part2 : "");
+    assert_int_equal(rc, want);
+    assert_null(m);
+    assert_true(strlen(msg) > 0);
+    if (part1) assert_non_null(strstr(msg, part1));
+    if (part2) assert_non_null(strstr(msg, part2));
+}
+
+/* m's configuration is want, field by field. */
+static inline void tu_expect_config(const bdh_model *m, bdh_config want)
+{
+    bdh_config c;
+    assert_int_equal(bdh_model_config(m, &c), BDH_OK);
+    assert_int_equal(c.n_layer, want.n_layer);
+    assert_int_equal(c.n_embd, want.n_embd);
+    assert_int_equal(c.n_head, want.n_head);
+    assert_int_equal(c.n_neurons, want.n_neurons);
+    assert_int_equal(c.vocab_size, want.vocab_size);
+    assert_int_equal(c.mlp_internal_dim_multiplier, want.mlp_internal_dim_multiplier);
 }
 
 #endif

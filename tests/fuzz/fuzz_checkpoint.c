@@ -6,7 +6,7 @@
  * must agree with them). Seeds: tests/data/checkpoints (make fuzz). Any
  * crash, leak, hang or sanitizer report is a finding. */
 #define _GNU_SOURCE
-#include <bdh.h>
+#include "fuzz_util.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -55,18 +55,6 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     bdh_model_params p = bdh_model_default_params();
     p.n_threads = 1;
     if (size % 3 == 0) p.config = &override;
-    bdh_model *m = NULL;
-    if (bdh_model_load(dir, &p, &m) == BDH_OK) {
-        bdh_config c;
-        bdh_state *s = NULL;
-        float logits[512];
-        if (bdh_model_config(m, &c) == BDH_OK && c.vocab_size <= 512 && bdh_state_new(m, &s) == BDH_OK) {
-            bdh_step(s, 0, logits);
-            bdh_state_free(s);
-        }
-        bdh_model_free(m);
-    } else if (m != NULL || bdh_last_error()[0] == '\0') {
-        __builtin_trap(); /* a refusal must leave *out NULL and say why */
-    }
+    fuzz_load_and_step(dir, &p);
     return 0;
 }
