@@ -175,7 +175,7 @@ static void undo_generator(void *p) { bdh_generator_free(((ctx *)p)->g); }
 static bdh_status op_quantize(void *p)
 {
     (void)p;
-    return bdh_model_quantize(TINY, "/tmp/bdh-faults-q8.safetensors", BDH_WEIGHTS_Q8_0);
+    return bdh_model_quantize(TINY, tu_tmp_path("q8.safetensors"), BDH_WEIGHTS_Q8_0);
 }
 
 /* ---- observers, monitors, the reference backend, bdh_generate */
@@ -267,7 +267,7 @@ static bdh_status op_generate(void *p)
 static bdh_status op_merge(void *p)
 {
     (void)p;
-    return bdh_model_merge(TINY, TINY, "/tmp/bdh-faults-merge.safetensors", NULL);
+    return bdh_model_merge(TINY, TINY, tu_tmp_path("merge.safetensors"), NULL);
 }
 
 static void test_every_allocation_can_fail(void **unused)
@@ -326,8 +326,6 @@ static void test_every_allocation_can_fail(void **unused)
     bdh_state_free(c.r1);
     bdh_state_free(c.r2);
     bdh_model_free(c.ref);
-    unlink("/tmp/bdh-faults-q8.safetensors");
-    unlink("/tmp/bdh-faults-merge.safetensors");
     fault_raw_free(c.blob);
     fault_raw_free(c.blob_t);
     bdh_state_free(c.s);
@@ -335,8 +333,15 @@ static void test_every_allocation_can_fail(void **unused)
     bdh_model_free(c.m);
 }
 
+/* the files quantize and merge write go to a directory of this run's own */
+static int make_tmp_dir(void **unused)
+{
+    (void)unused;
+    return tu_make_tmp_dir("faults");
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {cmocka_unit_test(test_every_allocation_can_fail)};
-    return cmocka_run_group_tests(tests, NULL, NULL);
+    return cmocka_run_group_tests(tests, make_tmp_dir, tu_remove_tmp_dir);
 }
