@@ -423,6 +423,18 @@ for cmd in "${loaders[@]}"; do
     expect_error 2 "--cuda-device 1 needs --device cuda" "$BDH" $cmd --cuda-device 1
     expect_error 2 "--cuda-device needs a device number >= 0, not '-1'" "$BDH" $cmd --device cuda --cuda-device -1
 done
+# -m, --threads, --weights: one parser (parse_model_option) on all of them
+for cmd in "${loaders[@]}"; do
+    expect_error 2 "--weights needs f32, bf16, f16, q8_0 or stored, not 'int4'" "$BDH" $cmd --weights int4
+    [ "${cmd%% *}" = info ] && continue # info runs nothing: no -m, no --threads
+    expect_error 2 "--threads needs a count from 0 (all cores) to 4096, not '4097'" "$BDH" $cmd --threads 4097
+    expect_error 1 "cannot load model: .*missing.st" "$BDH" $cmd --model "$TMP/missing.st"
+done
+expect_error 2 "unknown or ambiguous option '--threads'" "$BDH" info "$TINY" --threads 1
+expect_error 2 "unknown option '-m'" "$BDH" info -m "$TINY"
+for cmd in "perplexity -m $TINY -f $TMP/w1.txt" "trace -m $TINY -p hi -o $TMP/dev.st" "serve -m $TINY --port 0"; do
+    expect_error 2 "unknown option '-v'" "$BDH" $cmd -v # -v is generate's and chat's
+done
 if "$BDH" info "$TINY" | grep -q "CUDA: not built"; then
     for cmd in "${loaders[@]}"; do
         expect_error 1 "cannot load model: this libbdh was built without CUDA (rebuild with make CUDA=1)" "$BDH" $cmd --device cuda
