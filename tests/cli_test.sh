@@ -92,6 +92,15 @@ for cmd in "" generate info perplexity quantize trace chat; do
     expect_ok "$BDH" $cmd --help
     check "bdh $cmd --help prints usage" grep -q "^Usage: bdh" "$TMP/out"
 done
+# every command's help fits in 80 columns (the commands as bdh --help lists them)
+"$BDH" --help >"$TMP/help" 2>&1
+commands=$(sed -n '/^Commands:/,/^$/s/^  \([a-z][a-z-]*\)  .*/\1/p' "$TMP/help")
+check "bdh --help lists its commands" test -n "$commands"
+for cmd in "" $commands; do
+    expect_ok "$BDH" $cmd --help
+    wide=$(expand "$TMP/out" | awk 'length($0) > 80')
+    check "bdh $cmd --help has lines over 80 columns: $wide" test -z "$wide"
+done
 expect_ok "$BDH" --version
 check "--version prints the version" grep -Eq '^bdh [0-9]+\.[0-9]+\.[0-9]+$' "$TMP/out"
 

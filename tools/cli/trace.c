@@ -20,8 +20,9 @@ static void trace_help(FILE *out)
           "Run a text through a byte-level model from a zero state and record, for\n"
           "every byte and layer, which neurons fired: the active entries of x_sparse\n"
           "and of the gated y (x_sparse * y_sparse), with their values, and the\n"
-          "fraction of neurons active. Written as a safetensors file (docs/observability.md)\n"
-          "that the Python package reads (libbdh.load_trace) and draws (python3 -m libbdh.plot).\n"
+          "fraction of neurons active. Written as a safetensors file\n"
+          "(docs/observability.md) that the Python package reads (libbdh.load_trace)\n"
+          "and draws (python3 -m libbdh.plot).\n"
           "\n"
           "  -m, --model FILE       model (default as for generate)\n"
           "  -f, --file TEXT        the text to trace\n"
@@ -34,7 +35,8 @@ static void trace_help(FILE *out)
           "      --offset BYTES     start this many bytes into the file (default 0)\n"
           "      --length BYTES     trace at most this many bytes (default: to the end)\n"
           "      --png DIR          then draw the pictures into DIR with\n"
-          "                         'python3 -m libbdh.plot OUT --out DIR' (needs matplotlib)\n"
+          "                         'python3 -m libbdh.plot OUT --out DIR'\n"
+          "                         (needs matplotlib)\n"
           "      --threads N        CPU threads (default 0 = all cores)\n"
           "      --weights TYPE     hold the weights as f32 (default), bf16, f16, q8_0,\n"
           "                         or as stored in the file (stored)\n"
@@ -44,7 +46,8 @@ static void trace_help(FILE *out)
           "  -h, --help             this help\n"
           "\n"
           "Example:\n"
-          "  bdh trace -f models/tinyshakespeare.txt --length 400 -o trace.safetensors --png pictures\n",
+          "  bdh trace -f models/tinyshakespeare.txt --length 400 \\\n"
+          "      -o trace.safetensors --png pictures\n",
           out);
 }
 

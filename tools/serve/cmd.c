@@ -31,7 +31,8 @@ static void serve_help(FILE *out)
           "      --host HOST         address to listen on (default 127.0.0.1)\n"
           "      --port PORT         port (default 8080; 0 = any free one, printed)\n"
           "      --sessions STORE    a directory (default bdh-sessions) or\n"
-          "                          redis://HOST:PORT[/DB] to share sessions between servers\n"
+          "                          redis://HOST:PORT[/DB] to share sessions between\n"
+          "                          servers\n"
           "      --device DEV        cpu (default) or cuda\n"
           "      --cuda-device N     which GPU with --device cuda (default 0)\n"
           "      --weights TYPE      hold the weights as f32 (default), bf16, f16, q8_0,\n"
@@ -42,8 +43,10 @@ static void serve_help(FILE *out)
           "      --max-streams N     requests generating at once (default 16)\n"
           "      --max-queue N       requests waiting beyond those (default 64; then 503)\n"
           "      --max-body BYTES    largest request body (default 8M; then 413)\n"
-          "      --max-tokens N      largest max_tokens a request may ask for (default 8192)\n"
-          "      --timeout SECONDS   time a completion may take, queue included (default 300)\n"
+          "      --max-tokens N      largest max_tokens a request may ask for\n"
+          "                          (default 8192)\n"
+          "      --timeout SECONDS   time a completion may take, queue included\n"
+          "                          (default 300)\n"
           "  -h, --help              this help\n",
           out);
 }
