@@ -96,6 +96,13 @@ done
 "$BDH" --help >"$TMP/help" 2>&1
 commands=$(sed -n '/^Commands:/,/^$/s/^  \([a-z][a-z-]*\)  .*/\1/p' "$TMP/help")
 check "bdh --help lists its commands" test -n "$commands"
+# docs/cli.md's intro counts them and shows each
+count=(zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen)
+n=$(echo $commands | wc -w)
+check "docs/cli.md says it has ${count[$n]:-$n} commands" grep -q "It has ${count[$n]:-$n} commands" docs/cli.md
+for cmd in $commands; do
+    check "docs/cli.md's intro shows bdh $cmd" grep -q "^bdh $cmd " docs/cli.md
+done
 for cmd in "" $commands; do
     expect_ok "$BDH" $cmd --help
     wide=$(expand "$TMP/out" | awk 'length($0) > 80')
