@@ -113,11 +113,7 @@ static int resume(bdh_state *s, const char *path)
     if (!blob) return EXIT_RUNTIME;
     bdh_status st = bdh_state_load(s, blob, len);
     free(blob);
-    if (st != BDH_OK) {
-        err("cannot resume from '%s': %s (%s)", path, bdh_last_error(), bdh_status_name(st));
-        return EXIT_RUNTIME;
-    }
-    return 0;
+    return st == BDH_OK ? 0 : lib_fail_on("cannot resume from", path, st);
 }
 
 static int save(const bdh_state *s, const char *path)

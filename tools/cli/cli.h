@@ -53,6 +53,8 @@ int cmd_serve(int argc, char **argv); /* tools/serve/cmd.c */
 void err(const char *fmt, ...) CLI_PRINTF(1, 2);
 /* A library failure: "bdh: WHAT: last error (STATUS)"; returns EXIT_RUNTIME. */
 int lib_fail(const char *what, bdh_status rc);
+/* The same about a file: "bdh: WHAT 'PATH': last error (STATUS)". */
+int lib_fail_on(const char *what, const char *path, bdh_status rc);
 /* A usage error, then "Try 'bdh CMD--help'": cmd is "" or "generate " (with
  * its space); returns EXIT_USAGE. */
 int usage_fail(const char *cmd, const char *fmt, ...) CLI_PRINTF(2, 3);

@@ -32,6 +32,12 @@ int lib_fail(const char *what, bdh_status rc)
     return EXIT_RUNTIME;
 }
 
+int lib_fail_on(const char *what, const char *path, bdh_status rc)
+{
+    err("%s '%s': %s (%s)", what, path, bdh_last_error(), bdh_status_name(rc));
+    return EXIT_RUNTIME;
+}
+
 int usage_fail(const char *cmd, const char *fmt, ...)
 {
     va_list ap;
