@@ -213,10 +213,8 @@ static int chat_run(const chat_opts *o, const char *model_path)
     if (!rc && (st = bdh_state_new(m, &s)) != BDH_OK) rc = lib_fail("cannot create a state", st);
     if (!rc && o->load_state) rc = resume(s, o->load_state);
     if (!rc && o->run.verbose) {
-        char where[32];
-        fprintf(stderr, "model:   %s\ndevice:  %s\nweights: %s, %.2f MiB in memory\nseed:    %" PRIu64 "\nposition: %" PRId64 "\n",
-                model_path, place_name(&o->run.place, where, sizeof where), weights_name(o->run.weights),
-                mib(bdh_model_weight_bytes(m)), o->g.sp.seed, bdh_state_position(s));
+        print_loaded_model(model_path, &o->run, m);
+        fprintf(stderr, "seed:    %" PRIu64 "\nposition: %" PRId64 "\n", o->g.sp.seed, bdh_state_position(s));
     }
     if (!rc) rc = converse(o, s);
     bdh_state_free(s);

@@ -161,6 +161,8 @@ int load_model_at(const char *path, int threads, bdh_weight_type weights, const 
 const char *find_model(const model_opts *o, char *buf, size_t cap);
 /* load_model_at with o's --threads, --weights and place. */
 int load_model_opts(const char *path, const model_opts *o, bdh_model **out);
+/* -v's first lines on standard error: model:, device:, weights: */
+void print_loaded_model(const char *path, const model_opts *o, const bdh_model *m);
 /* 0 for a vocab_size 256 model, else EXIT_RUNTIME after saying so. */
 int need_byte_model(const char *cmd, const bdh_model *m);
 double mib(size_t bytes);

@@ -312,6 +312,13 @@ int load_model_opts(const char *path, const model_opts *o, bdh_model **out)
     return load_model_at(path, (int)o->threads, o->weights, &o->place, out);
 }
 
+void print_loaded_model(const char *path, const model_opts *o, const bdh_model *m)
+{
+    char where[32];
+    fprintf(stderr, "model:   %s\ndevice:  %s\nweights: %s, %.2f MiB in memory\n", path,
+            place_name(&o->place, where, sizeof where), weights_name(o->weights), mib(bdh_model_weight_bytes(m)));
+}
+
 int need_byte_model(const char *cmd, const bdh_model *m)
 {
     bdh_config c;

@@ -254,11 +254,10 @@ static int generate_run(const gen_opts *o, const char *model_path, const char *t
     if (!rc) {
         for (size_t i = 0; i < len; i++) prompt[i] = (unsigned char)text[i];
         const bdh_generate_params gp = gen_params(&o->g);
-        char where[32];
-        if (o->run.verbose)
-            fprintf(stderr, "model:   %s\ndevice:  %s\nweights: %s, %.2f MiB in memory\nseed:    %" PRIu64 "\n",
-                    model_path, place_name(&o->run.place, where, sizeof where), weights_name(o->run.weights),
-                    mib(bdh_model_weight_bytes(m)), o->g.sp.seed);
+        if (o->run.verbose) {
+            print_loaded_model(model_path, &o->run, m);
+            fprintf(stderr, "seed:    %" PRIu64 "\n", o->g.sp.seed);
+        }
         if (o->echo && (fwrite(text, 1, len, stdout) != len || fflush(stdout) == EOF)) {
             err("cannot write to standard output");
             rc = EXIT_RUNTIME;
