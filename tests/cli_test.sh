@@ -92,6 +92,22 @@ for cmd in "" generate info perplexity quantize trace chat; do
     expect_ok "$BDH" $cmd --help
     check "bdh $cmd --help prints usage" grep -q "^Usage: bdh" "$TMP/out"
 done
+# every command's help fits in 80 columns (the commands as bdh --help lists them)
+"$BDH" --help >"$TMP/help" 2>&1
+commands=$(sed -n '/^Commands:/,/^$/s/^  \([a-z][a-z-]*\)  .*/\1/p' "$TMP/help")
+check "bdh --help lists its commands" test -n "$commands"
+# docs/cli.md's intro counts them and shows each
+count=(zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen)
+n=$(echo $commands | wc -w)
+check "docs/cli.md says it has ${count[$n]:-$n} commands" grep -q "It has ${count[$n]:-$n} commands" docs/cli.md
+for cmd in $commands; do
+    check "docs/cli.md's intro shows bdh $cmd" grep -q "^bdh $cmd " docs/cli.md
+done
+for cmd in "" $commands; do
+    expect_ok "$BDH" $cmd --help
+    wide=$(expand "$TMP/out" | awk 'length($0) > 80')
+    check "bdh $cmd --help has lines over 80 columns: $wide" test -z "$wide"
+done
 expect_ok "$BDH" --version
 check "--version prints the version" grep -Eq '^bdh [0-9]+\.[0-9]+\.[0-9]+$' "$TMP/out"
 
@@ -422,6 +438,18 @@ for cmd in "${loaders[@]}"; do
     expect_error 2 "--device needs cpu or cuda, not 'gpu'" "$BDH" $cmd --device gpu
     expect_error 2 "--cuda-device 1 needs --device cuda" "$BDH" $cmd --cuda-device 1
     expect_error 2 "--cuda-device needs a device number >= 0, not '-1'" "$BDH" $cmd --device cuda --cuda-device -1
+done
+# -m, --threads, --weights: one parser (parse_model_option) on all of them
+for cmd in "${loaders[@]}"; do
+    expect_error 2 "--weights needs f32, bf16, f16, q8_0 or stored, not 'int4'" "$BDH" $cmd --weights int4
+    [ "${cmd%% *}" = info ] && continue # info runs nothing: no -m, no --threads
+    expect_error 2 "--threads needs a count from 0 (all cores) to 4096, not '4097'" "$BDH" $cmd --threads 4097
+    expect_error 1 "cannot load model: .*missing.st" "$BDH" $cmd --model "$TMP/missing.st"
+done
+expect_error 2 "unknown or ambiguous option '--threads'" "$BDH" info "$TINY" --threads 1
+expect_error 2 "unknown option '-m'" "$BDH" info -m "$TINY"
+for cmd in "perplexity -m $TINY -f $TMP/w1.txt" "trace -m $TINY -p hi -o $TMP/dev.st" "serve -m $TINY --port 0"; do
+    expect_error 2 "unknown option '-v'" "$BDH" $cmd -v # -v is generate's and chat's
 done
 if "$BDH" info "$TINY" | grep -q "CUDA: not built"; then
     for cmd in "${loaders[@]}"; do

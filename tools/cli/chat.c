@@ -50,11 +50,9 @@ static void chat_help(FILE *out)
 }
 
 typedef struct chat_opts {
-    const char *model, *load_state, *save_state;
-    long threads;
-    bdh_weight_type weights;
-    model_place place;
-    int verbose, echo;
+    model_opts run;
+    const char *load_state, *save_state;
+    int echo;
     gen_settings g;
 } chat_opts;
 
@@ -64,19 +62,13 @@ static const char *const U = "chat ";
 
 static int chat_opt(chat_opts *o, int c, const char *arg)
 {
+    int rc;
     switch (c) {
-    case 'm': o->model = arg; return 0;
-    case 'v': o->verbose = 1; return 0;
     case OPT_CHAT_ECHO: o->echo = 1; return 0;
     case OPT_LOAD_STATE: o->load_state = arg; return 0;
     case OPT_SAVE_STATE: o->save_state = arg; return 0;
-    case OPT_THREADS:
-        if (parse_long(arg, 0, 4096, &o->threads)) return usage_fail(U, "--threads needs a count from 0 (all cores) to 4096, not '%s'", arg);
-        return 0;
-    case OPT_WEIGHTS: return parse_weights(U, arg, &o->weights);
-    case OPT_DEVICE:
-    case OPT_CUDA_DEVICE: return parse_place_option(U, c, arg, &o->place);
     }
+    if (parse_model_option(U, c, arg, &o->run, &rc)) return rc;
     if (is_gen_option(c)) return parse_gen_option(U, &o->g, c, arg);
     return usage_fail(U, "unhandled option"); /* a longopts entry without a case */
 }
@@ -85,13 +77,10 @@ static int chat_opt(chat_opts *o, int c, const char *arg)
 static int chat_parse(int argc, char **argv, chat_opts *o)
 {
     static const struct option longopts[] = {
-        {"model", required_argument, NULL, 'm'},
+        MODEL_LONGOPTS,
         {"load-state", required_argument, NULL, OPT_LOAD_STATE},
         {"save-state", required_argument, NULL, OPT_SAVE_STATE},
         GEN_LONGOPTS,
-        {"threads", required_argument, NULL, OPT_THREADS},
-        {"weights", required_argument, NULL, OPT_WEIGHTS},
-        PLACE_LONGOPTS,
         {"echo", no_argument, NULL, OPT_CHAT_ECHO},
         {"verbose", no_argument, NULL, 'v'},
         {"help", no_argument, NULL, 'h'},
@@ -106,9 +95,9 @@ static int chat_parse(int argc, char **argv, chat_opts *o)
         if ((rc = chat_opt(o, c, optarg))) return rc;
     }
     if (optind < argc) return usage_fail(U, "unexpected argument '%s'", argv[optind]);
-    if (o->save_state && (same_file(o->save_state, o->model)))
+    if (o->save_state && (same_file(o->save_state, o->run.model)))
         return usage_fail(U, "--save-state '%s' is the model; it would be overwritten", o->save_state);
-    if ((rc = check_place(U, &o->place))) return rc;
+    if ((rc = check_place(U, &o->run.place))) return rc;
     if (!o->g.n_stop) { /* the default stop: a reply ends at a blank line */
         if ((rc = parse_gen_option(U, &o->g, OPT_STOP, DEFAULT_STOP))) return rc;
     }
@@ -124,11 +113,7 @@ static int resume(bdh_state *s, const char *path)
     if (!blob) return EXIT_RUNTIME;
     bdh_status st = bdh_state_load(s, blob, len);
     free(blob);
-    if (st != BDH_OK) {
-        err("cannot resume from '%s': %s (%s)", path, bdh_last_error(), bdh_status_name(st));
-        return EXIT_RUNTIME;
-    }
-    return 0;
+    return st == BDH_OK ? 0 : lib_fail_on("cannot resume from", path, st);
 }
 
 static int save(const bdh_state *s, const char *path)
@@ -205,7 +190,7 @@ static int converse(const chat_opts *o, bdh_state *s)
         bdh_generate_stats stats;
         if ((rc = turn(o, s, line, (size_t)n, &last, &stats))) break;
         k++;
-        if (o->verbose) print_turn(k, last, s, &stats);
+        if (o->run.verbose) print_turn(k, last, s, &stats);
         if (o->save_state && (rc = save(s, o->save_state))) break;
     }
     if (tty && !rc) fputc('\n', stderr);
@@ -222,16 +207,14 @@ static int chat_run(const chat_opts *o, const char *model_path)
 {
     bdh_model *m = NULL;
     bdh_state *s = NULL;
-    int rc = load_model_at(model_path, (int)o->threads, o->weights, &o->place, &m);
+    int rc = load_model_opts(model_path, &o->run, &m);
     if (!rc) rc = need_byte_model("chat", m);
     bdh_status st = BDH_OK;
     if (!rc && (st = bdh_state_new(m, &s)) != BDH_OK) rc = lib_fail("cannot create a state", st);
     if (!rc && o->load_state) rc = resume(s, o->load_state);
-    if (!rc && o->verbose) {
-        char where[32];
-        fprintf(stderr, "model:   %s\ndevice:  %s\nweights: %s, %.2f MiB in memory\nseed:    %" PRIu64 "\nposition: %" PRId64 "\n",
-                model_path, place_name(&o->place, where, sizeof where), weights_name(o->weights),
-                mib(bdh_model_weight_bytes(m)), o->g.sp.seed, bdh_state_position(s));
+    if (!rc && o->run.verbose) {
+        print_loaded_model(model_path, &o->run, m);
+        fprintf(stderr, "seed:    %" PRIu64 "\nposition: %" PRId64 "\n", o->g.sp.seed, bdh_state_position(s));
     }
     if (!rc) rc = converse(o, s);
     bdh_state_free(s);
@@ -241,11 +224,11 @@ static int chat_run(const chat_opts *o, const char *model_path)
 
 int cmd_chat(int argc, char **argv)
 {
-    chat_opts o = {.weights = BDH_WEIGHTS_F32, .place = MODEL_PLACE_CPU, .g = gen_settings_default()};
+    chat_opts o = {.run = MODEL_OPTS_DEFAULT, .g = gen_settings_default()};
     int rc = chat_parse(argc, argv, &o);
     if (!rc) {
         char buf[PATH_MAX + 64];
-        const char *model_path = o.model ? o.model : default_model(buf, sizeof buf);
+        const char *model_path = find_model(&o.run, buf, sizeof buf);
         rc = model_path ? chat_run(&o, model_path) : EXIT_RUNTIME;
     }
     gen_settings_free(&o.g);

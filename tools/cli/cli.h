@@ -53,6 +53,8 @@ int cmd_serve(int argc, char **argv); /* tools/serve/cmd.c */
 void err(const char *fmt, ...) CLI_PRINTF(1, 2);
 /* A library failure: "bdh: WHAT: last error (STATUS)"; returns EXIT_RUNTIME. */
 int lib_fail(const char *what, bdh_status rc);
+/* The same about a file: "bdh: WHAT 'PATH': last error (STATUS)". */
+int lib_fail_on(const char *what, const char *path, bdh_status rc);
 /* A usage error, then "Try 'bdh CMD--help'": cmd is "" or "generate " (with
  * its space); returns EXIT_USAGE. */
 int usage_fail(const char *cmd, const char *fmt, ...) CLI_PRINTF(2, 3);
@@ -68,25 +70,24 @@ int parse_u64(const char *s, uint64_t *out); /* decimal, 0x hex or 0 octal; no s
 int parse_float(const char *s, float *out);  /* finite */
 
 /* getopt values of the long options without a short form. The ones below
- * OPT_COMMAND are shared (parse_text_option, parse_weights); each command
- * numbers its own from OPT_COMMAND up. */
+ * OPT_COMMAND are shared (parse_text_option, parse_model_option); each
+ * command numbers its own from OPT_COMMAND up. */
 enum { OPT_THREADS = 256, OPT_OFFSET, OPT_LENGTH, OPT_WEIGHTS, OPT_DEVICE, OPT_CUDA_DEVICE, OPT_COMMAND };
 
-/* --offset, --length, --threads: shared by perplexity and trace. */
+/* --offset, --length: shared by perplexity and trace. */
 typedef struct text_span {
-    long threads, offset, length; /* length 0: to the end of the file */
+    long offset, length; /* length 0: to the end of the file */
 } text_span;
 
-/* One of OPT_OFFSET, OPT_LENGTH, OPT_THREADS with its value in optarg;
- * 0 or an exit code. U is the command as for usage_fail. */
+/* OPT_OFFSET or OPT_LENGTH with its value in optarg; 0 or an exit code.
+ * U is the command as for usage_fail. */
 int parse_text_option(const char *U, int c, text_span *t);
 
 /* --weights f32|bf16|f16|q8_0|stored: how the loaded model holds its
  * weights (the names below, in this order, are the help's and docs/cli.md's). */
 #define WEIGHTS_NAMES "f32, bf16, f16, q8_0 or stored"
-/* 0 and *out set, or EXIT_USAGE after naming the choices. */
-int parse_weights(const char *U, const char *arg, bdh_weight_type *out);
-/* The same for another option's name (bdh convert --type). */
+/* 0 and *out set, or EXIT_USAGE after naming the choices; option is the
+ * name in the message ("--weights", bdh convert's "--type"). */
 int parse_weight_type(const char *U, const char *option, const char *arg, bdh_weight_type *out);
 /* The --weights name of a weight type ("f32", ..., "stored"). */
 const char *weights_name(bdh_weight_type type);
@@ -101,12 +102,31 @@ typedef struct model_place {
 /* The getopt_long entries of the two options, for a longopts table. */
 #define PLACE_LONGOPTS \
     {"device", required_argument, NULL, OPT_DEVICE}, {"cuda-device", required_argument, NULL, OPT_CUDA_DEVICE}
-/* OPT_DEVICE or OPT_CUDA_DEVICE with its value in arg; 0 or EXIT_USAGE. */
-int parse_place_option(const char *U, int c, const char *arg, model_place *p);
 /* After the options: --cuda-device without --device cuda is a usage error. */
 int check_place(const char *U, const model_place *p);
 /* "cpu", or "cuda N". */
 const char *place_name(const model_place *p, char *buf, size_t cap);
+
+/* The options of the commands that run a model (generate, chat,
+ * perplexity, trace, serve; info takes --weights and the place): which
+ * model, how it is loaded, and -v. */
+typedef struct model_opts {
+    const char *model; /* -m, --model FILE; NULL: default_model's */
+    long threads;      /* --threads N, 0 = all cores */
+    bdh_weight_type weights;
+    model_place place;
+    int verbose; /* -v, --verbose */
+} model_opts;
+#define MODEL_OPTS_DEFAULT ((model_opts){NULL, 0, BDH_WEIGHTS_F32, MODEL_PLACE_CPU, 0})
+/* The getopt_long entries of -m, --threads, --weights, --device and
+ * --cuda-device, for a longopts table (-v is listed by those that take it). */
+#define MODEL_LONGOPTS \
+    {"model", required_argument, NULL, 'm'}, {"threads", required_argument, NULL, OPT_THREADS}, \
+    {"weights", required_argument, NULL, OPT_WEIGHTS}, PLACE_LONGOPTS
+/* 1 if c is one of them ('m', 'v', OPT_THREADS, OPT_WEIGHTS, OPT_DEVICE,
+ * OPT_CUDA_DEVICE; -m and -v mean these in every command), with its value
+ * in arg taken into *o and *rc 0 or an exit code; else 0, *rc untouched. */
+int parse_model_option(const char *U, int c, const char *arg, model_opts *o, int *rc);
 
 /* ------------------------------------------------------ common.c: files */
 
@@ -137,6 +157,12 @@ int load_model(const char *path, int threads, bdh_weight_type weights, bdh_model
 /* The same on the device p names (NULL: the CPU); a device this build
  * lacks fails with the library's message. */
 int load_model_at(const char *path, int threads, bdh_weight_type weights, const model_place *p, bdh_model **out);
+/* -m's file, else default_model's (buf as there); NULL after printing why. */
+const char *find_model(const model_opts *o, char *buf, size_t cap);
+/* load_model_at with o's --threads, --weights and place. */
+int load_model_opts(const char *path, const model_opts *o, bdh_model **out);
+/* -v's first lines on standard error: model:, device:, weights: */
+void print_loaded_model(const char *path, const model_opts *o, const bdh_model *m);
 /* 0 for a vocab_size 256 model, else EXIT_RUNTIME after saying so. */
 int need_byte_model(const char *cmd, const bdh_model *m);
 double mib(size_t bytes);

@@ -32,6 +32,12 @@ int lib_fail(const char *what, bdh_status rc)
     return EXIT_RUNTIME;
 }
 
+int lib_fail_on(const char *what, const char *path, bdh_status rc)
+{
+    err("%s '%s': %s (%s)", what, path, bdh_last_error(), bdh_status_name(rc));
+    return EXIT_RUNTIME;
+}
+
 int usage_fail(const char *cmd, const char *fmt, ...)
 {
     va_list ap;
@@ -89,8 +95,6 @@ int parse_text_option(const char *U, int c, text_span *t)
         return usage_fail(U, "--offset needs bytes >= 0, not '%s'", optarg);
     if (c == OPT_LENGTH && parse_long(optarg, 1, LONG_MAX, &t->length))
         return usage_fail(U, "--length needs bytes >= 1, not '%s'", optarg);
-    if (c == OPT_THREADS && parse_long(optarg, 0, 4096, &t->threads))
-        return usage_fail(U, "--threads needs a count from 0 (all cores) to 4096, not '%s'", optarg);
     return 0;
 }
 
@@ -112,7 +116,10 @@ int parse_weight_type(const char *U, const char *option, const char *arg, bdh_we
     return usage_fail(U, "%s needs " WEIGHTS_NAMES ", not '%s'", option, arg);
 }
 
-int parse_weights(const char *U, const char *arg, bdh_weight_type *out) { return parse_weight_type(U, "--weights", arg, out); }
+static int parse_weights(const char *U, const char *arg, bdh_weight_type *out)
+{
+    return parse_weight_type(U, "--weights", arg, out);
+}
 
 const char *weights_name(bdh_weight_type type)
 {
@@ -121,7 +128,8 @@ const char *weights_name(bdh_weight_type type)
     return "?";
 }
 
-int parse_place_option(const char *U, int c, const char *arg, model_place *p)
+/* OPT_DEVICE or OPT_CUDA_DEVICE with its value in arg; 0 or EXIT_USAGE. */
+static int parse_place_option(const char *U, int c, const char *arg, model_place *p)
 {
     long v;
     if (c == OPT_DEVICE) {
@@ -148,6 +156,23 @@ const char *place_name(const model_place *p, char *buf, size_t cap)
     if (p->device == BDH_DEVICE_CPU) snprintf(buf, cap, "cpu");
     else snprintf(buf, cap, "cuda %d", (int)p->cuda_device);
     return buf;
+}
+
+int parse_model_option(const char *U, int c, const char *arg, model_opts *o, int *rc)
+{
+    switch (c) {
+    case 'm': o->model = arg; *rc = 0; return 1;
+    case 'v': o->verbose = 1; *rc = 0; return 1;
+    case OPT_THREADS:
+        *rc = parse_long(arg, 0, 4096, &o->threads)
+                  ? usage_fail(U, "--threads needs a count from 0 (all cores) to 4096, not '%s'", arg)
+                  : 0;
+        return 1;
+    case OPT_WEIGHTS: *rc = parse_weights(U, arg, &o->weights); return 1;
+    case OPT_DEVICE:
+    case OPT_CUDA_DEVICE: *rc = parse_place_option(U, c, arg, &o->place); return 1;
+    }
+    return 0;
 }
 
 /* ---------------------------------------------------------------- files */
@@ -275,6 +300,23 @@ int load_model_at(const char *path, int threads, bdh_weight_type weights, const 
         return EXIT_RUNTIME;
     }
     return 0;
+}
+
+const char *find_model(const model_opts *o, char *buf, size_t cap)
+{
+    return o->model ? o->model : default_model(buf, cap);
+}
+
+int load_model_opts(const char *path, const model_opts *o, bdh_model **out)
+{
+    return load_model_at(path, (int)o->threads, o->weights, &o->place, out);
+}
+
+void print_loaded_model(const char *path, const model_opts *o, const bdh_model *m)
+{
+    char where[32];
+    fprintf(stderr, "model:   %s\ndevice:  %s\nweights: %s, %.2f MiB in memory\n", path,
+            place_name(&o->place, where, sizeof where), weights_name(o->weights), mib(bdh_model_weight_bytes(m)));
 }
 
 int need_byte_model(const char *cmd, const bdh_model *m)

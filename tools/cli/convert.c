@@ -46,11 +46,7 @@ int cmd_convert(int argc, char **argv)
     if (argc - optind != 2) return usage_fail(U, "convert needs two arguments, IN and OUT");
     const char *in = argv[optind], *out = argv[optind + 1];
     bdh_status st = bdh_model_convert(in, out, type);
-    if (st != BDH_OK) {
-        char what[64 + 4096];
-        snprintf(what, sizeof what, "cannot convert '%s'", in);
-        return lib_fail(what, st);
-    }
+    if (st != BDH_OK) return lib_fail_on("cannot convert", in, st);
     printf("wrote %s: %.2f MiB\n", out, mib(file_size(out)));
     return 0;
 }

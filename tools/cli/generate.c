@@ -26,7 +26,8 @@ static void generate_help(FILE *out)
           "      --echo              write the prompt to standard output first\n"
           "  -n, --max-tokens N      bytes to generate (default 256)\n"
           "      --temperature T     0 = greedy (default 0.8)\n"
-          "      --top-k K           keep the K most likely, ties included (default 0 = off)\n"
+          "      --top-k K           keep the K most likely, ties included\n"
+          "                          (default 0 = off)\n"
           "      --top-p P           nucleus mass in (0, 1] (default 1 = off)\n"
           "      --min-p P           drop p < P * p_max, in [0, 1] (default 0 = off)\n"
           "      --repeat-penalty R  penalty for recent bytes (default 1 = off)\n"
@@ -44,11 +45,9 @@ static void generate_help(FILE *out)
 }
 
 typedef struct gen_opts {
-    const char *model, *prompt, *prompt_file;
-    long threads;
-    bdh_weight_type weights;
-    model_place place;
-    int verbose, echo;
+    model_opts run;
+    const char *prompt, *prompt_file;
+    int echo;
     gen_settings g;
 } gen_opts;
 
@@ -162,19 +161,13 @@ bdh_generate_params gen_params(const gen_settings *g)
 /* One option of generate; returns 0 or an exit code. */
 static int generate_opt(gen_opts *o, int c, const char *arg)
 {
+    int rc;
     switch (c) {
-    case 'm': o->model = arg; return 0;
     case 'p': o->prompt = arg; return 0;
     case 'f': o->prompt_file = arg; return 0;
-    case 'v': o->verbose = 1; return 0;
     case OPT_ECHO: o->echo = 1; return 0;
-    case OPT_THREADS:
-        if (parse_long(arg, 0, 4096, &o->threads)) return usage_fail(U, "--threads needs a count from 0 (all cores) to 4096, not '%s'", arg);
-        return 0;
-    case OPT_WEIGHTS: return parse_weights(U, arg, &o->weights);
-    case OPT_DEVICE:
-    case OPT_CUDA_DEVICE: return parse_place_option(U, c, arg, &o->place);
     }
+    if (parse_model_option(U, c, arg, &o->run, &rc)) return rc;
     if (is_gen_option(c)) return parse_gen_option(U, &o->g, c, arg);
     return usage_fail(U, "unhandled option"); /* a longopts entry without a case */
 }
@@ -183,13 +176,10 @@ static int generate_opt(gen_opts *o, int c, const char *arg)
 static int generate_parse(int argc, char **argv, gen_opts *o)
 {
     static const struct option longopts[] = {
-        {"model", required_argument, NULL, 'm'},
+        MODEL_LONGOPTS,
         {"prompt", required_argument, NULL, 'p'},
         {"file", required_argument, NULL, 'f'},
         GEN_LONGOPTS,
-        {"threads", required_argument, NULL, OPT_THREADS},
-        {"weights", required_argument, NULL, OPT_WEIGHTS},
-        PLACE_LONGOPTS,
         {"echo", no_argument, NULL, OPT_ECHO},
         {"verbose", no_argument, NULL, 'v'},
         {"help", no_argument, NULL, 'h'},
@@ -206,7 +196,7 @@ static int generate_parse(int argc, char **argv, gen_opts *o)
     }
     if (optind < argc) return usage_fail(U, "unexpected argument '%s'", argv[optind]);
     if (o->prompt && o->prompt_file) return usage_fail(U, "give the prompt with -p or -f, not both");
-    int rc = check_place(U, &o->place);
+    int rc = check_place(U, &o->run.place);
     return rc ? rc : finish_gen_settings(U, &o->g);
 }
 
@@ -257,25 +247,24 @@ static int generate_run(const gen_opts *o, const char *model_path, const char *t
         err("out of memory");
         return EXIT_RUNTIME;
     }
-    int rc = load_model_at(model_path, (int)o->threads, o->weights, &o->place, &m);
+    int rc = load_model_opts(model_path, &o->run, &m);
     if (!rc) rc = need_byte_model("generate", m);
     bdh_status st = BDH_OK;
     if (!rc && (st = bdh_state_new(m, &s)) != BDH_OK) rc = lib_fail("cannot create a state", st);
     if (!rc) {
         for (size_t i = 0; i < len; i++) prompt[i] = (unsigned char)text[i];
         const bdh_generate_params gp = gen_params(&o->g);
-        char where[32];
-        if (o->verbose)
-            fprintf(stderr, "model:   %s\ndevice:  %s\nweights: %s, %.2f MiB in memory\nseed:    %" PRIu64 "\n",
-                    model_path, place_name(&o->place, where, sizeof where), weights_name(o->weights),
-                    mib(bdh_model_weight_bytes(m)), o->g.sp.seed);
+        if (o->run.verbose) {
+            print_loaded_model(model_path, &o->run, m);
+            fprintf(stderr, "seed:    %" PRIu64 "\n", o->g.sp.seed);
+        }
         if (o->echo && (fwrite(text, 1, len, stdout) != len || fflush(stdout) == EOF)) {
             err("cannot write to standard output");
             rc = EXIT_RUNTIME;
         }
         bdh_generate_stats stats;
         if (!rc) rc = stream(s, prompt, len, &gp, &stats);
-        if (!rc && o->verbose) print_gen_stats(m, &stats);
+        if (!rc && o->run.verbose) print_gen_stats(m, &stats);
     }
     bdh_state_free(s);
     bdh_model_free(m);
@@ -285,14 +274,14 @@ static int generate_run(const gen_opts *o, const char *model_path, const char *t
 
 int cmd_generate(int argc, char **argv)
 {
-    gen_opts o = {.weights = BDH_WEIGHTS_F32, .place = MODEL_PLACE_CPU, .g = gen_settings_default()};
+    gen_opts o = {.run = MODEL_OPTS_DEFAULT, .g = gen_settings_default()};
     int rc = generate_parse(argc, argv, &o);
     if (rc) {
         gen_settings_free(&o.g);
         return rc < 0 ? 0 : rc;
     }
     char buf[PATH_MAX + 64];
-    const char *model_path = o.model ? o.model : default_model(buf, sizeof buf);
+    const char *model_path = find_model(&o.run, buf, sizeof buf);
     size_t len = 0;
     const char *text = NULL;
     char *owned = NULL; /* text when read from a file or stdin */

@@ -56,25 +56,23 @@ int cmd_info(int argc, char **argv)
                                              PLACE_LONGOPTS,
                                              {"help", no_argument, NULL, 'h'},
                                              {NULL, 0, NULL, 0}};
-    bdh_weight_type weights = BDH_WEIGHTS_F32;
-    model_place place = MODEL_PLACE_CPU;
+    model_opts o = MODEL_OPTS_DEFAULT; /* of these, info takes --weights and the place */
+    o.threads = 1;                     /* it runs nothing */
     int c, rc;
     while ((c = getopt_long(argc, argv, ":h", longopts, NULL)) != -1) {
         if (c == 'h') {
             info_help(stdout);
             return 0;
         }
-        if (c == OPT_WEIGHTS) rc = parse_weights("info ", optarg, &weights);
-        else if (c == OPT_DEVICE || c == OPT_CUDA_DEVICE) rc = parse_place_option("info ", c, optarg, &place);
-        else return bad_option("info ", c, argv);
+        if (!parse_model_option("info ", c, optarg, &o, &rc)) return bad_option("info ", c, argv);
         if (rc) return rc;
     }
     if (argc - optind != 1) return usage_fail("info ", "info needs exactly one MODEL argument");
-    if ((rc = check_place("info ", &place))) return rc;
+    if ((rc = check_place("info ", &o.place))) return rc;
     bdh_model *m;
-    rc = load_model_at(argv[optind], 1, weights, &place, &m);
+    rc = load_model_opts(argv[optind], &o, &m);
     if (rc) return rc;
-    print_info(argv[optind], m, weights, &place);
+    print_info(argv[optind], m, o.weights, &o.place);
     bdh_model_free(m);
     return 0;
 }

@@ -41,11 +41,10 @@ static void perplexity_help(FILE *out)
 }
 
 typedef struct ppl_opts {
-    const char *model, *file;
+    model_opts run;
+    const char *file;
     text_span span;
     long window; /* 0: one stream */
-    bdh_weight_type weights;
-    model_place place;
 } ppl_opts;
 
 enum { OPT_WINDOW = OPT_COMMAND };
@@ -54,29 +53,26 @@ enum { OPT_WINDOW = OPT_COMMAND };
 static int perplexity_parse(int argc, char **argv, ppl_opts *o)
 {
     static const struct option longopts[] = {
-        {"model", required_argument, NULL, 'm'},    {"file", required_argument, NULL, 'f'},
-        {"offset", required_argument, NULL, OPT_OFFSET}, {"length", required_argument, NULL, OPT_LENGTH},
-        {"threads", required_argument, NULL, OPT_THREADS}, {"window", required_argument, NULL, OPT_WINDOW},
-        {"weights", required_argument, NULL, OPT_WEIGHTS}, PLACE_LONGOPTS, {"help", no_argument, NULL, 'h'},
+        MODEL_LONGOPTS,
+        {"file", required_argument, NULL, 'f'},
+        {"offset", required_argument, NULL, OPT_OFFSET},
+        {"length", required_argument, NULL, OPT_LENGTH},
+        {"window", required_argument, NULL, OPT_WINDOW},
+        {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0}};
     const char *const U = "perplexity ";
     int c, rc;
     while ((c = getopt_long(argc, argv, ":m:f:h", longopts, NULL)) != -1) {
+        if (parse_model_option(U, c, optarg, &o->run, &rc)) {
+            if (rc) return rc;
+            continue;
+        }
         switch (c) {
         case 'h': perplexity_help(stdout); return -1;
-        case 'm': o->model = optarg; break;
         case 'f': o->file = optarg; break;
         case OPT_OFFSET:
         case OPT_LENGTH:
-        case OPT_THREADS:
             if ((rc = parse_text_option(U, c, &o->span))) return rc;
-            break;
-        case OPT_WEIGHTS:
-            if ((rc = parse_weights(U, optarg, &o->weights))) return rc;
-            break;
-        case OPT_DEVICE:
-        case OPT_CUDA_DEVICE:
-            if ((rc = parse_place_option(U, c, optarg, &o->place))) return rc;
             break;
         case OPT_WINDOW:
             if (parse_long(optarg, 2, LONG_MAX, &o->window)) return usage_fail(U, "--window needs bytes >= 2, not '%s'", optarg);
@@ -85,7 +81,7 @@ static int perplexity_parse(int argc, char **argv, ppl_opts *o)
         }
     }
     if (optind < argc) return usage_fail(U, "unexpected argument '%s'", argv[optind]);
-    if ((rc = check_place(U, &o->place))) return rc;
+    if ((rc = check_place(U, &o->run.place))) return rc;
     if (!o->file) return usage_fail(U, "perplexity needs a text file (-f TEXT)");
     return 0;
 }
@@ -141,11 +137,11 @@ static int score(bdh_state *s, const unsigned char *text, size_t n, double *bits
 
 int cmd_perplexity(int argc, char **argv)
 {
-    ppl_opts o = {.weights = BDH_WEIGHTS_F32, .place = MODEL_PLACE_CPU};
+    ppl_opts o = {.run = MODEL_OPTS_DEFAULT};
     int rc = perplexity_parse(argc, argv, &o);
     if (rc) return rc < 0 ? 0 : rc;
     char buf[PATH_MAX + 64];
-    const char *model_path = o.model ? o.model : default_model(buf, sizeof buf);
+    const char *model_path = find_model(&o.run, buf, sizeof buf);
     if (!model_path) return EXIT_RUNTIME;
     size_t len;
     unsigned char *data = (unsigned char *)read_all(o.file, &len);
@@ -160,7 +156,7 @@ int cmd_perplexity(int argc, char **argv)
         err("'%s' has %zu bytes to score from offset %zu; at least 2 are needed", o.file, n, off);
         rc = EXIT_RUNTIME;
     }
-    if (!rc) rc = load_model_at(model_path, (int)o.span.threads, o.weights, &o.place, &m);
+    if (!rc) rc = load_model_opts(model_path, &o.run, &m);
     if (!rc) rc = need_byte_model("perplexity", m);
     if (!rc && (st = bdh_state_new(m, &s)) != BDH_OK) rc = lib_fail("cannot create a state", st);
     /* one stream, or windows each from a zero state (the last may be shorter) */

@@ -42,11 +42,7 @@ int cmd_quantize(int argc, char **argv)
     if (argc - optind != 2) return usage_fail(U, "quantize needs two arguments, IN and OUT");
     const char *in = argv[optind], *out = argv[optind + 1];
     bdh_status st = bdh_model_quantize(in, out, BDH_WEIGHTS_Q8_0);
-    if (st != BDH_OK) {
-        char what[64 + 4096];
-        snprintf(what, sizeof what, "cannot quantize '%s'", in);
-        return lib_fail(what, st);
-    }
+    if (st != BDH_OK) return lib_fail_on("cannot quantize", in, st);
     printf("wrote %s: encoder, encoder_v, decoder as Q8_0; %.2f MiB (from %.2f MiB)\n", out,
            mib(file_size(out)), mib(file_size(in)));
     return 0;

@@ -20,8 +20,9 @@ static void trace_help(FILE *out)
           "Run a text through a byte-level model from a zero state and record, for\n"
           "every byte and layer, which neurons fired: the active entries of x_sparse\n"
           "and of the gated y (x_sparse * y_sparse), with their values, and the\n"
-          "fraction of neurons active. Written as a safetensors file (docs/observability.md)\n"
-          "that the Python package reads (libbdh.load_trace) and draws (python3 -m libbdh.plot).\n"
+          "fraction of neurons active. Written as a safetensors file\n"
+          "(docs/observability.md) that the Python package reads (libbdh.load_trace)\n"
+          "and draws (python3 -m libbdh.plot).\n"
           "\n"
           "  -m, --model FILE       model (default as for generate)\n"
           "  -f, --file TEXT        the text to trace\n"
@@ -34,7 +35,8 @@ static void trace_help(FILE *out)
           "      --offset BYTES     start this many bytes into the file (default 0)\n"
           "      --length BYTES     trace at most this many bytes (default: to the end)\n"
           "      --png DIR          then draw the pictures into DIR with\n"
-          "                         'python3 -m libbdh.plot OUT --out DIR' (needs matplotlib)\n"
+          "                         'python3 -m libbdh.plot OUT --out DIR'\n"
+          "                         (needs matplotlib)\n"
           "      --threads N        CPU threads (default 0 = all cores)\n"
           "      --weights TYPE     hold the weights as f32 (default), bf16, f16, q8_0,\n"
           "                         or as stored in the file (stored)\n"
@@ -44,17 +46,17 @@ static void trace_help(FILE *out)
           "  -h, --help             this help\n"
           "\n"
           "Example:\n"
-          "  bdh trace -f models/tinyshakespeare.txt --length 400 -o trace.safetensors --png pictures\n",
+          "  bdh trace -f models/tinyshakespeare.txt --length 400 \\\n"
+          "      -o trace.safetensors --png pictures\n",
           out);
 }
 
 #define MAX_SYNAPSES 4096
 
 typedef struct trace_opts {
-    const char *model, *file, *text, *output, *png;
+    model_opts run;
+    const char *file, *text, *output, *png;
     text_span span;
-    bdh_weight_type weights;
-    model_place place;
     int32_t (*syn)[3];
     int n_syn;
 } trace_opts;
@@ -99,18 +101,24 @@ static int parse_synapse(trace_opts *o, const char *arg)
 static int trace_parse(int argc, char **argv, trace_opts *o)
 {
     static const struct option longopts[] = {
-        {"model", required_argument, NULL, 'm'},    {"file", required_argument, NULL, 'f'},
-        {"prompt", required_argument, NULL, 'p'},   {"output", required_argument, NULL, 'o'},
-        {"synapse", required_argument, NULL, OPT_SYNAPSE}, {"png", required_argument, NULL, OPT_PNG},
-        {"offset", required_argument, NULL, OPT_OFFSET}, {"length", required_argument, NULL, OPT_LENGTH},
-        {"threads", required_argument, NULL, OPT_THREADS}, {"weights", required_argument, NULL, OPT_WEIGHTS},
-        PLACE_LONGOPTS,
-        {"help", no_argument, NULL, 'h'},                {NULL, 0, NULL, 0}};
+        MODEL_LONGOPTS,
+        {"file", required_argument, NULL, 'f'},
+        {"prompt", required_argument, NULL, 'p'},
+        {"output", required_argument, NULL, 'o'},
+        {"synapse", required_argument, NULL, OPT_SYNAPSE},
+        {"png", required_argument, NULL, OPT_PNG},
+        {"offset", required_argument, NULL, OPT_OFFSET},
+        {"length", required_argument, NULL, OPT_LENGTH},
+        {"help", no_argument, NULL, 'h'},
+        {NULL, 0, NULL, 0}};
     int c, rc;
     while ((c = getopt_long(argc, argv, ":m:f:p:o:h", longopts, NULL)) != -1) {
+        if (parse_model_option(U, c, optarg, &o->run, &rc)) {
+            if (rc) return rc;
+            continue;
+        }
         switch (c) {
         case 'h': trace_help(stdout); return -1;
-        case 'm': o->model = optarg; break;
         case 'f': o->file = optarg; break;
         case 'p': o->text = optarg; break;
         case 'o': o->output = optarg; break;
@@ -121,27 +129,19 @@ static int trace_parse(int argc, char **argv, trace_opts *o)
         case OPT_SYNAPSE:
             if ((rc = parse_synapse(o, optarg))) return rc;
             break;
-        case OPT_WEIGHTS:
-            if ((rc = parse_weights(U, optarg, &o->weights))) return rc;
-            break;
-        case OPT_DEVICE:
-        case OPT_CUDA_DEVICE:
-            if ((rc = parse_place_option(U, c, optarg, &o->place))) return rc;
-            break;
         case OPT_OFFSET:
         case OPT_LENGTH:
-        case OPT_THREADS:
             if ((rc = parse_text_option(U, c, &o->span))) return rc;
             break;
         default: return bad_option(U, c, argv);
         }
     }
     if (optind < argc) return usage_fail(U, "unexpected argument '%s'", argv[optind]);
-    if ((rc = check_place(U, &o->place))) return rc;
+    if ((rc = check_place(U, &o->run.place))) return rc;
     if (!o->file && !o->text) return usage_fail(U, "trace needs a text (-f TEXT or -p TEXT)");
     if (o->file && o->text) return usage_fail(U, "give the text with -f or -p, not both");
     if (!o->output) return usage_fail(U, "trace needs an output file (-o OUT.safetensors)");
-    if (same_file(o->output, o->model) || same_file(o->output, o->file))
+    if (same_file(o->output, o->run.model) || same_file(o->output, o->file))
         return usage_fail(U, "-o '%s' is one of the inputs; it would be overwritten", o->output);
     return 0;
 }
@@ -265,7 +265,7 @@ static int trace_run(const trace_opts *o, const char *model_path, const unsigned
     int32_t *tokens = malloc(n * sizeof *tokens);
     double *sigma = NULL;
     int rc = tokens ? 0 : (err("out of memory"), EXIT_RUNTIME);
-    if (!rc) rc = load_model_at(model_path, (int)o->span.threads, o->weights, &o->place, &m);
+    if (!rc) rc = load_model_opts(model_path, &o->run, &m);
     if (!rc) rc = need_byte_model("trace", m);
     bdh_status st = BDH_OK;
     if (!rc && (st = bdh_state_new(m, &s)) != BDH_OK) rc = lib_fail("cannot create a state", st);
@@ -314,14 +314,14 @@ static int trace_run(const trace_opts *o, const char *model_path, const unsigned
 
 int cmd_trace(int argc, char **argv)
 {
-    trace_opts o = {.weights = BDH_WEIGHTS_F32, .place = MODEL_PLACE_CPU};
+    trace_opts o = {.run = MODEL_OPTS_DEFAULT};
     int rc = trace_parse(argc, argv, &o);
     if (rc) {
         free(o.syn);
         return rc < 0 ? 0 : rc;
     }
     char buf[PATH_MAX + 64];
-    const char *model_path = o.model ? o.model : default_model(buf, sizeof buf);
+    const char *model_path = find_model(&o.run, buf, sizeof buf);
     size_t len = 0;
     unsigned char *owned = NULL;
     const unsigned char *text = (const unsigned char *)o.text;

@@ -31,7 +31,8 @@ static void serve_help(FILE *out)
           "      --host HOST         address to listen on (default 127.0.0.1)\n"
           "      --port PORT         port (default 8080; 0 = any free one, printed)\n"
           "      --sessions STORE    a directory (default bdh-sessions) or\n"
-          "                          redis://HOST:PORT[/DB] to share sessions between servers\n"
+          "                          redis://HOST:PORT[/DB] to share sessions between\n"
+          "                          servers\n"
           "      --device DEV        cpu (default) or cuda\n"
           "      --cuda-device N     which GPU with --device cuda (default 0)\n"
           "      --weights TYPE      hold the weights as f32 (default), bf16, f16, q8_0,\n"
@@ -42,8 +43,10 @@ static void serve_help(FILE *out)
           "      --max-streams N     requests generating at once (default 16)\n"
           "      --max-queue N       requests waiting beyond those (default 64; then 503)\n"
           "      --max-body BYTES    largest request body (default 8M; then 413)\n"
-          "      --max-tokens N      largest max_tokens a request may ask for (default 8192)\n"
-          "      --timeout SECONDS   time a completion may take, queue included (default 300)\n"
+          "      --max-tokens N      largest max_tokens a request may ask for\n"
+          "                          (default 8192)\n"
+          "      --timeout SECONDS   time a completion may take, queue included\n"
+          "                          (default 300)\n"
           "  -h, --help              this help\n",
           out);
 }
@@ -55,9 +58,7 @@ enum { OPT_HOST = OPT_COMMAND, OPT_PORT, OPT_SESSIONS, OPT_MEMORY, OPT_STREAMS, 
 
 typedef struct serve_opts {
     serve_config cfg;
-    long threads;
-    bdh_weight_type weights;
-    model_place place; /* --device, --cuda-device as the other commands */
+    model_opts run; /* -m (into cfg.model_path), --threads, --weights, the place */
 } serve_opts;
 
 /* 0 and *out, or -1: a count with an optional K, M or G (powers of 1024). */
@@ -81,19 +82,14 @@ static int serve_opt(serve_opts *o, int c, const char *arg)
     long v;
     double t;
     char *end;
+    int rc;
+    if (parse_model_option(U, c, arg, &o->run, &rc)) return rc;
     switch (c) {
-    case 'm': o->cfg.model_path = arg; return 0;
     case OPT_HOST: o->cfg.host = arg; return 0;
     case OPT_SESSIONS: o->cfg.sessions = arg; return 0;
-    case OPT_DEVICE:
-    case OPT_CUDA_DEVICE: return parse_place_option(U, c, arg, &o->place);
-    case OPT_WEIGHTS: return parse_weights(U, arg, &o->weights);
     case OPT_PORT:
         if (parse_long(arg, 0, 65535, &v)) return usage_fail(U, "--port needs a port from 0 to 65535, not '%s'", arg);
         o->cfg.port = (int)v;
-        return 0;
-    case OPT_THREADS:
-        if (parse_long(arg, 0, 4096, &o->threads)) return usage_fail(U, "--threads needs a count from 0 (all cores) to 4096, not '%s'", arg);
         return 0;
     case OPT_MEMORY:
         if (parse_bytes(arg, &o->cfg.memory)) return usage_fail(U, "--memory needs bytes (suffix K, M or G allowed), not '%s'", arg);
@@ -126,13 +122,17 @@ static int serve_opt(serve_opts *o, int c, const char *arg)
 static int serve_parse(int argc, char **argv, serve_opts *o)
 {
     static const struct option longopts[] = {
-        {"model", required_argument, NULL, 'm'},           {"host", required_argument, NULL, OPT_HOST},
-        {"port", required_argument, NULL, OPT_PORT},       {"sessions", required_argument, NULL, OPT_SESSIONS},
-        PLACE_LONGOPTS,                                    {"weights", required_argument, NULL, OPT_WEIGHTS},
-        {"threads", required_argument, NULL, OPT_THREADS}, {"memory", required_argument, NULL, OPT_MEMORY},
-        {"max-streams", required_argument, NULL, OPT_STREAMS}, {"max-queue", required_argument, NULL, OPT_QUEUE},
-        {"max-body", required_argument, NULL, OPT_BODY},   {"max-tokens", required_argument, NULL, OPT_MAXTOK},
-        {"timeout", required_argument, NULL, OPT_TIMEOUT}, {"help", no_argument, NULL, 'h'},
+        MODEL_LONGOPTS,
+        {"host", required_argument, NULL, OPT_HOST},
+        {"port", required_argument, NULL, OPT_PORT},
+        {"sessions", required_argument, NULL, OPT_SESSIONS},
+        {"memory", required_argument, NULL, OPT_MEMORY},
+        {"max-streams", required_argument, NULL, OPT_STREAMS},
+        {"max-queue", required_argument, NULL, OPT_QUEUE},
+        {"max-body", required_argument, NULL, OPT_BODY},
+        {"max-tokens", required_argument, NULL, OPT_MAXTOK},
+        {"timeout", required_argument, NULL, OPT_TIMEOUT},
+        {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0}};
     int c;
     while ((c = getopt_long(argc, argv, ":m:h", longopts, NULL)) != -1) {
@@ -145,7 +145,8 @@ static int serve_parse(int argc, char **argv, serve_opts *o)
         if (rc) return rc;
     }
     if (optind < argc) return usage_fail(U, "unexpected argument '%s'", argv[optind]);
-    return check_place(U, &o->place);
+    o->cfg.model_path = o->run.model;
+    return check_place(U, &o->run.place);
 }
 
 /* "shakespeare" for .../shakespeare.safetensors */
@@ -161,7 +162,7 @@ static char *model_name(const char *path)
 
 static int load(const serve_opts *o, const char *path, bdh_model **m)
 {
-    const int rc = load_model_at(path, (int)o->threads, o->weights, &o->place, m);
+    const int rc = load_model_opts(path, &o->run, m);
     return rc ? rc : need_byte_model("serve", *m);
 }
 
@@ -268,7 +269,7 @@ static int run(serve_opts *o)
 
 int cmd_serve(int argc, char **argv)
 {
-    serve_opts o = {.weights = BDH_WEIGHTS_F32, .place = MODEL_PLACE_CPU};
+    serve_opts o = {.run = MODEL_OPTS_DEFAULT};
     o.cfg = (serve_config){.host = "127.0.0.1", .port = 8080, .sessions = "bdh-sessions", .memory = (size_t)1 << 30,
                            .max_streams = 16, .max_queue = 64, .max_body = (size_t)8 << 20, .max_tokens = 8192,
                            .timeout = 300};
