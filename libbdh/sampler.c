@@ -185,12 +185,36 @@ static int32_t argmax(const float *l, int32_t V)
     return best;
 }
 
-/* Larger logit first, then lower id: a total order, so qsort is deterministic. */
-static int cmp_candidate(const void *a, const void *b)
+/* Larger logit first, then lower id: a total order, so any correct sort
+ * gives one result. */
+static bool ranks_before(const candidate *x, const candidate *y)
 {
-    const candidate *x = a, *y = b;
-    if (x->logit != y->logit) return x->logit > y->logit ? -1 : 1;
-    return (x->id > y->id) - (x->id < y->id);
+    return x->logit != y->logit ? x->logit > y->logit : x->id < y->id;
+}
+
+/* Sift c[i] down the heap c[0..n) whose root ranks last. */
+static void sift_down(candidate *c, int32_t i, int32_t n)
+{
+    for (int32_t child; (child = 2 * i + 1) < n; i = child) {
+        if (child + 1 < n && ranks_before(&c[child], &c[child + 1])) child++;
+        if (!ranks_before(&c[i], &c[child])) return;
+        const candidate t = c[i];
+        c[i] = c[child];
+        c[child] = t;
+    }
+}
+
+/* Best first, in place. A heapsort, not qsort: glibc's qsort mallocs a
+ * buffer on every call, and sampling promises not to allocate. */
+static void sort_candidates(candidate *c, int32_t n)
+{
+    for (int32_t i = n / 2 - 1; i >= 0; i--) sift_down(c, i, n);
+    for (int32_t end = n - 1; end > 0; end--) {
+        const candidate t = c[0];
+        c[0] = c[end];
+        c[end] = t;
+        sift_down(c, 0, end);
+    }
 }
 
 /* Candidates: every token with a logit above -inf, in id order. */
@@ -296,7 +320,7 @@ bdh_status bdh_sampler_sample(bdh_sampler *s, const float *logits, int32_t *toke
     if (n == 0) return bdh_fail(BDH_ERR_INVALID_ARGUMENT, "bdh_sampler_sample: every logit is -inf");
     /* Temperature > 0 keeps the order, so top-k and top-p can share one sort. */
     if ((s->p.top_k > 0 && s->p.top_k < n) || s->p.top_p < 1.0f) {
-        qsort(s->cand, (size_t)n, sizeof *s->cand, cmp_candidate);
+        sort_candidates(s->cand, n);
         n = top_k(s->cand, n, s->p.top_k);
     }
     double sum = softmax(s->cand, n, s->p.temperature, s->prob);

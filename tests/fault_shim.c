@@ -160,6 +160,7 @@ void fault_disarm(void)
 }
 
 long fault_live(void) { return atomic_load(&live); }
+long fault_allocations(void) { return atomic_load(&serial); }
 
 void *fault_raw_malloc(size_t n) { return __libc_malloc(n); }
 void fault_raw_free(void *p) { __libc_free(p); }

@@ -13,6 +13,8 @@ FAULT_API void fault_arm(long n);
 FAULT_API void fault_disarm(void);
 /* Blocks the library has allocated and not yet freed. */
 FAULT_API long fault_live(void);
+/* Allocations made so far by anyone in the process, the C library included. */
+FAULT_API long fault_allocations(void);
 /* Memory the shim neither counts nor fails (the tests' own copies). */
 FAULT_API void *fault_raw_malloc(size_t n);
 FAULT_API void fault_raw_free(void *p);

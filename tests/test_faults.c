@@ -340,8 +340,35 @@ static int make_tmp_dir(void **unused)
     return tu_make_tmp_dir("faults");
 }
 
+/* docs/generation.md: "sampling never allocates". Counted over every
+ * allocation in the process, so one the C library makes for the sampler
+ * (glibc's qsort mallocs a buffer) counts too. */
+static void test_sampling_never_allocates(void **unused)
+{
+    (void)unused;
+    bdh_sampler_params p = bdh_sampler_default_params();
+    p.temperature = 0.9f;
+    p.top_k = 40;
+    p.top_p = 0.9f;
+    p.min_p = 0.01f;
+    p.repeat_penalty = 1.2f;
+    p.seed = 7;
+    bdh_sampler *s;
+    assert_int_equal(bdh_sampler_new(&p, 256, &s), BDH_OK);
+    float logits[256];
+    long before = fault_allocations();
+    for (int t = 0; t < 200; t++) {
+        for (int i = 0; i < 256; i++) logits[i] = (float)((i * 37 + t * 11) % 97) * 0.05f;
+        int32_t token;
+        assert_int_equal(bdh_sampler_sample(s, logits, &token), BDH_OK);
+    }
+    assert_int_equal(fault_allocations() - before, 0);
+    bdh_sampler_free(s);
+}
+
 int main(void)
 {
-    const struct CMUnitTest tests[] = {cmocka_unit_test(test_every_allocation_can_fail)};
+    const struct CMUnitTest tests[] = {cmocka_unit_test(test_every_allocation_can_fail),
+                                       cmocka_unit_test(test_sampling_never_allocates)};
     return cmocka_run_group_tests(tests, make_tmp_dir, tu_remove_tmp_dir);
 }
