@@ -167,7 +167,7 @@ BDH_API size_t bdh_model_state_bytes(const bdh_model *model);
 BDH_API bdh_device bdh_model_device(const bdh_model *model);
 /* 64-bit fingerprint of configuration and tensor bytes (state blobs carry it). */
 BDH_API uint64_t bdh_model_fingerprint(const bdh_model *model);
-/* dtype name of a tensor as stored in the file ("F32", "F16", "BF16"),
+/* dtype name of a tensor as stored in the file ("F32", "F16", "BF16", "Q8_0"),
  * for the tensor whose state_dict name (without _orig_mod.) is given;
  * NULL if there is no such tensor. */
 BDH_API const char *bdh_model_file_dtype(const bdh_model *model, const char *tensor);
