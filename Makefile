@@ -212,7 +212,8 @@ version:
 	@echo $(VERSION)
 
 # ---- fuzzing (tests/fuzz/): libFuzzer + ASan + UBSan, built with clang.
-# make fuzz [FUZZ_SECONDS=60]: each target runs that long from its seeds
+# make fuzz [FUZZ_SECONDS=60] [FUZZ_TARGETS="fuzz_sampler ..."]: each target
+# (all five unless FUZZ_TARGETS names some) runs that long from its seeds
 # (the test models, a Q8_0 copy and a saved state written by make_seeds);
 # a crash, leak, timeout or sanitizer report fails the target, and its
 # reproducer is left in build-fuzz/.
@@ -221,7 +222,8 @@ FUZZ_SECONDS ?= 60
 FUZZ_BUILD   := build-fuzz
 FUZZ_CFLAGS  := -std=c11 -D_DEFAULT_SOURCE -g -O1 -fno-omit-frame-pointer -fsanitize=address,undefined \
                 -fno-sanitize-recover=undefined -pthread -Iinclude -Ilibbdh $(shell pkg-config --cflags openblas 2>/dev/null)
-FUZZ_TARGETS := fuzz_load fuzz_state fuzz_sampler fuzz_checkpoint fuzz_request
+FUZZ_ALL     := fuzz_load fuzz_state fuzz_sampler fuzz_checkpoint fuzz_request
+FUZZ_TARGETS ?= $(FUZZ_ALL)
 FUZZ_OBJ     := $(LIB_SRC:libbdh/%.c=$(FUZZ_BUILD)/obj/%.o)
 FUZZ_LIBS    := -lopenblas -lcjson -lxxhash -lm -pthread
 
@@ -241,7 +243,7 @@ $(FUZZ_BUILD)/make_seeds: tests/fuzz/make_seeds.c $(FUZZ_OBJ)
 	$(FUZZ_CC) $(FUZZ_CFLAGS) -fsanitize=fuzzer-no-link -o $@ $< $(FUZZ_OBJ) $(FUZZ_LIBS)
 
 fuzz: $(FUZZ_TARGETS:%=$(FUZZ_BUILD)/%) $(FUZZ_BUILD)/make_seeds
-	@rm -rf $(FUZZ_BUILD)/corpus && mkdir -p $(FUZZ_TARGETS:%=$(FUZZ_BUILD)/corpus/%)
+	@rm -rf $(FUZZ_BUILD)/corpus && mkdir -p $(FUZZ_ALL:%=$(FUZZ_BUILD)/corpus/%)
 	cp tests/data/golden/*.model.safetensors $(FUZZ_BUILD)/corpus/fuzz_load/
 	printf 'First Citizen:\nBefore we proceed' > $(FUZZ_BUILD)/corpus/fuzz_load/text
 	$(FUZZ_BUILD)/make_seeds tests/data/golden/tiny.model.safetensors $(FUZZ_BUILD)/corpus/fuzz_load $(FUZZ_BUILD)/corpus/fuzz_state
