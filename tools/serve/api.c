@@ -2,6 +2,7 @@
  * and error objects out (docs/server.md, "API"). Parsing is strict about
  * types and ranges (400 naming the field) and ignores fields it does not
  * know, as OpenAI's own server does with fields it no longer uses. */
+#define _GNU_SOURCE /* memmem */
 #include "serve.h"
 
 #include <cjson/cJSON.h>
@@ -192,8 +193,41 @@ static uint64_t random_seed(void)
     return s ^ (uint64_t)now_unix() ^ ((uint64_t)(now_monotonic() * 1e9) << 20);
 }
 
-int api_parse_completion(const char *body, size_t len, const serve_config *cfg, int32_t vocab_size,
-                         completion_request *r, api_error *e)
+/* "max_tokens" (or its synonym name) into r->max_tokens, bounded by --max-tokens. */
+static int get_max_tokens(const cJSON *root, const char *name, const serve_config *cfg, completion_request *r,
+                          api_error *e)
+{
+    double n = r->max_tokens;
+    if (get_int(root, name, 0, cfg->max_tokens, &n, e)) return -1;
+    r->max_tokens = (int32_t)n;
+    return 0;
+}
+
+/* What both bodies take alike: sampling, stops, streaming, the session and
+ * the refusals. */
+static int get_generation(const cJSON *root, completion_request *r, api_error *e)
+{
+    return get_sampler(root, &r->sampler, e) || get_stops(root, r, e) || get_bool(root, "stream", &r->stream, e) ||
+                   get_session(root, r, e) || refuse_unsupported(root, e)
+               ? -1
+               : 0;
+}
+
+static int completion_fields(const cJSON *root, const char *body, size_t len, const serve_config *cfg,
+                             int32_t vocab_size, completion_request *r, api_error *e)
+{
+    (void)body, (void)len;
+    return get_prompt(root, vocab_size, r, e) || get_max_tokens(root, "max_tokens", cfg, r, e) ||
+                   get_generation(root, r, e) || get_bool(root, "return_tokens", &r->return_tokens, e)
+               ? -1
+               : 0;
+}
+
+typedef int body_fields(const cJSON *root, const char *body, size_t len, const serve_config *cfg, int32_t vocab_size,
+                        completion_request *r, api_error *e);
+
+static int parse_request(const char *body, size_t len, const serve_config *cfg, int32_t vocab_size,
+                         body_fields *fields, completion_request *r, api_error *e)
 {
     memset(r, 0, sizeof *r);
     r->max_tokens = 16; /* OpenAI's default */
@@ -201,18 +235,194 @@ int api_parse_completion(const char *body, size_t len, const serve_config *cfg, 
     r->sampler.seed = random_seed(); /* unless the request gives one */
     cJSON *root = cJSON_ParseWithLength(body, len);
     if (!root) return BAD("", "the body is not valid JSON");
-    double max_tokens = r->max_tokens;
     int rc = -1;
     if (!cJSON_IsObject(root)) (void)BAD("", "the body must be a JSON object");
-    else if (!get_prompt(root, vocab_size, r, e) && !get_int(root, "max_tokens", 0, cfg->max_tokens, &max_tokens, e) &&
-             !get_sampler(root, &r->sampler, e) && !get_stops(root, r, e) && !get_bool(root, "stream", &r->stream, e) &&
-             !get_bool(root, "return_tokens", &r->return_tokens, e) && !get_session(root, r, e) &&
-             !refuse_unsupported(root, e))
-        rc = 0;
-    r->max_tokens = (int32_t)max_tokens;
+    else rc = fields(root, body, len, cfg, vocab_size, r, e);
     cJSON_Delete(root);
     if (rc) api_request_free(r);
     return rc;
+}
+
+int api_parse_completion(const char *body, size_t len, const serve_config *cfg, int32_t vocab_size,
+                         completion_request *r, api_error *e)
+{
+    return parse_request(body, len, cfg, vocab_size, completion_fields, r, e);
+}
+
+/* ------------------------------------------------------------ chat */
+
+/* cJSON ends a string at a NUL byte (raw, or the escape \u0000) and drops
+ * the rest unseen. To tell, a body holding one is parsed again with each
+ * NUL made a 0x01 (the same length): a string longer there held a NUL.
+ * NULL when the body has none (or out of memory). */
+static cJSON *parse_nul_shadow(const char *body, size_t len)
+{
+    if (!memchr(body, 0, len) && !memmem(body, len, "\\u0000", 6)) return NULL;
+    char *copy = malloc(len ? len : 1);
+    if (!copy) return NULL;
+    memcpy(copy, body, len);
+    for (size_t i = 0; i < len; i++)
+        if (copy[i] == 0) copy[i] = 1;
+    for (char *p = copy; (p = memmem(p, (size_t)(copy + len - p), "\\u0000", 6)); p += 6) p[5] = '1';
+    cJSON *shadow = cJSON_ParseWithLength(copy, len);
+    free(copy);
+    return shadow;
+}
+
+static bool held_nul(const cJSON *v, const cJSON *shadow)
+{
+    return cJSON_IsString(shadow) && strlen(shadow->valuestring) != strlen(v->valuestring);
+}
+
+/* A speaker's name ("name", "assistant_name"): one line of text. */
+static int check_name(const cJSON *v, const cJSON *shadow, const char *param, api_error *e)
+{
+    if (!cJSON_IsString(v) || !v->valuestring[0]) return BAD(param, "'%s' must be a non-empty string", param);
+    if (strpbrk(v->valuestring, "\r\n") || held_nul(v, shadow))
+        return BAD(param, "'%s' must not contain a newline or a NUL byte", param);
+    return 0;
+}
+
+static const char *role_name(const char *role)
+{
+    static const char *const roles[][2] = {{"system", "SYSTEM"}, {"user", "USER"}, {"assistant", "ASSISTANT"}};
+    for (size_t i = 0; i < sizeof roles / sizeof *roles; i++)
+        if (strcmp(role, roles[i][0]) == 0) return roles[i][1];
+    return NULL;
+}
+
+/* A message's "content": a string, or OpenAI's [{"type": "text", "text": ...}]
+ * parts, concatenated; appended to out. */
+static int put_content(const cJSON *v, const cJSON *shadow, int i, strbuf *out, api_error *e)
+{
+    char param[API_PARAM_MAX];
+    snprintf(param, sizeof param, "messages[%d].content", i);
+    if (cJSON_IsString(v)) {
+        if (held_nul(v, shadow)) return BAD(param, "'%s' must not contain a NUL byte", param);
+        strbuf_put(out, v->valuestring, strlen(v->valuestring));
+        return 0;
+    }
+    if (!cJSON_IsArray(v)) return BAD(param, "'%s' must be a string or an array of text parts", param);
+    int j = 0;
+    for (const cJSON *part = v->child; part; part = part->next, j++) {
+        const cJSON *type = cJSON_GetObjectItemCaseSensitive(part, "type");
+        const cJSON *text = cJSON_GetObjectItemCaseSensitive(part, "text");
+        const cJSON *shadow_text = cJSON_GetObjectItemCaseSensitive(cJSON_GetArrayItem(shadow, j), "text");
+        snprintf(param, sizeof param, "messages[%d].content[%d]", i, j);
+        if (!cJSON_IsString(type) || strcmp(type->valuestring, "text") != 0)
+            return BAD(param, "'%s' must be a part of type \"text\" (no other type is supported)", param);
+        if (!cJSON_IsString(text)) return BAD(param, "'%s' must have a string 'text'", param);
+        if (held_nul(text, shadow_text)) return BAD(param, "'%s' must not contain a NUL byte", param);
+        strbuf_put(out, text->valuestring, strlen(text->valuestring));
+    }
+    return 0;
+}
+
+/* "NAME:\n", the opening of a turn in the template. */
+static void put_speaker(strbuf *out, const char *name)
+{
+    strbuf_put(out, name, strlen(name));
+    strbuf_put(out, ":\n", 2);
+}
+
+/* One message as a turn: "NAME:\n" content "\n\n". */
+static int put_message(const cJSON *m, const cJSON *shadow, int i, strbuf *out, api_error *e)
+{
+    char param[API_PARAM_MAX];
+    snprintf(param, sizeof param, "messages[%d]", i);
+    if (!cJSON_IsObject(m)) return BAD(param, "'%s' must be an object with 'role' and 'content'", param);
+    const cJSON *role = cJSON_GetObjectItemCaseSensitive(m, "role");
+    snprintf(param, sizeof param, "messages[%d].role", i);
+    const char *speaker = cJSON_IsString(role) ? role_name(role->valuestring) : NULL;
+    if (!speaker) return BAD(param, "'%s' must be \"system\", \"user\" or \"assistant\"", param);
+    const cJSON *name = cJSON_GetObjectItemCaseSensitive(m, "name");
+    if (!is_null_or_absent(name)) {
+        snprintf(param, sizeof param, "messages[%d].name", i);
+        if (check_name(name, cJSON_GetObjectItemCaseSensitive(shadow, "name"), param, e)) return -1;
+        speaker = name->valuestring;
+    }
+    put_speaker(out, speaker);
+    if (put_content(cJSON_GetObjectItemCaseSensitive(m, "content"), cJSON_GetObjectItemCaseSensitive(shadow, "content"),
+                    i, out, e))
+        return -1;
+    strbuf_put(out, "\n\n", 2);
+    return 0;
+}
+
+/* The prompt: every message as a turn, then the assistant's turn opened. */
+static int render_messages(const cJSON *root, const cJSON *shadow, completion_request *r, api_error *e)
+{
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(root, "messages");
+    if (!cJSON_IsArray(v) || !v->child) return BAD("messages", "'messages' must be a non-empty array of messages");
+    const cJSON *shadow_messages = cJSON_GetObjectItemCaseSensitive(shadow, "messages");
+    const char *assistant = "ASSISTANT";
+    const cJSON *name = cJSON_GetObjectItemCaseSensitive(root, "assistant_name");
+    if (!is_null_or_absent(name)) {
+        if (check_name(name, cJSON_GetObjectItemCaseSensitive(shadow, "assistant_name"), "assistant_name", e)) return -1;
+        assistant = name->valuestring;
+    }
+    strbuf text = {0};
+    int i = 0, rc = 0;
+    for (const cJSON *m = v->child; m && !rc; m = m->next, i++)
+        rc = put_message(m, cJSON_GetArrayItem(shadow_messages, i), i, &text, e);
+    if (!rc) put_speaker(&text, assistant);
+    if (!rc && (text.failed || !(r->prompt = malloc(text.n * sizeof *r->prompt)))) rc = BAD("messages", "out of memory");
+    for (size_t k = 0; !rc && k < text.n; k++) r->prompt[k] = (unsigned char)text.p[k];
+    if (!rc) r->n_prompt = text.n;
+    strbuf_free(&text);
+    return rc;
+}
+
+/* Chat fields OpenAI has and a base model cannot do: refused unless neutral. */
+static int refuse_chat_unsupported(const cJSON *root, api_error *e)
+{
+    static const char *const tool_fields[] = {"tools", "functions"};
+    for (int i = 0; i < 2; i++) {
+        const cJSON *v = cJSON_GetObjectItemCaseSensitive(root, tool_fields[i]);
+        if (!is_null_or_absent(v) && !(cJSON_IsArray(v) && !v->child))
+            return BAD(tool_fields[i], "'%s' is not supported (the model is a base model, not tuned for tools)",
+                       tool_fields[i]);
+    }
+    static const char *const choice_fields[] = {"tool_choice", "function_call"};
+    for (int i = 0; i < 2; i++) {
+        const cJSON *v = cJSON_GetObjectItemCaseSensitive(root, choice_fields[i]);
+        if (!is_null_or_absent(v) && !(cJSON_IsString(v) && strcmp(v->valuestring, "none") == 0))
+            return BAD(choice_fields[i], "'%s' is not supported (only \"none\")", choice_fields[i]);
+    }
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(root, "response_format");
+    const cJSON *type = cJSON_GetObjectItemCaseSensitive(v, "type");
+    if (!is_null_or_absent(v) && !(cJSON_IsString(type) && strcmp(type->valuestring, "text") == 0))
+        return BAD("response_format", "'response_format' is not supported (only {\"type\": \"text\"})");
+    double top = 0;
+    if (get_int(root, "top_logprobs", 0, 0, &top, e)) return -1;
+    return 0;
+}
+
+static int chat_fields(const cJSON *root, const char *body, size_t len, const serve_config *cfg, int32_t vocab_size,
+                       completion_request *r, api_error *e)
+{
+    (void)vocab_size;
+    r->chat = true;
+    r->max_tokens = cfg->max_tokens; /* OpenAI's chat default: no limit but the context (here, --max-tokens) */
+    if (get_max_tokens(root, "max_tokens", cfg, r, e) || get_max_tokens(root, "max_completion_tokens", cfg, r, e) ||
+        get_generation(root, r, e) || refuse_chat_unsupported(root, e))
+        return -1;
+    cJSON *shadow = parse_nul_shadow(body, len);
+    const int rc = render_messages(root, shadow, r, e);
+    cJSON_Delete(shadow);
+    if (rc) return -1;
+    if (is_null_or_absent(cJSON_GetObjectItemCaseSensitive(root, "stop"))) { /* a turn ends at a blank line */
+        memcpy(r->stop[0], "\n\n", 3);
+        r->stop_len[0] = 2;
+        r->n_stop = 1;
+    }
+    return 0;
+}
+
+int api_parse_chat(const char *body, size_t len, const serve_config *cfg, int32_t vocab_size, completion_request *r,
+                   api_error *e)
+{
+    return parse_request(body, len, cfg, vocab_size, chat_fields, r, e);
 }
 
 void api_request_free(completion_request *r)
@@ -236,18 +446,34 @@ int api_parse_fork(const char *body, size_t len, char *id, size_t cap, api_error
 
 /* ------------------------------------------------------------ responses */
 
+/* choices[0]'s text: "text", or a chat's "message" / stream "delta" (an
+ * empty delta in the last chunk, the role in the first). */
+static bool add_text(cJSON *c, const completion_result *r)
+{
+    char *text = json_literal(r->text, r->text_len); /* cJSON strings end at a NUL byte; the model may emit one */
+    if (!text) return false;
+    if (!r->chat) {
+        cJSON_AddRawToObject(c, "text", text);
+    } else {
+        cJSON *m = cJSON_AddObjectToObject(c, r->chunk ? "delta" : "message");
+        if (!r->chunk || r->role) cJSON_AddStringToObject(m, "role", "assistant");
+        if (!r->chunk || r->role || r->text_len) cJSON_AddRawToObject(m, "content", text);
+    }
+    free(text);
+    return true;
+}
+
 char *api_completion_json(const completion_result *r)
 {
     cJSON *root = cJSON_CreateObject();
     cJSON_AddStringToObject(root, "id", r->id);
-    cJSON_AddStringToObject(root, "object", "text_completion");
+    cJSON_AddStringToObject(root, "object",
+                            !r->chat ? "text_completion" : r->chunk ? "chat.completion.chunk" : "chat.completion");
     cJSON_AddNumberToObject(root, "created", (double)r->created);
     cJSON_AddStringToObject(root, "model", r->model);
     cJSON *choices = cJSON_AddArrayToObject(root, "choices"), *c = cJSON_CreateObject();
     cJSON_AddItemToArray(choices, c);
-    char *text = json_literal(r->text, r->text_len); /* cJSON strings end at a NUL byte; the model may emit one */
-    if (text) cJSON_AddRawToObject(c, "text", text);
-    free(text);
+    const bool text = add_text(c, r);
     cJSON_AddNumberToObject(c, "index", 0);
     cJSON_AddNullToObject(c, "logprobs");
     if (r->finish_reason) cJSON_AddStringToObject(c, "finish_reason", r->finish_reason);

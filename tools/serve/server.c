@@ -4,6 +4,7 @@
  * writes). Routes (docs/server.md, "API"):
  *
  *   POST   /v1/completions           completions, plain or streamed (SSE)
+ *   POST   /v1/chat/completions      the same, the prompt rendered from chat messages
  *   GET    /v1/models                the one model
  *   GET    /health                   200 {"status":"ok"}, 503 while stopping
  *   GET    /metrics                  Prometheus text
@@ -170,7 +171,8 @@ static char *final_text(call *k, size_t *len, strbuf *text)
 
 static completion_result result_base(const call *k)
 {
-    completion_result r = {.id = k->id, .created = k->created, .model = k->srv->cfg->model_name};
+    completion_result r = {.id = k->id, .created = k->created, .model = k->srv->cfg->model_name, .chat = k->req.chat,
+                           .chunk = k->req.stream};
     return r;
 }
 
@@ -338,16 +340,23 @@ static enum MHD_Result answer_stream(struct MHD_Connection *c, call *k)
     }
     MHD_add_response_header(r, "Content-Type", "text/event-stream");
     MHD_add_response_header(r, "Cache-Control", "no-cache");
+    if (k->req.chat) { /* a chat stream opens with the role (stream_read runs only after this) */
+        completion_result first = result_base(k);
+        first.text = "";
+        first.role = true;
+        sse(k, api_completion_json(&first));
+    }
     enum MHD_Result ok = MHD_queue_response(c, 200, r);
     MHD_destroy_response(r);
     metrics_response(200);
     return ok;
 }
 
-static void make_id(char *id, size_t cap)
+static void make_id(char *id, size_t cap, const char *prefix)
 {
     static atomic_ullong counter;
-    snprintf(id, cap, "cmpl-%llx%06llx", (unsigned long long)now_unix(), atomic_fetch_add(&counter, 1) & 0xffffff);
+    snprintf(id, cap, "%s-%llx%06llx", prefix, (unsigned long long)now_unix(),
+             atomic_fetch_add(&counter, 1) & 0xffffff);
 }
 
 /* Take a session (or a fresh state) for the call; 0 or an error answered. */
@@ -369,7 +378,7 @@ static int take_state(struct MHD_Connection *c, call *k, enum MHD_Result *ok)
     return -1;
 }
 
-static enum MHD_Result completions(struct MHD_Connection *c, server *srv, const request *rq)
+static enum MHD_Result completions(struct MHD_Connection *c, server *srv, const request *rq, bool chat)
 {
     if (atomic_load(&srv->quiescing))
         return fail(c, 503, "server_error", "unavailable", "%s", "the server is shutting down");
@@ -378,7 +387,8 @@ static enum MHD_Result completions(struct MHD_Connection *c, server *srv, const 
     k->srv = srv;
     atomic_fetch_add(&srv->calls, 1);
     api_error e;
-    if (api_parse_completion(rq->body.p ? rq->body.p : "", rq->body.n, srv->cfg, srv->vocab, &k->req, &e)) {
+    if ((chat ? api_parse_chat : api_parse_completion)(rq->body.p ? rq->body.p : "", rq->body.n, srv->cfg, srv->vocab,
+                                                       &k->req, &e)) {
         free(k);
         atomic_fetch_sub(&srv->calls, 1);
         return send_error(c, &e);
@@ -400,7 +410,7 @@ static enum MHD_Result completions(struct MHD_Connection *c, server *srv, const 
     }
     const union MHD_ConnectionInfo *ci = MHD_get_connection_info(c, MHD_CONNECTION_INFO_CONNECTION_FD);
     k->fd = ci ? ci->connect_fd : -1;
-    make_id(k->id, sizeof k->id);
+    make_id(k->id, sizeof k->id, chat ? "chatcmpl" : "cmpl");
     k->created = now_unix();
     job *j = &k->job;
     j->state = k->sess ? session_state(k->sess) : k->own;
@@ -482,7 +492,9 @@ static enum MHD_Result route(struct MHD_Connection *c, server *srv, const char *
 {
     const bool get = strcmp(method, "GET") == 0, post = strcmp(method, "POST") == 0;
     if (strcmp(url, "/v1/completions") == 0)
-        return post ? completions(c, srv, rq) : fail(c, 405, "invalid_request_error", NULL, "%s", "use POST");
+        return post ? completions(c, srv, rq, false) : fail(c, 405, "invalid_request_error", NULL, "%s", "use POST");
+    if (strcmp(url, "/v1/chat/completions") == 0)
+        return post ? completions(c, srv, rq, true) : fail(c, 405, "invalid_request_error", NULL, "%s", "use POST");
     if (strcmp(url, "/v1/models") == 0)
         return get ? send_json(c, 200, api_models_json(srv->cfg->model_name, srv->started))
                    : fail(c, 405, "invalid_request_error", NULL, "%s", "use GET");
