@@ -1,8 +1,10 @@
 /* libFuzzer target: the parsers of bdh serve (tools/serve/api.c, utf8.c).
- * The input is a request body, parsed as POST /v1/completions and as a
- * fork body; an accepted completion request must hold what the scheduler
- * relies on (tokens in range, max_tokens within the bound, stops within
- * their sizes, sampler parameters the library accepts), a refused one must
+ * The input is a request body, parsed as POST /v1/completions, as POST
+ * /v1/chat/completions and as a fork body; an accepted request must hold
+ * what the scheduler relies on (a prompt of tokens in range, max_tokens
+ * within the bound, stops within their sizes, sampler parameters the
+ * library accepts; a chat prompt ending with its opened turn "NAME:\n"),
+ * a refused one must
  * give an error object that is valid JSON. The same bytes, as generated
  * output, must become valid UTF-8 and a JSON string literal that cJSON
  * reads back to that text. */
@@ -41,17 +43,23 @@ static int valid_utf8(const uint8_t *s, size_t n)
     return 1;
 }
 
-static void check_completion(const uint8_t *data, size_t size)
+typedef int parser(const char *body, size_t len, const serve_config *cfg, int32_t vocab_size, completion_request *out,
+                   api_error *e);
+
+static void check_request(parser *parse, const uint8_t *data, size_t size)
 {
     const serve_config cfg = {.max_tokens = 8192};
     completion_request r;
     api_error e;
-    if (api_parse_completion((const char *)data, size, &cfg, 256, &r, &e) == 0) {
+    if (parse((const char *)data, size, &cfg, 256, &r, &e) == 0) {
         if (r.max_tokens < 0 || r.max_tokens > cfg.max_tokens || r.n_stop < 0 || r.n_stop > MAX_STOPS) abort();
+        if (r.n_prompt == 0) abort(); /* the scheduler feeds at least one token */
         for (size_t i = 0; i < r.n_prompt; i++)
             if (r.prompt[i] < 0 || r.prompt[i] > 255) abort();
         for (int i = 0; i < r.n_stop; i++)
             if (r.stop_len[i] == 0 || r.stop_len[i] > MAX_STOP_BYTES) abort();
+        /* a chat prompt is turns, ending with the reply's opened turn "NAME:\n" */
+        if (r.chat && (r.n_prompt < 3 || r.prompt[r.n_prompt - 2] != ':' || r.prompt[r.n_prompt - 1] != '\n')) abort();
         bdh_sampler *s;
         if (bdh_sampler_new(&r.sampler, 256, &s) != BDH_OK) abort(); /* accepted, so the scheduler can sample */
         bdh_sampler_free(s);
@@ -95,7 +103,8 @@ done:
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
-    check_completion(data, size);
+    check_request(api_parse_completion, data, size);
+    check_request(api_parse_chat, data, size);
     check_fork(data, size);
     check_text(data, size);
     return 0;
