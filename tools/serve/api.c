@@ -269,6 +269,8 @@ static cJSON *parse_nul_shadow(const char *body, size_t len)
     return shadow;
 }
 
+static const cJSON *next_item(const cJSON *v) { return v ? v->next : NULL; }
+
 static bool held_nul(const cJSON *v, const cJSON *shadow)
 {
     return cJSON_IsString(shadow) && strlen(shadow->valuestring) != strlen(v->valuestring);
@@ -304,10 +306,11 @@ static int put_content(const cJSON *v, const cJSON *shadow, int i, strbuf *out, 
     }
     if (!cJSON_IsArray(v)) return BAD(param, "'%s' must be a string or an array of text parts", param);
     int j = 0;
-    for (const cJSON *part = v->child; part; part = part->next, j++) {
+    const cJSON *shadow_part = shadow ? shadow->child : NULL; /* walked in step: the same structure */
+    for (const cJSON *part = v->child; part; part = part->next, j++, shadow_part = next_item(shadow_part)) {
         const cJSON *type = cJSON_GetObjectItemCaseSensitive(part, "type");
         const cJSON *text = cJSON_GetObjectItemCaseSensitive(part, "text");
-        const cJSON *shadow_text = cJSON_GetObjectItemCaseSensitive(cJSON_GetArrayItem(shadow, j), "text");
+        const cJSON *shadow_text = cJSON_GetObjectItemCaseSensitive(shadow_part, "text");
         snprintf(param, sizeof param, "messages[%d].content[%d]", i, j);
         if (!cJSON_IsString(type) || strcmp(type->valuestring, "text") != 0)
             return BAD(param, "'%s' must be a part of type \"text\" (no other type is supported)", param);
@@ -354,7 +357,6 @@ static int render_messages(const cJSON *root, const cJSON *shadow, completion_re
 {
     const cJSON *v = cJSON_GetObjectItemCaseSensitive(root, "messages");
     if (!cJSON_IsArray(v) || !v->child) return BAD("messages", "'messages' must be a non-empty array of messages");
-    const cJSON *shadow_messages = cJSON_GetObjectItemCaseSensitive(shadow, "messages");
     const char *assistant = "ASSISTANT";
     const cJSON *name = cJSON_GetObjectItemCaseSensitive(root, "assistant_name");
     if (!is_null_or_absent(name)) {
@@ -363,8 +365,10 @@ static int render_messages(const cJSON *root, const cJSON *shadow, completion_re
     }
     strbuf text = {0};
     int i = 0, rc = 0;
-    for (const cJSON *m = v->child; m && !rc; m = m->next, i++)
-        rc = put_message(m, cJSON_GetArrayItem(shadow_messages, i), i, &text, e);
+    const cJSON *shadow_m = cJSON_GetObjectItemCaseSensitive(shadow, "messages");
+    shadow_m = shadow_m ? shadow_m->child : NULL;
+    for (const cJSON *m = v->child; m && !rc; m = m->next, i++, shadow_m = next_item(shadow_m))
+        rc = put_message(m, shadow_m, i, &text, e);
     if (!rc) put_speaker(&text, assistant);
     if (!rc && (text.failed || !(r->prompt = malloc(text.n * sizeof *r->prompt)))) rc = BAD("messages", "out of memory");
     for (size_t k = 0; !rc && k < text.n; k++) r->prompt[k] = (unsigned char)text.p[k];
