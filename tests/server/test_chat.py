@@ -18,8 +18,9 @@ HISTORY = [
     {"role": "assistant", "content": [{"type": "text", "text": "It is the east, "}, {"type": "text", "text": "and Juliet is the sun."}]},
     {"role": "user", "content": "Arise, fair sun."},
 ]
-# its greedy reply (the shipped model) ends at a blank line within 60 bytes
 QUESTION = [{"role": "user", "content": "What say you?"}]
+# user lines whose greedy reply (the shipped model) may end at a blank line soon
+CANDIDATES = ["What say you?", "Hear me.", "Speak, speak.", "Who goes there?", "Farewell, my lord."]
 
 
 def render(messages, assistant="ASSISTANT") -> str:
@@ -38,6 +39,19 @@ def servers(tmp_path_factory):
     yield started
     for s in started.values():
         s.kill()
+
+
+@pytest.fixture(scope="module")
+def asked(servers):
+    """A question whose greedy reply ends at a blank line within 60 bytes,
+    found rather than assumed (the stop must fire, not the length)."""
+    s = servers[SHAKESPEARE]
+    for line in CANDIDATES:
+        question = [{"role": "user", "content": line}]
+        full = s.complete(prompt=render(question), max_tokens=60, temperature=0)["choices"][0]["text"]
+        if "\n\n" in full[:58]:
+            return question, full
+    pytest.fail("no candidate's greedy reply has a blank line within 60 bytes")
 
 
 def client(s: Server) -> openai.OpenAI:
@@ -80,9 +94,9 @@ def test_chat_equals_completion_of_the_rendered_prompt(servers, model, settings)
     assert chunks[-1].usage.prompt_tokens == c.usage.prompt_tokens
 
 
-def test_stream_events_end_with_done(servers):
+def test_stream_events_end_with_done(servers, asked):
     s = servers[SHAKESPEARE]
-    r = s.post("/v1/chat/completions", json=dict(messages=QUESTION, temperature=0, stream=True), stream=True)
+    r = s.post("/v1/chat/completions", json=dict(messages=asked[0], temperature=0, stream=True), stream=True)
     assert r.headers["Content-Type"] == "text/event-stream"
     events = sse_events(r)
     assert events[-1] == "[DONE]"
@@ -91,22 +105,22 @@ def test_stream_events_end_with_done(servers):
     assert "usage" in events[-2] and all("usage" not in e for e in events[:-2])
 
 
-def test_default_stop_ends_the_turn_at_a_blank_line(servers):
+def test_default_stop_ends_the_turn_at_a_blank_line(servers, asked):
     s = servers[SHAKESPEARE]
-    full = s.complete(prompt=render(QUESTION), max_tokens=60, temperature=0)["choices"][0]["text"]
-    end = full.index("\n\n")  # certain for this prompt (the stop must fire, not the length)
+    question, full = asked
+    end = full.index("\n\n")
     # no max_tokens: a chat reply runs to its stop (bounded by --max-tokens)
-    c = client(s).chat.completions.create(model="m", messages=QUESTION, temperature=0)
+    c = client(s).chat.completions.create(model="m", messages=question, temperature=0)
     assert c.choices[0].message.content == full[:end]
     assert c.choices[0].finish_reason == "stop"
     assert c.usage.completion_tokens == end + 2  # the stop sequence counts: the state consumed it
 
     # a given stop replaces the default: the blank line stays in the reply
-    after = full[end + 2:end + 6]
-    c = client(s).chat.completions.create(model="m", messages=QUESTION, temperature=0, max_tokens=60, stop=[after])
+    after = full[end + 2:end + 18]  # up to 16 bytes of the next turn: found there first
+    c = client(s).chat.completions.create(model="m", messages=question, temperature=0, max_tokens=80, stop=[after])
     assert c.choices[0].message.content == full[:end + 2] and c.choices[0].finish_reason == "stop"
     # and an empty list means no stop at all
-    got = chat(s, messages=QUESTION, temperature=0, max_tokens=60, stop=[])
+    got = chat(s, messages=question, temperature=0, max_tokens=60, stop=[])
     assert got["choices"][0]["message"]["content"] == full and got["choices"][0]["finish_reason"] == "length"
 
 
@@ -121,17 +135,18 @@ def test_max_completion_tokens_is_max_tokens(servers):
     assert chat(s, messages=QUESTION, max_completion_tokens=0)["usage"]["completion_tokens"] == 0
 
 
-def test_session_across_two_turns_equals_one_completion(servers):
+def test_session_across_two_turns_equals_one_completion(servers, asked):
     s = servers[SHAKESPEARE]
+    first = asked[0]
     second = [{"role": "user", "name": "ROMEO", "content": "Hear me."}]
-    r1 = chat(s, messages=QUESTION, temperature=0, max_tokens=60, session="chat-a")
+    r1 = chat(s, messages=first, temperature=0, max_tokens=60, session="chat-a")
     a1 = r1["choices"][0]["message"]["content"]
     assert r1["choices"][0]["finish_reason"] == "stop"
     r2 = chat(s, messages=second, temperature=0, max_tokens=60, session="chat-a")
     a2 = r2["choices"][0]["message"]["content"]
 
     # the session holds the whole transcript: turn 1, its reply and the blank line that stopped it, turn 2
-    text = render(QUESTION) + a1 + "\n\n" + render(second)
+    text = render(first) + a1 + "\n\n" + render(second)
     want = s.complete(prompt=text, max_tokens=60, temperature=0, stop="\n\n")
     assert a2 == want["choices"][0]["text"]
     assert r2["usage"]["prompt_tokens"] == len(render(second).encode())
@@ -139,7 +154,7 @@ def test_session_across_two_turns_equals_one_completion(servers):
     assert position == len(text.encode()) + r2["usage"]["completion_tokens"]
 
     # which is what a client without a session gets by resending the whole history
-    history = QUESTION + [{"role": "assistant", "content": a1}] + second
+    history = first + [{"role": "assistant", "content": a1}] + second
     assert chat(s, messages=history, temperature=0, max_tokens=60)["choices"][0]["message"]["content"] == a2
 
 
