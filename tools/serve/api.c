@@ -1,7 +1,8 @@
-/* The OpenAI side of bdh serve: POST /v1/completions bodies in, responses
- * and error objects out (docs/server.md, "API"). Parsing is strict about
- * types and ranges (400 naming the field) and ignores fields it does not
- * know, as OpenAI's own server does with fields it no longer uses. */
+/* The OpenAI side of bdh serve: POST /v1/completions and
+ * /v1/chat/completions bodies in, responses and error objects out
+ * (docs/server.md, "API"). Parsing is strict about types and ranges (400
+ * naming the field) and ignores fields it does not know, as OpenAI's own
+ * server does with fields it no longer uses. */
 #define _GNU_SOURCE /* memmem */
 #include "serve.h"
 
