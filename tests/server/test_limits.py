@@ -59,6 +59,12 @@ BAD = [
     (b'{"prompt": "a", "presence_penalty": 0.5}', "presence_penalty"),
     (b'{"prompt": "a", "model": 3}', "model"),
     (b'{"prompt": "\\ud800"}', None),
+    # a NUL would end the string unseen (cJSON), escaped or raw
+    (b'{"prompt": "ab\\u0000cd"}', "prompt"),
+    (b'{"prompt": ["ab\\u0000"]}', "prompt"),
+    (b'{"prompt": "ab\x00cd"}', "prompt"),
+    (b'{"prompt": "a", "stop": "x\\u0000y"}', "stop"),
+    (b'{"prompt": "a", "stop": ["z", "x\\u0000y"]}', "stop"),
 ]
 
 
@@ -71,6 +77,9 @@ def test_bad_requests_are_400_with_the_field(serve):
             assert (e["param"] or "") == param, (body, e)
     # neutral values of unsupported fields pass, unknown fields are ignored
     ok = s.complete(prompt="a", max_tokens=2, n=1, echo=False, logprobs=None, presence_penalty=0, user="me", extra=1)
+    assert ok["usage"]["completion_tokens"] == 2
+    # a backslash before "u0000" is text, not a NUL
+    ok = s.complete(prompt="a\\u0000", max_tokens=2, stop="\\u0000")
     assert ok["usage"]["completion_tokens"] == 2
     assert s.get("/health").status_code == 200
 

@@ -204,6 +204,50 @@ static int get_max_tokens(const cJSON *root, const char *name, const serve_confi
     return 0;
 }
 
+/* ------------------------------------------------------------ NUL bytes */
+
+/* cJSON ends a string at a NUL byte (raw, or the escape \u0000) and drops
+ * the rest unseen. To tell, a body holding one is parsed again with each
+ * NUL made a 0x01 (the same length): a string longer there held a NUL.
+ * NULL when the body has none (or out of memory). */
+static cJSON *parse_nul_shadow(const char *body, size_t len)
+{
+    if (!memchr(body, 0, len) && !memmem(body, len, "\\u0000", 6)) return NULL;
+    char *copy = malloc(len ? len : 1);
+    if (!copy) return NULL;
+    memcpy(copy, body, len);
+    for (size_t i = 0; i < len; i++)
+        if (copy[i] == 0) copy[i] = 1;
+    for (char *p = copy; (p = memmem(p, (size_t)(copy + len - p), "\\u0000", 6)); p += 6) p[5] = '1';
+    cJSON *shadow = cJSON_ParseWithLength(copy, len);
+    free(copy);
+    return shadow;
+}
+
+static const cJSON *next_item(const cJSON *v) { return v ? v->next : NULL; }
+
+static bool held_nul(const cJSON *v, const cJSON *shadow)
+{
+    return cJSON_IsString(v) && cJSON_IsString(shadow) && strlen(shadow->valuestring) != strlen(v->valuestring);
+}
+
+/* A NUL in "prompt" or "stop" would cut the string short unseen: refused,
+ * with where to put such bytes. */
+static int refuse_nul_strings(const cJSON *root, const cJSON *shadow, api_error *e)
+{
+    static const char *const fields[] = {"prompt", "stop"};
+    for (size_t f = 0; shadow && f < sizeof fields / sizeof *fields; f++) {
+        const cJSON *v = cJSON_GetObjectItemCaseSensitive(root, fields[f]);
+        const cJSON *w = cJSON_GetObjectItemCaseSensitive(shadow, fields[f]);
+        if (held_nul(v, w)) return BAD(fields[f], "'%s' must not contain a NUL byte (send token ids for arbitrary bytes)", fields[f]);
+        if (!cJSON_IsArray(v) || !cJSON_IsArray(w)) continue;
+        for (v = v->child, w = w->child; v && w; v = v->next, w = w->next)
+            if (cJSON_IsString(v) && held_nul(v, w))
+                return BAD(fields[f], "'%s' must not contain a NUL byte (send token ids for arbitrary bytes)", fields[f]);
+    }
+    return 0;
+}
+
 /* What both bodies take alike: sampling, stops, streaming, the session and
  * the refusals. */
 static int get_generation(const cJSON *root, completion_request *r, api_error *e)
@@ -217,11 +261,13 @@ static int get_generation(const cJSON *root, completion_request *r, api_error *e
 static int completion_fields(const cJSON *root, const char *body, size_t len, const serve_config *cfg,
                              int32_t vocab_size, completion_request *r, api_error *e)
 {
-    (void)body, (void)len;
-    return get_prompt(root, vocab_size, r, e) || get_max_tokens(root, "max_tokens", cfg, r, e) ||
-                   get_generation(root, r, e) || get_bool(root, "return_tokens", &r->return_tokens, e)
-               ? -1
-               : 0;
+    if (get_prompt(root, vocab_size, r, e) || get_max_tokens(root, "max_tokens", cfg, r, e) ||
+        get_generation(root, r, e) || get_bool(root, "return_tokens", &r->return_tokens, e))
+        return -1;
+    cJSON *shadow = parse_nul_shadow(body, len);
+    const int rc = refuse_nul_strings(root, shadow, e);
+    cJSON_Delete(shadow);
+    return rc;
 }
 
 typedef int body_fields(const cJSON *root, const char *body, size_t len, const serve_config *cfg, int32_t vocab_size,
@@ -251,31 +297,6 @@ int api_parse_completion(const char *body, size_t len, const serve_config *cfg, 
 }
 
 /* ------------------------------------------------------------ chat */
-
-/* cJSON ends a string at a NUL byte (raw, or the escape \u0000) and drops
- * the rest unseen. To tell, a body holding one is parsed again with each
- * NUL made a 0x01 (the same length): a string longer there held a NUL.
- * NULL when the body has none (or out of memory). */
-static cJSON *parse_nul_shadow(const char *body, size_t len)
-{
-    if (!memchr(body, 0, len) && !memmem(body, len, "\\u0000", 6)) return NULL;
-    char *copy = malloc(len ? len : 1);
-    if (!copy) return NULL;
-    memcpy(copy, body, len);
-    for (size_t i = 0; i < len; i++)
-        if (copy[i] == 0) copy[i] = 1;
-    for (char *p = copy; (p = memmem(p, (size_t)(copy + len - p), "\\u0000", 6)); p += 6) p[5] = '1';
-    cJSON *shadow = cJSON_ParseWithLength(copy, len);
-    free(copy);
-    return shadow;
-}
-
-static const cJSON *next_item(const cJSON *v) { return v ? v->next : NULL; }
-
-static bool held_nul(const cJSON *v, const cJSON *shadow)
-{
-    return cJSON_IsString(shadow) && strlen(shadow->valuestring) != strlen(v->valuestring);
-}
 
 /* A speaker's name ("name", "assistant_name"): one line of text. */
 static int check_name(const cJSON *v, const cJSON *shadow, const char *param, api_error *e)
@@ -413,7 +434,7 @@ static int chat_fields(const cJSON *root, const char *body, size_t len, const se
         get_generation(root, r, e) || refuse_chat_unsupported(root, e))
         return -1;
     cJSON *shadow = parse_nul_shadow(body, len);
-    const int rc = render_messages(root, shadow, r, e);
+    const int rc = refuse_nul_strings(root, shadow, e) || render_messages(root, shadow, r, e);
     cJSON_Delete(shadow);
     if (rc) return -1;
     if (is_null_or_absent(cJSON_GetObjectItemCaseSensitive(root, "stop"))) { /* a turn ends at a blank line */
