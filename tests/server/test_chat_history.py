@@ -144,3 +144,10 @@ def test_a_completion_joins_the_history(serve):
     assert s.post("/v1/sessions/mixed/fork", json={"id": "mixed-2"}).status_code == 200
     history = messages + [{"role": "assistant", "content": want}]
     assert resend(s, "mixed", history, cached=held) == resend(s, "mixed-2", history, cached=held)
+
+
+def test_recognised_on_another_replica(serve, redis_url):
+    a = serve(SHAKESPEARE, sessions=redis_url)
+    b = serve(SHAKESPEARE, sessions=redis_url)
+    history = resend(a, "shared", SETTING, cached=0)
+    resend(b, "shared", history, cached=position(a, "shared"))  # the hash travels with the blob
