@@ -513,6 +513,9 @@ char *api_completion_json(const completion_result *r)
         cJSON_AddNumberToObject(u, "prompt_tokens", (double)r->prompt_tokens);
         cJSON_AddNumberToObject(u, "completion_tokens", (double)r->completion_tokens);
         cJSON_AddNumberToObject(u, "total_tokens", (double)(r->prompt_tokens + r->completion_tokens));
+        if (r->chat) /* OpenAI's: the prompt's beginning the server did not feed again */
+            cJSON_AddNumberToObject(cJSON_AddObjectToObject(u, "prompt_tokens_details"), "cached_tokens",
+                                    (double)r->cached_tokens);
     }
     char *s = text ? cJSON_PrintUnformatted(root) : NULL;
     cJSON_Delete(root);

@@ -11,9 +11,10 @@
  *
  * Each job reproduces bdh_generator_next (libbdh/generate.c) exactly: its
  * sampler accepts the prompt, the prompt is prefilled, then per token:
- * sample, accept, stop check, feed. The prompt's chunks are the same ones
- * a single bdh_prefill call takes (it splits at multiples of the chunk from
- * its first token), and bdh_step_batch is bit-identical to bdh_step, so a
+ * sample, accept, stop check, feed. (A prompt's first n_known tokens,
+ * which the state holds already, are accepted by the sampler but not
+ * fed.) The prompt's chunks are the same ones a single bdh_prefill call
+ * takes (it splits at multiples of the chunk from its first token), and bdh_step_batch is bit-identical to bdh_step, so a
  * request gets byte for byte the tokens `bdh generate` would give it. */
 #include "serve.h"
 
@@ -388,6 +389,7 @@ void batch_submit(batch *b, job *j)
     pthread_cond_init(&j->cv, NULL);
     atomic_init(&j->cancel, false);
     j->next = NULL;
+    j->prefilled = j->n_known; /* the state holds those: feeding starts after them */
     pthread_mutex_lock(&b->mu);
     if (b->draining) {
         pthread_mutex_unlock(&b->mu);

@@ -8,6 +8,8 @@
  *               running state and steps them together (bdh_step_batch)
  *   sessions.c  sessions: hot states in memory under a byte budget, written
  *               through to the store (store.h) after every request
+ *   history.c   the hash of what a session's state consumed, to recognise
+ *               a chat history resent whole
  *   metrics.c   counters and the Prometheus text of GET /metrics
  *   store*.c    the session stores (store.h)
  *   clock.c     the clocks
@@ -123,6 +125,7 @@ typedef struct completion_result {
     size_t n_tokens;
     const char *finish_reason; /* "stop", "length", or NULL in a stream chunk */
     int64_t prompt_tokens, completion_tokens;
+    int64_t cached_tokens; /* chat: prompt bytes the session held already */
     bool usage;
     bool chat;             /* chat.completion(.chunk) rather than text_completion */
     bool chunk;            /* chat: a stream event (delta, not message) */
@@ -152,6 +155,8 @@ typedef struct job {
     bdh_state *state;        /* borrowed: the session's or the request's own */
     const int32_t *prompt;
     size_t n_prompt;
+    size_t n_known;          /* prompt[0..n_known) the state holds already: the
+                                sampler sees them, nothing feeds them */
     int32_t max_tokens;
     bdh_sampler_params sampler_params;
     const char (*stop)[MAX_STOP_BYTES + 1];
@@ -162,7 +167,8 @@ typedef struct job {
     /* the scheduler's alone */
     bdh_sampler *sampler;
     float *logits;           /* prediction for the next token */
-    size_t prefilled;
+    size_t prefilled;        /* prompt bytes the state holds (n_known from the start);
+                                read by the connection once finished */
     bool decoding;
     finish_kind ending;      /* set: leaves at the next sweep, then finish is set */
     char tail[MAX_STOP_BYTES];
@@ -201,6 +207,27 @@ void batch_drain(batch *b, double grace_s);
 void batch_stop(batch *b);
 void batch_counts(batch *b, int *active, int *queued);
 
+/* ------------------------------------------------------------ history.c */
+
+/* The 64-bit FNV-1a hash of the bytes a state consumed since position 0,
+ * and how many it covers: valid only while that equals the state's
+ * position (-1: invalid for good). */
+typedef struct history {
+    uint64_t hash;
+    int64_t position;
+} history;
+
+void history_reset(history *h); /* position 0: nothing consumed */
+void history_invalidate(history *h);
+bool history_valid(const history *h, const bdh_state *st);
+/* Extend by what the state consumed; a token that is not a byte
+ * invalidates. Nothing changes an invalid history. */
+void history_feed(history *h, const int32_t *tokens, size_t n);
+void history_feed_bytes(history *h, const uint8_t *bytes, size_t n);
+/* P when h is valid for st and tokens[0..P), P < n, are the bytes it
+ * covers; else 0. */
+size_t history_match(const history *h, const bdh_state *st, const int32_t *tokens, size_t n);
+
 /* ------------------------------------------------------------ sessions.c */
 
 typedef struct session session;
@@ -222,6 +249,8 @@ int sessions_close(sessions *ss, char *err, size_t errlen);
  * exist); SESS_BUSY while another request holds it. */
 int sessions_acquire(sessions *ss, const char *id, session **out, char *err, size_t errlen);
 bdh_state *session_state(session *s);
+/* What the held session's state consumed; the holder keeps it up to date. */
+history *session_history(session *s);
 /* Store the session's state (write-through) and let it go. */
 int sessions_release(sessions *ss, session *s, char *err, size_t errlen);
 int sessions_info(sessions *ss, const char *id, session_info *info, char *err, size_t errlen);

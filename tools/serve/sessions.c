@@ -20,15 +20,26 @@
 #include <stdlib.h>
 #include <string.h>
 
-/* The blob in the store: this header, then bdh_state_save's bytes. */
-#define BLOB_MAGIC "BDHSESS1"
-enum { HEADER_BYTES = 32 };
+/* The blob in the store: this header, then bdh_state_save's bytes
+ * (docs/server-stores.md). Version 2 added the history (history.c); a
+ * version 1 blob still loads, its history unknown. */
+#define BLOB_MAGIC "BDHSESS2"
+#define BLOB_MAGIC_V1 "BDHSESS1"
+enum { HEADER_BYTES = 48, HEADER_BYTES_V1 = 32 };
+
+/* The header's fields, after the magic */
+typedef struct blob_header {
+    int64_t last_used, position;
+    history hist;
+    size_t header_bytes;
+} blob_header;
 
 struct session {
     char id[65];
     bdh_state *state;
     bool busy, dirty;
     int64_t position, last_used;
+    history hist;
     size_t blob_bytes;
     uint64_t tick; /* last use, for LRU */
     session *next;
@@ -57,18 +68,26 @@ static uint64_t get_u64(const uint8_t *p)
     return v;
 }
 
-/* The header of a stored blob; SESS_ERROR, said in err, when it is not one
- * of ours. */
-static int parse_header(const void *blob, size_t len, int64_t *last_used, int64_t *position, char *err,
-                        size_t errlen)
+/* The header of a stored blob (either version); SESS_ERROR, said in err,
+ * when it is not one of ours. */
+static int parse_header(const void *blob, size_t len, blob_header *h, char *err, size_t errlen)
 {
     const uint8_t *p = blob;
-    if (len < HEADER_BYTES || memcmp(p, BLOB_MAGIC, 8) != 0 || get_u64(p + 24) != len - HEADER_BYTES) {
+    const bool v2 = len >= HEADER_BYTES && memcmp(p, BLOB_MAGIC, 8) == 0;
+    const bool v1 = len >= HEADER_BYTES_V1 && memcmp(p, BLOB_MAGIC_V1, 8) == 0;
+    h->header_bytes = v2 ? HEADER_BYTES : HEADER_BYTES_V1;
+    if ((!v1 && !v2) || get_u64(p + 24) != len - h->header_bytes) {
         snprintf(err, errlen, "the stored session is not a bdh serve session");
         return SESS_ERROR;
     }
-    *last_used = (int64_t)get_u64(p + 8);
-    *position = (int64_t)get_u64(p + 16);
+    h->last_used = (int64_t)get_u64(p + 8);
+    h->position = (int64_t)get_u64(p + 16);
+    if (v2) {
+        h->hist.hash = get_u64(p + 32);
+        h->hist.position = (int64_t)get_u64(p + 40);
+    } else {
+        history_invalidate(&h->hist);
+    }
     return SESS_OK;
 }
 
@@ -80,7 +99,8 @@ static int busy(const char *id, char *err, size_t errlen)
 }
 
 /* header + saved state, malloc'd */
-static void *make_blob(const bdh_state *st, int64_t last_used, size_t *len, char *err, size_t errlen)
+static void *make_blob(const bdh_state *st, int64_t last_used, const history *hist, size_t *len, char *err,
+                       size_t errlen)
 {
     const size_t n = bdh_state_save_size(st);
     uint8_t *blob = malloc(HEADER_BYTES + n);
@@ -99,6 +119,8 @@ static void *make_blob(const bdh_state *st, int64_t last_used, size_t *len, char
     put_u64(blob + 8, (uint64_t)last_used);
     put_u64(blob + 16, (uint64_t)bdh_state_position(st));
     put_u64(blob + 24, written);
+    put_u64(blob + 32, hist->hash);
+    put_u64(blob + 40, (uint64_t)hist->position);
     *len = HEADER_BYTES + written;
     return blob;
 }
@@ -151,7 +173,7 @@ static void drop(sessions *ss, session *s)
 static int write_out(sessions *ss, session *s, char *err, size_t errlen)
 {
     size_t len;
-    void *blob = make_blob(s->state, s->last_used, &len, err, errlen);
+    void *blob = make_blob(s->state, s->last_used, &s->hist, &len, err, errlen);
     int rc = blob ? store_put(ss->st, s->id, blob, len, err, errlen) : STORE_ERROR;
     free(blob);
     s->dirty = rc != STORE_OK;
@@ -171,18 +193,23 @@ static void enforce_budget(sessions *ss)
     }
 }
 
-/* A state from a stored blob. */
-static int load_blob(sessions *ss, const void *blob, size_t len, bdh_state **out, int64_t *last_used, char *err,
-                     size_t errlen)
+/* A session's state and history from a stored blob. */
+static int load_blob(sessions *ss, const void *blob, size_t len, session *s, char *err, size_t errlen)
 {
-    int64_t position;
-    if (parse_header(blob, len, last_used, &position, err, errlen) != SESS_OK) return SESS_ERROR;
-    bdh_status rc = bdh_state_new(ss->model, out);
-    if (rc == BDH_OK && (rc = bdh_state_load(*out, (const uint8_t *)blob + HEADER_BYTES, len - HEADER_BYTES)) != BDH_OK) {
-        bdh_state_free(*out);
-        *out = NULL;
+    blob_header h;
+    if (parse_header(blob, len, &h, err, errlen) != SESS_OK) return SESS_ERROR;
+    s->last_used = h.last_used;
+    s->hist = h.hist;
+    bdh_status rc = bdh_state_new(ss->model, &s->state);
+    if (rc == BDH_OK &&
+        (rc = bdh_state_load(s->state, (const uint8_t *)blob + h.header_bytes, len - h.header_bytes)) != BDH_OK) {
+        bdh_state_free(s->state);
+        s->state = NULL;
     }
-    if (rc == BDH_OK) return SESS_OK;
+    if (rc == BDH_OK) {
+        if (!history_valid(&s->hist, s->state)) history_invalidate(&s->hist);
+        return SESS_OK;
+    }
     snprintf(err, errlen, "cannot load the stored session: %s", bdh_last_error());
     return rc == BDH_ERR_MODEL_MISMATCH ? SESS_MISMATCH : SESS_ERROR;
 }
@@ -199,11 +226,12 @@ int sessions_acquire(sessions *ss, const char *id, session **out, char *err, siz
         int got = s ? store_get(ss->st, id, &blob, &len, err, errlen) : STORE_ERROR;
         if (!s) snprintf(err, errlen, "out of memory");
         if (got == STORE_OK) {
-            rc = load_blob(ss, blob, len, &s->state, &s->last_used, err, errlen);
+            rc = load_blob(ss, blob, len, s, err, errlen);
             s->blob_bytes = len;
         } else if (got == STORE_NOT_FOUND) {
             bdh_status st = bdh_state_new(ss->model, &s->state);
             s->last_used = now_unix();
+            history_reset(&s->hist);
             if (st != BDH_OK) snprintf(err, errlen, "cannot create a state: %s", bdh_last_error());
             rc = st == BDH_OK ? SESS_OK : SESS_ERROR;
         } else {
@@ -230,6 +258,8 @@ int sessions_acquire(sessions *ss, const char *id, session **out, char *err, siz
 }
 
 bdh_state *session_state(session *s) { return s->state; }
+
+history *session_history(session *s) { return &s->hist; }
 
 int sessions_release(sessions *ss, session *s, char *err, size_t errlen)
 {
@@ -272,7 +302,11 @@ int sessions_info(sessions *ss, const char *id, session_info *info, char *err, s
         void *blob = NULL;
         size_t len = 0;
         rc = stored(ss, id, &blob, &len, err, errlen);
-        if (rc == SESS_OK) rc = parse_header(blob, len, &info->last_used, &info->position, err, errlen);
+        blob_header h;
+        if (rc == SESS_OK && (rc = parse_header(blob, len, &h, err, errlen)) == SESS_OK) {
+            info->last_used = h.last_used;
+            info->position = h.position;
+        }
         info->bytes = len;
         free(blob);
     }
@@ -312,12 +346,12 @@ int sessions_fork(sessions *ss, const char *src, const char *dst, char *err, siz
     } else if (s && s->busy) {
         rc = busy(src, err, errlen);
     } else if (s && !ss->shared) {
-        blob = make_blob(s->state, now_unix(), &len, err, errlen);
+        blob = make_blob(s->state, now_unix(), &s->hist, &len, err, errlen);
         if (!blob) rc = SESS_ERROR;
     } else {
         rc = stored(ss, src, &blob, &len, err, errlen);
-        int64_t last_used, position;
-        if (rc == SESS_OK) rc = parse_header(blob, len, &last_used, &position, err, errlen);
+        blob_header h; /* the copy keeps the blob's version, history included */
+        if (rc == SESS_OK) rc = parse_header(blob, len, &h, err, errlen);
         if (rc == SESS_OK) put_u64((uint8_t *)blob + 8, (uint64_t)now_unix());
     }
     if (rc == SESS_OK && store_put(ss->st, dst, blob, len, err, errlen) != STORE_OK) rc = SESS_ERROR;
