@@ -14,8 +14,9 @@
  * sample, accept, stop check, feed. (A prompt's first n_known tokens,
  * which the state holds already, are accepted by the sampler but not
  * fed.) The prompt's chunks are the same ones a single bdh_prefill call
- * takes (it splits at multiples of the chunk from its first token), and bdh_step_batch is bit-identical to bdh_step, so a
- * request gets byte for byte the tokens `bdh generate` would give it. */
+ * takes (it splits at multiples of the chunk from its first token), and
+ * bdh_step_batch is bit-identical to bdh_step, so a request gets byte for
+ * byte the tokens `bdh generate` would give it. */
 #include "serve.h"
 
 #include <stdio.h>

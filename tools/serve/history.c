@@ -25,7 +25,11 @@ void history_invalidate(history *h) { h->position = -1; }
 
 bool history_valid(const history *h, const bdh_state *st) { return h->position >= 0 && h->position == bdh_state_position(st); }
 
-static uint64_t fnv1a(uint64_t hash, int32_t token) { return (hash ^ (uint64_t)token) * FNV_PRIME; }
+static void feed_byte(history *h, uint8_t byte)
+{
+    h->hash = (h->hash ^ byte) * FNV_PRIME;
+    h->position++;
+}
 
 void history_feed(history *h, const int32_t *tokens, size_t n)
 {
@@ -34,17 +38,13 @@ void history_feed(history *h, const int32_t *tokens, size_t n)
             history_invalidate(h);
             return;
         }
-        h->hash = fnv1a(h->hash, tokens[i]);
-        h->position++;
+        feed_byte(h, (uint8_t)tokens[i]);
     }
 }
 
 void history_feed_bytes(history *h, const uint8_t *bytes, size_t n)
 {
-    for (size_t i = 0; i < n && h->position >= 0; i++) {
-        h->hash = fnv1a(h->hash, bytes[i]);
-        h->position++;
-    }
+    for (size_t i = 0; i < n && h->position >= 0; i++) feed_byte(h, bytes[i]);
 }
 
 size_t history_match(const history *h, const bdh_state *st, const int32_t *tokens, size_t n)
